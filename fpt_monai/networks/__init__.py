@@ -1,0 +1,49 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""FPT / FPT+ networks as MONAI-style modules built on timm."""
+
+from __future__ import annotations
+
+from fpt_monai.networks.backbone import (
+    POS_INTERP_MODES,
+    convert_hf_vit_state_dict,
+    create_vit_backbone,
+    load_state_dict_file,
+    resample_pos_embed_legacy,
+)
+from fpt_monai.networks.fpt import FPT, FPT_VARIANTS
+from fpt_monai.networks.frozen_vit import FrozenViTExtractor
+from fpt_monai.networks.fusion import RESIDUAL_MODES, FusionModule
+from fpt_monai.networks.layers import parse_layers
+from fpt_monai.networks.side_vit import SIDE_INIT_MODES, SideViT, init_weights_hf_vit
+from fpt_monai.networks.token_selection import (
+    TOKEN_IMPORTANCE_MODES,
+    num_selected_tokens,
+    select_important_tokens,
+    token_importance,
+)
+from fpt_monai.networks.utils import ParameterCount, count_parameters
+
+__all__ = [
+    "FPT",
+    "FPT_VARIANTS",
+    "POS_INTERP_MODES",
+    "RESIDUAL_MODES",
+    "SIDE_INIT_MODES",
+    "TOKEN_IMPORTANCE_MODES",
+    "FrozenViTExtractor",
+    "FusionModule",
+    "ParameterCount",
+    "SideViT",
+    "convert_hf_vit_state_dict",
+    "count_parameters",
+    "create_vit_backbone",
+    "init_weights_hf_vit",
+    "load_state_dict_file",
+    "num_selected_tokens",
+    "parse_layers",
+    "resample_pos_embed_legacy",
+    "select_important_tokens",
+    "token_importance",
+]

@@ -1,0 +1,237 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Fine-grained Prompt Tuning (FPT) and FPT+ for high-resolution medical image classification.
+
+Huang et al., "Fine-grained Prompt Tuning: A Parameter and Memory Efficient Transfer Learning Method for
+High-resolution Medical Image Classification", MICCAI 2024 <https://arxiv.org/abs/2403.07576>;
+Huang et al., "FPT+: A Parameter and Memory Efficient Transfer Learning Method for High-resolution Medical Image
+Classification", IEEE TNNLS 2025 <https://arxiv.org/abs/2408.02426>.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fpt_monai.networks.frozen_vit import FrozenViTExtractor
+from fpt_monai.networks.fusion import FusionModule
+from fpt_monai.networks.side_vit import SideViT
+
+__all__ = ["FPT", "FPT_VARIANTS"]
+
+# Per-variant defaults of the reference implementation (configs/network/FPT.yaml and FPT+.yaml at HEAD d17ab24).
+# FPT+ extracts the second half of the backbone's blocks (6-11 of a 12-block ViT), FPT all of them (0-11).
+FPT_VARIANTS: dict[str, dict[str, Any]] = {
+    "fpt_plus": {
+        "layers": "second_half",
+        "side_img_size": 128,
+        "prompt_reduction": 1,
+        "prompt_norm": True,
+        "prompt_proj": False,
+        "residual": "pre_proj",
+    },
+    "fpt": {
+        "layers": "all",
+        "side_img_size": 224,
+        "prompt_reduction": 8,
+        "prompt_norm": False,
+        "prompt_proj": True,
+        "residual": "post_proj",
+    },
+}
+
+
+class FPT(nn.Module):
+    """FPT / FPT+ classifier: frozen LPM on the high-resolution image, fusion prompts, trainable side ViT.
+
+    The frozen model (:class:`FrozenViTExtractor`) sees the image at ``img_size`` and returns the keys and values of
+    its most important tokens; the :class:`FusionModule` turns them into fine-grained prompts; the :class:`SideViT`
+    classifies a low-resolution view of the same image with those prompts. Only the fusion module and the side
+    network are trainable (about 1% of the parameters).
+
+    Forward contract:
+
+    - ``net(image)``: logits; ``image`` is the normalised LPM-resolution batch, the side view is made inside by
+      bilinear (anti-aliased) resizing, so one tensor is enough for ``verify_net_in_out``, export and MONAI Deploy;
+    - ``net(image, image_side=...)``: uses a given (augmented) side view;
+    - ``net.extract(image)`` -> ``(keys, values)``, each ``[B, L, heads, k, head_dim]``;
+    - ``net.forward_features(image_side, keys, values)``: logits from preloaded tokens without the LPM.
+
+    Args:
+        num_classes: number of output logits (1 for regression). Defaults to 2.
+        variant: ``"fpt_plus"`` (FPT+: second half of the blocks, side 128 px, prompt LayerNorm, full-width prompts)
+            or ``"fpt"`` (all blocks, side 224 px, prompts of width D/8 projected to D). Defaults to ``"fpt_plus"``.
+        backbone: timm ViT name of the LPM. Defaults to ``"vit_base_patch16_384"`` (the paper's ViT-B/16 IN-21k).
+        pretrained: ``True`` (timm hub), a local weight file, or ``False`` (random, warns). Defaults to ``True``.
+        img_size: LPM input resolution. Defaults to 512.
+        side_img_size: side-network input resolution; ``None`` takes the variant's (128 or 224).
+        layers: LPM blocks to extract (see :func:`parse_layers`); ``None`` takes the variant's (``"second_half"``
+            for FPT+, ``"all"`` for FPT).
+        token_ratio: fraction of LPM tokens kept per layer and head. Defaults to 0.2.
+        token_importance: ``"global"`` or ``"class_token"``. Defaults to ``"global"``.
+        include_cls: whether prefix tokens may be selected. Defaults to ``True`` (reference behaviour).
+        pos_interp: LPM position-embedding resampling, ``"legacy"`` (reference) or ``"timm"``. Defaults to
+            ``"legacy"``.
+        num_prompts: prompts per layer. Defaults to 16.
+        side_reduction: side width = LPM width / this. Defaults to 8.
+        prompt_reduction: prompt width = LPM width / this; ``None`` takes the variant's (1 or 8).
+        prompt_norm: LayerNorm on prompts; ``None`` takes the variant's.
+        prompt_proj: Linear projection of prompts to the LPM width; ``None`` takes the variant's.
+        residual: fusion residual ``"pre_proj"``, ``"post_proj"`` or ``"none"``; ``None`` takes the variant's.
+        residual_after_dropout: add the ``post_proj`` residual after dropout (commit ``ed3aa74``). Defaults to
+            ``False``.
+        fusion_dropout: dropout on the fine-grained prompts. Defaults to 0.5.
+        prompt_init_std: prompt initialisation std. Defaults to 1e-6.
+        side_init: ``"hf"`` (reference) or ``"timm"`` initialisation of the side ViT. Defaults to ``"hf"``.
+        layer_norm_eps: side-network LayerNorm epsilon. Defaults to 1e-12 (reference).
+        query_chunk_size: see :class:`FrozenViTExtractor`. Defaults to 0.
+        backbone_kwargs: extra keyword arguments for ``timm.create_model``.
+
+    Raises:
+        ValueError: invalid option values or incompatible settings.
+
+    Examples::
+
+        >>> net = FPT(num_classes=5, variant="fpt_plus", pretrained=False)
+        >>> net(torch.randn(2, 3, 512, 512)).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        variant: str = "fpt_plus",
+        backbone: str = "vit_base_patch16_384",
+        pretrained: bool | str | os.PathLike = True,
+        img_size: int = 512,
+        side_img_size: int | None = None,
+        layers: int | str | Sequence[int] | None = None,
+        token_ratio: float = 0.2,
+        token_importance: str = "global",
+        include_cls: bool = True,
+        pos_interp: str = "legacy",
+        num_prompts: int = 16,
+        side_reduction: int = 8,
+        prompt_reduction: int | None = None,
+        prompt_norm: bool | None = None,
+        prompt_proj: bool | None = None,
+        residual: str | None = None,
+        residual_after_dropout: bool = False,
+        fusion_dropout: float = 0.5,
+        prompt_init_std: float = 1e-6,
+        side_init: str = "hf",
+        layer_norm_eps: float = 1e-12,
+        query_chunk_size: int = 0,
+        backbone_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if variant not in FPT_VARIANTS:
+            raise ValueError(f"variant must be one of {tuple(FPT_VARIANTS)}, got {variant!r}.")
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+        for name, value in (("side_reduction", side_reduction), ("prompt_reduction", prompt_reduction),
+                            ("num_prompts", num_prompts), ("side_img_size", side_img_size)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
+        preset = FPT_VARIANTS[variant]
+        self.variant = variant
+
+        self.lpm = FrozenViTExtractor(
+            backbone=backbone,
+            pretrained=pretrained,
+            img_size=img_size,
+            layers=preset["layers"] if layers is None else layers,
+            token_ratio=token_ratio,
+            token_importance=token_importance,
+            include_cls=include_cls,
+            pos_interp=pos_interp,
+            query_chunk_size=query_chunk_size,
+            backbone_kwargs=backbone_kwargs,
+        )
+        lpm_dim, heads = self.lpm.embed_dim, self.lpm.num_heads
+        if lpm_dim % side_reduction:
+            raise ValueError(f"LPM width {lpm_dim} is not divisible by side_reduction {side_reduction}.")
+        prompt_reduction = preset["prompt_reduction"] if prompt_reduction is None else int(prompt_reduction)
+        if lpm_dim % prompt_reduction:
+            raise ValueError(f"LPM width {lpm_dim} is not divisible by prompt_reduction {prompt_reduction}.")
+        side_dim = lpm_dim // side_reduction
+        if side_dim % heads:
+            raise ValueError(
+                f"side width {side_dim} (= {lpm_dim} / {side_reduction}) is not divisible by the LPM's {heads} heads."
+            )
+        self.img_size = int(img_size)
+        self.side_img_size = int(preset["side_img_size"] if side_img_size is None else side_img_size)
+        num_layers = len(self.lpm.layers)
+
+        self.fusion = FusionModule(
+            num_layers=num_layers,
+            lpm_dim=lpm_dim,
+            num_heads=heads,
+            side_dim=side_dim,
+            num_prompts=num_prompts,
+            prompt_dim=lpm_dim // prompt_reduction,
+            prompt_norm=preset["prompt_norm"] if prompt_norm is None else bool(prompt_norm),
+            prompt_proj=preset["prompt_proj"] if prompt_proj is None else bool(prompt_proj),
+            residual=preset["residual"] if residual is None else residual,
+            residual_after_dropout=residual_after_dropout,
+            dropout=fusion_dropout,
+            prompt_init_std=prompt_init_std,
+        )
+        self.side = SideViT(
+            img_size=self.side_img_size,
+            patch_size=self.lpm.patch_size,
+            embed_dim=side_dim,
+            depth=num_layers,
+            num_heads=heads,
+            mlp_ratio=4.0,
+            num_classes=int(num_classes),
+            init=side_init,
+            layer_norm_eps=layer_norm_eps,
+        )
+        self.num_classes = int(num_classes)
+
+    @property
+    def token_shape(self) -> tuple[int, int, int, int]:
+        """Per-image shape ``(layers, heads, k, head_dim)`` of the keys/values that :meth:`extract` returns."""
+        return self.lpm.token_shape
+
+    def make_side_view(self, image: torch.Tensor) -> torch.Tensor:
+        """Resize the LPM-resolution batch to the side resolution (bilinear with anti-aliasing, like PIL)."""
+        return F.interpolate(
+            image, size=(self.side_img_size, self.side_img_size), mode="bilinear", align_corners=False, antialias=True
+        )
+
+    def extract(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the LPM's selected tokens, ``[B, L, heads, k, head_dim]`` each (no gradients)."""
+        return self.lpm(image)
+
+    def forward_features(self, image_side: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Logits from the side view and (preloaded) keys/values, without running the LPM.
+
+        Args:
+            image_side: normalised side view ``[B, 3, side_img_size, side_img_size]``.
+            keys: ``[B, L, heads, k, head_dim]`` (any float dtype; cast to the fusion module's).
+            values: same shape as ``keys``.
+        """
+        expected = self.lpm.token_shape
+        if keys.ndim != 5 or tuple(keys.shape[1:]) != expected[:2] + keys.shape[3:4] + expected[3:]:
+            raise ValueError(
+                f"keys of shape {tuple(keys.shape)} do not fit this model: expected [B, {expected[0]}, {expected[1]}, "
+                f"k, {expected[3]}]. Were the tokens extracted with other layers or another backbone?"
+            )
+        if values.shape != keys.shape:
+            raise ValueError(f"values {tuple(values.shape)} and keys {tuple(keys.shape)} differ in shape.")
+        return self.side(image_side, self.fusion(keys, values))
+
+    def forward(self, image: torch.Tensor, image_side: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` from the LPM-resolution ``image`` (and optionally a separate side view)."""
+        keys, values = self.extract(image)
+        if image_side is None:
+            image_side = self.make_side_view(image)
+        return self.forward_features(image_side, keys, values)

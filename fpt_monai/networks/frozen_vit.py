@@ -1,0 +1,195 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The frozen large pre-trained model (LPM) of FPT: a timm ViT that returns the keys and values of its most
+important tokens in selected layers.
+
+Huang et al., "Fine-grained Prompt Tuning: A Parameter and Memory Efficient Transfer Learning Method for
+High-resolution Medical Image Classification", MICCAI 2024 <https://arxiv.org/abs/2403.07576>;
+Huang et al., "FPT+: A Parameter and Memory Efficient Transfer Learning Method for High-resolution Medical Image
+Classification", IEEE TNNLS 2025 <https://arxiv.org/abs/2408.02426>.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from fpt_monai.networks.backbone import POS_INTERP_MODES, create_vit_backbone
+from fpt_monai.networks.layers import parse_layers
+from fpt_monai.networks.token_selection import (
+    TOKEN_IMPORTANCE_MODES,
+    num_selected_tokens,
+    select_important_tokens,
+    token_importance,
+)
+
+__all__ = ["FrozenViTExtractor"]
+
+
+class FrozenViTExtractor(nn.Module):
+    """Frozen timm Vision Transformer that extracts the keys and values of its top-k tokens.
+
+    In every extracted block the self-attention is evaluated explicitly (timm's fused attention hides the
+    probabilities), token importance is computed from the post-softmax attention map and, per sample and head, the
+    ``k = int(N * token_ratio)`` most important tokens keep their keys and values (after the key/value projection,
+    bias included; after ``k_norm`` for models that have one). The model stops after the deepest extracted block
+    (its MLP, the final norm and the head are never run) and is always in ``eval()`` mode without gradients.
+
+    Works with timm's plain ViTs: ``vit_base_patch16_384`` (the paper's default LPM), ``vit_large_patch16_384``,
+    DINO (``vit_base_patch16_224.dino``, ``vit_base_patch8_224.dino``), DINOv2 with or without registers
+    (``vit_small_patch14_dinov2``, ``vit_base_patch14_reg4_dinov2``) and DeiT.
+
+    Args:
+        backbone: timm model name (optionally with a pretrained tag). Defaults to ``"vit_base_patch16_384"``.
+        pretrained: ``True`` (download through timm), a local weight file (``.safetensors``, ``.pth``, ``.pt``,
+            ``.bin``, ``.npz``; Hugging Face ViT checkpoints are converted) or ``False`` (random, with a warning).
+            Defaults to ``True``.
+        img_size: LPM input resolution; position embeddings are resampled to it once. Defaults to 512.
+        layers: blocks to extract from, ``"a-b"`` (inclusive), ``"a,b,c"``, an int or a sequence. Defaults to
+            ``"6-11"`` (FPT+).
+        token_ratio: fraction of the ``N`` tokens (prefix tokens included) to keep. Defaults to 0.2.
+        token_importance: ``"global"`` (mean attention received over all queries) or ``"class_token"`` (attention
+            of the class token's query). Defaults to ``"global"``.
+        include_cls: whether the class (and register) tokens may be selected; the reference code allows it.
+            Defaults to ``True``.
+        pos_interp: ``"legacy"`` (reference implementation's Hugging Face interpolation) or ``"timm"``.
+            Defaults to ``"legacy"``.
+        query_chunk_size: if > 0, evaluate the attention map in chunks of this many queries to bound memory
+            (``[B, H, chunk, N]`` instead of ``[B, H, N, N]``). Defaults to 0 (one chunk).
+        backbone_kwargs: extra keyword arguments for ``timm.create_model``.
+
+    Raises:
+        ValueError: invalid option values, unsupported backbones, weights that do not fit.
+
+    Examples::
+
+        >>> lpm = FrozenViTExtractor("vit_base_patch16_384", pretrained=False, img_size=512, layers="6-11")
+        >>> keys, values = lpm(torch.randn(2, 3, 512, 512))
+        >>> keys.shape  # [B, L, heads, k, head_dim]
+        torch.Size([2, 6, 12, 205, 64])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vit_base_patch16_384",
+        pretrained: bool | str | os.PathLike = True,
+        img_size: int = 512,
+        layers: int | str | Sequence[int] = "6-11",
+        token_ratio: float = 0.2,
+        token_importance: str = "global",
+        include_cls: bool = True,
+        pos_interp: str = "legacy",
+        query_chunk_size: int = 0,
+        backbone_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if token_importance not in TOKEN_IMPORTANCE_MODES:
+            raise ValueError(f"token_importance must be one of {TOKEN_IMPORTANCE_MODES}, got {token_importance!r}.")
+        if pos_interp not in POS_INTERP_MODES:
+            raise ValueError(f"pos_interp must be one of {POS_INTERP_MODES}, got {pos_interp!r}.")
+        if not 0.0 < token_ratio <= 1.0:
+            raise ValueError(f"token_ratio must be in (0, 1], got {token_ratio}.")
+        if query_chunk_size < 0:
+            raise ValueError(f"query_chunk_size must be >= 0, got {query_chunk_size}.")
+        vit = create_vit_backbone(backbone, pretrained=pretrained, img_size=img_size, pos_interp=pos_interp,
+                                  **(backbone_kwargs or {}))
+        self.layers = parse_layers(layers, len(vit.blocks))
+        # early exit: the blocks after the deepest extracted one, the final norm and the head are never needed
+        vit.blocks = vit.blocks[: self.layers[-1] + 1]
+        vit.norm = nn.Identity()
+        vit.requires_grad_(False)
+        self.vit = vit.eval()
+
+        self.backbone = backbone
+        self.img_size = int(img_size)
+        self.token_ratio = float(token_ratio)
+        self.importance_mode = token_importance
+        self.include_cls = bool(include_cls)
+        self.pos_interp = pos_interp
+        self.query_chunk_size = int(query_chunk_size)
+        attn = vit.blocks[0].attn
+        self.embed_dim: int = vit.embed_dim
+        self.num_heads: int = attn.num_heads
+        self.head_dim: int = attn.head_dim
+        self.patch_size: int = vit.patch_embed.patch_size[0]
+        self.grid_size: tuple[int, int] = tuple(vit.patch_embed.grid_size)
+        self.num_prefix_tokens: int = vit.num_prefix_tokens
+        self.num_tokens: int = vit.patch_embed.num_patches + vit.num_prefix_tokens
+        self.num_selected: int = num_selected_tokens(self.num_tokens, self.token_ratio)
+
+    @property
+    def token_shape(self) -> tuple[int, int, int, int]:
+        """Per-image shape of the extracted keys (and values): ``(layers, heads, k, head_dim)``."""
+        return (len(self.layers), self.num_heads, self.num_selected, self.head_dim)
+
+    def train(self, mode: bool = True) -> FrozenViTExtractor:
+        """The LPM stays in eval mode whatever the parent module does (dropout/drop-path off, as in the paper)."""
+        return super().train(False)
+
+    def _attention_with_importance(
+        self, blk: nn.Module, x: torch.Tensor, need_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Explicit self-attention of one timm block: returns (block output or input, keys, values, importance)."""
+        attn = blk.attn
+        B, N, _ = x.shape
+        y = blk.norm1(x)
+        qkv = attn.qkv(y).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        q = q * attn.scale
+        chunk = self.query_chunk_size if self.query_chunk_size > 0 else N
+        importance = torch.zeros(B, attn.num_heads, N, device=x.device, dtype=torch.float32)
+        outs = []
+        for start in range(0, N, chunk):
+            # softmax in fp32: under autocast, fp16 scores would create ties in the top-k
+            probs = (q[:, :, start : start + chunk] @ k.transpose(-2, -1)).float().softmax(dim=-1)
+            if self.importance_mode == "global":
+                importance = importance + probs.sum(dim=-2)
+            elif start == 0:
+                importance = token_importance(probs, "class_token")
+            if need_output:
+                outs.append(probs.to(v.dtype) @ v)
+        if self.importance_mode == "global":
+            importance = importance / N
+        if need_output:
+            out = torch.cat(outs, dim=2).transpose(1, 2).reshape(B, N, attn.attn_dim)
+            out = attn.norm(out)
+            if attn.gate is not None:
+                out = out * attn.gate(y).sigmoid()
+            x = x + blk.drop_path1(blk.ls1(attn.proj(out)))
+            x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+        return x, k, v, importance
+
+    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward`, also returning the selected token indices ``[B, L, heads, k]`` (0 = class token)."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(x.shape)}.")
+        vit = self.vit
+        with torch.no_grad():
+            x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+            keys, values, indices = [], [], []
+            last = self.layers[-1]
+            excluded = 0 if self.include_cls else self.num_prefix_tokens
+            for i, blk in enumerate(vit.blocks):
+                if i in self.layers:
+                    x, k, v, imp = self._attention_with_importance(blk, x, need_output=i < last)
+                    k_sel, v_sel, idx = select_important_tokens(imp, k, v, self.num_selected, excluded)
+                    keys.append(k_sel)
+                    values.append(v_sel)
+                    indices.append(idx)
+                else:
+                    x = blk(x)
+        return torch.stack(keys, dim=1), torch.stack(values, dim=1), torch.stack(indices, dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the selected tokens, each ``[B, L, heads, k, head_dim]`` (batch first).
+
+        Args:
+            x: normalised images ``[B, 3, img_size, img_size]``.
+        """
+        keys, values, _ = self.select(x)
+        return keys, values

@@ -1,0 +1,138 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Fusion module of FPT/FPT+: learnable prompts cross-attend to the frozen model's selected keys and values and
+become the side network's fine-grained prompts (Huang et al., MICCAI 2024 <https://arxiv.org/abs/2403.07576>;
+FPT+, IEEE TNNLS 2025 <https://arxiv.org/abs/2408.02426>)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["RESIDUAL_MODES", "FusionModule"]
+
+RESIDUAL_MODES = ("pre_proj", "post_proj", "none")
+
+
+class FusionModule(nn.Module):
+    """Per-layer cross-attention from learnable prompts to the LPM's selected tokens.
+
+    For every extracted layer ``l``, ``P`` learnable prompts (optionally layer-normed and projected to the LPM
+    width ``D``) are the queries; the LPM's own keys and values ``[B, H, k, head_dim]`` of that layer are keys and
+    values (no extra projections). The per-head context ``[P, D]`` is projected to the side width ``d``.
+
+    The residual connection has changed across the reference code's history (spec §1.4); all versions are
+    available:
+
+    - ``"pre_proj"`` (FPT+, needs ``prompt_dim == lpm_dim``): ``F = out_proj(ctx + prompts)``;
+    - ``"post_proj"`` (FPT at HEAD, needs ``prompt_dim == side_dim``): ``F = out_proj(ctx) + prompts``;
+    - ``"none"`` (MICCAI-era code): ``F = out_proj(ctx)``.
+
+    Dropout is applied to the sum (reference at HEAD) or, for ``"post_proj"`` with ``residual_after_dropout=True``
+    (commit ``ed3aa74``), before the residual is added.
+
+    Args:
+        num_layers: number of extracted LPM layers ``L``.
+        lpm_dim: LPM width ``D``. Defaults to 768.
+        num_heads: LPM attention heads ``H`` (``D`` must be divisible by it). Defaults to 12.
+        side_dim: side-network width ``d``. Defaults to 96.
+        num_prompts: prompts per layer ``P``. Defaults to 16.
+        prompt_dim: prompt width ``p``. Defaults to 768 (FPT+); FPT uses ``D / 8``.
+        prompt_norm: apply ``LayerNorm(p)`` to the prompts before they become queries (FPT+). Defaults to ``True``.
+        prompt_proj: project prompts ``p -> D`` with a ``Linear`` (FPT). Required when ``p != D``.
+            Defaults to ``False``.
+        residual: ``"pre_proj"``, ``"post_proj"`` or ``"none"``. Defaults to ``"pre_proj"``.
+        residual_after_dropout: add the ``"post_proj"`` residual after dropout. Defaults to ``False``.
+        dropout: dropout on the fine-grained prompts. Defaults to 0.5.
+        prompt_init_std: std of the normal initialisation of the prompts. Defaults to 1e-6.
+
+    Raises:
+        ValueError: incompatible widths or unknown options.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        lpm_dim: int = 768,
+        num_heads: int = 12,
+        side_dim: int = 96,
+        num_prompts: int = 16,
+        prompt_dim: int = 768,
+        prompt_norm: bool = True,
+        prompt_proj: bool = False,
+        residual: str = "pre_proj",
+        residual_after_dropout: bool = False,
+        dropout: float = 0.5,
+        prompt_init_std: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_layers", num_layers), ("lpm_dim", lpm_dim), ("num_heads", num_heads),
+                            ("side_dim", side_dim), ("num_prompts", num_prompts), ("prompt_dim", prompt_dim)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
+        if lpm_dim % num_heads:
+            raise ValueError(f"lpm_dim {lpm_dim} is not divisible by num_heads {num_heads}.")
+        if residual not in RESIDUAL_MODES:
+            raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}.")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}.")
+        if prompt_init_std < 0:
+            raise ValueError(f"prompt_init_std must be >= 0, got {prompt_init_std}.")
+        if prompt_dim != lpm_dim and not prompt_proj:
+            raise ValueError(f"prompt_dim {prompt_dim} != lpm_dim {lpm_dim}: set prompt_proj=True to project prompts.")
+        if residual == "pre_proj" and prompt_dim != lpm_dim:
+            raise ValueError(
+                f"residual='pre_proj' adds the prompts to the {lpm_dim}-wide context; prompt_dim is {prompt_dim}."
+            )
+        if residual == "post_proj" and prompt_dim != side_dim:
+            raise ValueError(
+                f"residual='post_proj' adds the prompts to the {side_dim}-wide output; prompt_dim is {prompt_dim} "
+                "(the reference code only type-checks because both reduction ratios are 8)."
+            )
+        if residual_after_dropout and residual != "post_proj":
+            raise ValueError("residual_after_dropout=True exists only with residual='post_proj' (commit ed3aa74).")
+
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.head_dim = lpm_dim // num_heads
+        self.lpm_dim = int(lpm_dim)
+        self.residual = residual
+        self.residual_after_dropout = bool(residual_after_dropout)
+        self.prompts = nn.Parameter(torch.zeros(num_layers, num_prompts, prompt_dim))
+        nn.init.normal_(self.prompts, mean=0.0, std=prompt_init_std)
+        self.prompt_norm: nn.LayerNorm | nn.Identity = nn.LayerNorm(prompt_dim) if prompt_norm else nn.Identity()
+        self.prompt_proj: nn.Linear | nn.Identity = nn.Linear(prompt_dim, lpm_dim) if prompt_proj else nn.Identity()
+        self.out_proj = nn.Linear(lpm_dim, side_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def queries(self) -> torch.Tensor:
+        """Per-head queries ``[L, H, P, head_dim]`` (shared by the whole batch)."""
+        q = self.prompt_proj(self.prompt_norm(self.prompts))
+        L, P, _ = q.shape
+        return q.reshape(L, P, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def attention(self, keys: torch.Tensor) -> torch.Tensor:
+        """Prompt-to-token attention probabilities ``[B, L, H, P, k]`` (for explanations; not used in forward)."""
+        q = self.queries().to(keys.dtype)
+        return torch.softmax(q.unsqueeze(0) @ keys.transpose(-2, -1) * self.head_dim**-0.5, dim=-1)
+
+    def forward(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Fine-grained prompts ``[B, L, P, side_dim]`` from keys/values ``[B, L, H, k, head_dim]``."""
+        B = keys.shape[0]
+        q = self.queries()
+        keys = keys.to(q.dtype)
+        values = values.to(q.dtype)
+        ctx = F.scaled_dot_product_attention(q.unsqueeze(0).expand(B, -1, -1, -1, -1), keys, values)
+        L, P = q.shape[0], q.shape[2]
+        ctx = ctx.transpose(2, 3).reshape(B, L, P, self.lpm_dim)
+        if self.residual == "pre_proj":
+            out = self.out_proj(ctx + self.prompts)
+        else:
+            out = self.out_proj(ctx)
+        if self.residual == "post_proj":
+            if self.residual_after_dropout:
+                return self.dropout(out) + self.prompts
+            out = out + self.prompts
+        return self.dropout(out)
