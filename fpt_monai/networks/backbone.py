@@ -73,26 +73,43 @@ def resample_pos_embed_legacy(
     return torch.cat([prefix, grid], dim=1)
 
 
+# Per-block names of Hugging Face ViT checkpoints: files on the hub (transformers < 5) and transformers >= 5 models.
 _HF_LAYER_MAP = {
     "layernorm_before": "norm1",
     "layernorm_after": "norm2",
     "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
     "intermediate.dense": "mlp.fc1",
+    "mlp.fc1": "mlp.fc1",
     "output.dense": "mlp.fc2",
+    "mlp.fc2": "mlp.fc2",
+}
+_HF_QKV = {
+    "attention.attention.query": "q",
+    "attention.attention.key": "k",
+    "attention.attention.value": "v",
+    "attention.q_proj": "q",
+    "attention.k_proj": "k",
+    "attention.v_proj": "v",
 }
 
 
 def convert_hf_vit_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Convert a Hugging Face ``transformers`` ``ViTModel``/``ViTForImageClassification`` state dict to timm keys.
 
-    The separate query/key/value projections are concatenated into timm's fused ``qkv`` layer; the pooler is dropped
-    (FPT never uses it); the classifier becomes ``head``.
+    Accepts the names of checkpoints on the hub (``encoder.layer.i.attention.attention.query``, the reference
+    implementation's ``google/vit-base-patch16-384``) and of transformers >= 5 (``layers.i.attention.q_proj``). The
+    separate query/key/value projections are concatenated into timm's fused ``qkv``; the pooler is dropped (FPT never
+    uses it); the classifier becomes ``head``.
+
+    Raises:
+        ValueError: a key that is not part of a Hugging Face ViT.
     """
     sd = {re.sub(r"^vit\.", "", k): v for k, v in state_dict.items()}
     out: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
-        if key.startswith("pooler."):
+        if key.startswith("pooler.") or key == "embeddings.mask_token":
             continue
         if key == "embeddings.cls_token":
             out["cls_token"] = value
@@ -104,22 +121,19 @@ def convert_hf_vit_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[st
             out["norm." + key.rsplit(".", 1)[1]] = value
         elif key.startswith("classifier."):
             out["head." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("encoder.layer."):
-            match = re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", key)
-            if match is None:
+        else:
+            match = re.fullmatch(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)", key)
+            if match is None or (match.group(2) not in _HF_QKV and match.group(2) not in _HF_LAYER_MAP):
                 raise ValueError(f"unexpected key {key!r} in a Hugging Face ViT state dict.")
             idx, name, kind = match.groups()
-            part = re.match(r"attention\.attention\.(query|key|value)$", name)
-            if part is not None:
-                qkv.setdefault(f"blocks.{idx}.attn.qkv.{kind}", {})[part.group(1)] = value
-            elif name in _HF_LAYER_MAP:
-                out[f"blocks.{idx}.{_HF_LAYER_MAP[name]}.{kind}"] = value
+            if name in _HF_QKV:
+                qkv.setdefault(f"blocks.{idx}.attn.qkv.{kind}", {})[_HF_QKV[name]] = value
             else:
-                raise ValueError(f"unexpected key {key!r} in a Hugging Face ViT state dict.")
-        else:
-            raise ValueError(f"unexpected key {key!r} in a Hugging Face ViT state dict.")
+                out[f"blocks.{idx}.{_HF_LAYER_MAP[name]}.{kind}"] = value
     for key, parts in qkv.items():
-        out[key] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"Hugging Face ViT state dict lacks part of the query/key/value of {key!r}.")
+        out[key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 
 
@@ -133,9 +147,10 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
             if inner is not None:
                 obj = inner
                 continue
+        found = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
         raise ValueError(
-            f"{path} does not contain a state dict of tensors (top-level keys: {list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__}). "
-            "Save the backbone with `torch.save(model.state_dict(), path)` or safetensors `save_file`."
+            f"{path} does not contain a state dict of tensors (found: {found}). Save the backbone with "
+            "`torch.save(model.state_dict(), path)` or safetensors `save_file`."
         )
     sd = {re.sub(r"^(module\.)+", "", k): v for k, v in obj.items()}  # DDP-wrapped checkpoints
     return sd
@@ -164,7 +179,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         elif suffix in (".pth", ".pt", ".bin"):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         else:
-            raise ValueError(f"unsupported weight file suffix {suffix!r} (supported: {', '.join(WEIGHT_FILE_SUFFIXES)}).")
+            raise ValueError(
+                f"unsupported weight file suffix {suffix!r} (supported: {', '.join(WEIGHT_FILE_SUFFIXES)})."
+            )
     except (ValueError, FileNotFoundError):
         raise
     except Exception as err:  # safetensors/pickle raise many types for corrupt or unsafe files
@@ -177,7 +194,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _check_supported(model: VisionTransformer, name: str) -> None:
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"backbone {name!r} is a {type(model).__name__}; FPT needs a timm VisionTransformer (plain ViT).")
+        raise ValueError(
+            f"backbone {name!r} is a {type(model).__name__}; FPT needs a timm VisionTransformer (plain ViT)."
+        )
     for i, blk in enumerate(model.blocks):
         if type(blk) is not Block or type(blk.attn) is not Attention:
             raise ValueError(
@@ -216,7 +235,13 @@ def create_vit_backbone(
     base = name.split(".")[0]
     if base not in timm.list_models():
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models('vit_*') for plain ViTs.")
-    model = timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **kwargs)
+    except TypeError as err:  # e.g. CNNs do not take img_size
+        raise ValueError(
+            f"backbone {name!r} cannot be built as a ViT at img_size={img_size} ({err}); FPT needs a timm "
+            "VisionTransformer (plain ViT, DeiT, DINO, DINOv2)."
+        ) from err
     _check_supported(model, name)
 
     if pretrained is False or pretrained is None:
@@ -229,7 +254,7 @@ def create_vit_backbone(
 
     if pretrained is True:
         try:
-            source = timm.create_model(name, pretrained=True, num_classes=0)
+            source = timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
         except Exception as err:
             raise RuntimeError(
                 f"cannot download pre-trained weights for {name!r} ({type(err).__name__}: {err}). Offline? Download "
@@ -242,7 +267,7 @@ def create_vit_backbone(
         if path.suffix.lower() == ".npz":
             if not path.is_file():
                 raise FileNotFoundError(f"weight file {path} does not exist.")
-            source = timm.create_model(name, pretrained=False, num_classes=0)
+            source = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
             try:
                 source.load_pretrained(str(path))
             except Exception as err:
@@ -276,11 +301,15 @@ def _load_into(
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
     except (RuntimeError, ValueError, KeyError) as err:
         raise ValueError(
-            f"weights from {origin} do not fit backbone {name!r}: {err}. Pass the backbone name the file was saved from."
+            f"weights from {origin} do not fit backbone {name!r}: {err}. "
+            "Pass the backbone name the file was saved from."
         ) from err
     if missing or unexpected:
         raise ValueError(
-            f"weights from {origin} do not fit backbone {name!r}: missing keys {missing[:6]}"
-            f"{'...' if len(missing) > 6 else ''}, unexpected keys {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}. "
-            "Pass the backbone name the file was saved from (e.g. 'vit_small_patch14_dinov2')."
+            f"weights from {origin} do not fit backbone {name!r}: missing keys {_preview(missing)}, unexpected keys "
+            f"{_preview(unexpected)}. Pass the backbone name the file was saved from (e.g. 'vit_small_patch14_dinov2')."
         )
+
+
+def _preview(keys: list[str], limit: int = 6) -> str:
+    return str(keys[:limit])[:-1] + (", ...]" if len(keys) > limit else "]")

@@ -135,8 +135,12 @@ class FPT(nn.Module):
             raise ValueError(f"variant must be one of {tuple(FPT_VARIANTS)}, got {variant!r}.")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-        for name, value in (("side_reduction", side_reduction), ("prompt_reduction", prompt_reduction),
-                            ("num_prompts", num_prompts), ("side_img_size", side_img_size)):
+        for name, value in (
+            ("side_reduction", side_reduction),
+            ("prompt_reduction", prompt_reduction),
+            ("num_prompts", num_prompts),
+            ("side_img_size", side_img_size),
+        ):
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}.")
         preset = FPT_VARIANTS[variant]
@@ -219,6 +223,11 @@ class FPT(nn.Module):
             keys: ``[B, L, heads, k, head_dim]`` (any float dtype; cast to the fusion module's).
             values: same shape as ``keys``.
         """
+        if not torch.jit.is_tracing():  # shapes are fixed in a trace; the checks would only add warnings
+            self._check_tokens(keys, values)
+        return self.side(image_side, self.fusion(keys, values))
+
+    def _check_tokens(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         expected = self.lpm.token_shape
         if keys.ndim != 5 or tuple(keys.shape[1:]) != expected[:2] + keys.shape[3:4] + expected[3:]:
             raise ValueError(
@@ -227,7 +236,6 @@ class FPT(nn.Module):
             )
         if values.shape != keys.shape:
             raise ValueError(f"values {tuple(values.shape)} and keys {tuple(keys.shape)} differ in shape.")
-        return self.side(image_side, self.fusion(keys, values))
 
     def forward(self, image: torch.Tensor, image_side: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, num_classes]`` from the LPM-resolution ``image`` (and optionally a separate side view)."""

@@ -95,8 +95,9 @@ class FrozenViTExtractor(nn.Module):
             raise ValueError(f"token_ratio must be in (0, 1], got {token_ratio}.")
         if query_chunk_size < 0:
             raise ValueError(f"query_chunk_size must be >= 0, got {query_chunk_size}.")
-        vit = create_vit_backbone(backbone, pretrained=pretrained, img_size=img_size, pos_interp=pos_interp,
-                                  **(backbone_kwargs or {}))
+        vit = create_vit_backbone(
+            backbone, pretrained=pretrained, img_size=img_size, pos_interp=pos_interp, **(backbone_kwargs or {})
+        )
         self.layers = parse_layers(layers, len(vit.blocks))
         # early exit: the blocks after the deepest extracted one, the final norm and the head are never needed
         vit.blocks = vit.blocks[: self.layers[-1] + 1]

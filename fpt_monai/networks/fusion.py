@@ -68,8 +68,14 @@ class FusionModule(nn.Module):
         prompt_init_std: float = 1e-6,
     ) -> None:
         super().__init__()
-        for name, value in (("num_layers", num_layers), ("lpm_dim", lpm_dim), ("num_heads", num_heads),
-                            ("side_dim", side_dim), ("num_prompts", num_prompts), ("prompt_dim", prompt_dim)):
+        for name, value in (
+            ("num_layers", num_layers),
+            ("lpm_dim", lpm_dim),
+            ("num_heads", num_heads),
+            ("side_dim", side_dim),
+            ("num_prompts", num_prompts),
+            ("prompt_dim", prompt_dim),
+        ):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}.")
         if lpm_dim % num_heads:

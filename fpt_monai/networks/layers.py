@@ -37,13 +37,15 @@ def parse_layers(layers: int | str | Sequence[int], depth: int) -> tuple[int, ..
             elif re.fullmatch(r"-?\d+", part):
                 items.append(int(part))
             else:
-                raise ValueError(f"cannot parse layers {layers!r}; use 'a-b' (inclusive), 'a,b,c', 'all' or 'second_half'.")
+                raise ValueError(
+                    f"cannot parse layers {layers!r}; use 'a-b' (inclusive), 'a,b,c', 'all' or 'second_half'."
+                )
     else:
         items = [int(i) for i in layers]
     if not items:
         raise ValueError("layers selects no block.")
     resolved = [i + depth if i < 0 else i for i in items]
-    bad = [i for i, r in zip(items, resolved) if not 0 <= r < depth]
+    bad = [i for i, r in zip(items, resolved, strict=True) if not 0 <= r < depth]
     if bad:
         raise ValueError(f"layers {bad} are outside the backbone's {depth} blocks (valid: 0..{depth - 1}).")
     if len(set(resolved)) != len(resolved):

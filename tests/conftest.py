@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny backbones for fast tests and the read-only ``../shared`` data (skipped when absent)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+DINOV2_WEIGHTS = (
+    SHARED_DIR / "data" / "vit_small_patch14_dinov2_imgfocus" / "vit_small_patch14_dinov2_imgfocus.fp16.safetensors"
+)
+
+# A 12-block ViT with 3 heads of 64 and a 4x4 patch grid at 64 px: every code path of ViT-B, a hundred times faster.
+TINY = {"backbone": "vit_tiny_patch16_224", "img_size": 64}
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_quiet():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*randomly initialised.*", category=UserWarning)
+        yield
+
+
+@pytest.fixture
+def dinov2_weights() -> Path:
+    if not DINOV2_WEIGHTS.is_file():
+        pytest.skip(f"shared pre-trained ViT-S/14 weights not found at {DINOV2_WEIGHTS} (../shared is absent)")
+    return DINOV2_WEIGHTS

@@ -1,0 +1,274 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from fpt_monai.networks import (
+    FrozenViTExtractor,
+    convert_hf_vit_state_dict,
+    create_vit_backbone,
+    load_state_dict_file,
+    resample_pos_embed_legacy,
+)
+
+# a ViT with the HF-compatible layout, small enough for exhaustive comparisons
+SMALL = dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, patch_size=8)
+
+
+def _tiny_vit(img_size=32, **kw):
+    return create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=img_size, **{**SMALL, **kw})
+
+
+def _hf_model():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        layer_norm_eps=1e-6,
+        qkv_bias=True,
+        hidden_act="gelu",
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(1)
+    model = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():  # HF initialises biases and LayerNorms to constants; randomise everything
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def _to_legacy_hf_names(sd):
+    """transformers >= 5 names -> names of the checkpoint files on the hub (transformers < 5)."""
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("layers.", "encoder.layer.")
+        for new, old in (
+            ("attention.q_proj", "attention.attention.query"),
+            ("attention.k_proj", "attention.attention.key"),
+            ("attention.v_proj", "attention.attention.value"),
+            ("attention.o_proj", "attention.output.dense"),
+            ("mlp.fc1", "intermediate.dense"),
+            ("mlp.fc2", "output.dense"),
+        ):
+            k = k.replace(new, old)
+        out["vit." + k] = v
+    return out
+
+
+@pytest.mark.parametrize("legacy_names", [False, True])
+def test_hf_vit_checkpoint_reproduces_reference_keys_values(tmp_path, legacy_names):
+    """Parity with the reference implementation's LPM (a Hugging Face ViT with eager attention)."""
+    hf = _hf_model()
+    sd = hf.state_dict()
+    if legacy_names:
+        sd = _to_legacy_hf_names(sd)
+        path = tmp_path / "pytorch_model.bin"
+        torch.save(sd, path)
+    else:
+        path = tmp_path / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    ext = FrozenViTExtractor(
+        "vit_tiny_patch16_224", pretrained=str(path), img_size=32, layers="1-3", token_ratio=0.3, backbone_kwargs=SMALL
+    )
+    captured = {}
+    hooks = [
+        getattr(hf.layers[i].attention, name).register_forward_hook(
+            lambda m, inp, out, key=(i, name): captured.__setitem__(key, out)
+        )
+        for i in range(4)
+        for name in ("k_proj", "v_proj")
+    ]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = hf(x, output_attentions=True)
+    for h in hooks:
+        h.remove()
+    keys, values, idx = ext.select(x)
+    k = ext.num_selected
+    for pos, layer in enumerate(ext.layers):
+        imp = out.attentions[layer].mean(dim=-2)
+        ref_idx = imp.topk(k, dim=-1).indices
+        assert torch.equal(idx[:, pos], ref_idx)
+        for name, got in (("k_proj", keys), ("v_proj", values)):
+            full = captured[(layer, name)].reshape(2, 17, 4, 16).transpose(1, 2)
+            ref = full.gather(2, ref_idx.unsqueeze(-1).expand(-1, -1, -1, 16))
+            torch.testing.assert_close(got[:, pos], ref, rtol=1e-4, atol=1e-5)
+    # the whole backbone matches too (final LayerNorm output)
+    vit = create_vit_backbone("vit_tiny_patch16_224", pretrained=str(path), img_size=32, **SMALL)
+    torch.testing.assert_close(vit.forward_features(x), out.last_hidden_state, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".pt"])
+def test_local_weight_files_round_trip(tmp_path, suffix):
+    src = _tiny_vit()
+    path = tmp_path / f"w{suffix}"
+    sd = {k: v.half() for k, v in src.state_dict().items()}  # fp16 files (like ../shared) are cast to fp32
+    if suffix == ".safetensors":
+        save_file(sd, str(path))
+    else:
+        torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3}, path)
+    dst = create_vit_backbone("vit_tiny_patch16_224", pretrained=str(path), img_size=32, **SMALL)
+    for k, v in dst.state_dict().items():
+        assert v.dtype == torch.float32
+        torch.testing.assert_close(v, sd[k].float())
+
+
+def _timm_to_npz(vit, path):
+    """Write a timm ViT as an original Google JAX ViT checkpoint (the layout of the official .npz releases)."""
+    sd = {k: v.detach().numpy() for k, v in vit.state_dict().items()}
+    heads, hd = vit.blocks[0].attn.num_heads, vit.blocks[0].attn.head_dim
+    w = {
+        "embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+        "embedding/bias": sd["patch_embed.proj.bias"],
+        "cls": sd["cls_token"],
+        "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
+        "Transformer/encoder_norm/scale": sd["norm.weight"],
+        "Transformer/encoder_norm/bias": sd["norm.bias"],
+    }
+    D = sd["cls_token"].shape[-1]
+    for i in range(len(vit.blocks)):
+        b, p = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        qkv_w, qkv_b = sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]
+        for j, n in enumerate(("query", "key", "value")):
+            w[p + f"MultiHeadDotProductAttention_1/{n}/kernel"] = qkv_w[j * D : (j + 1) * D].T.reshape(D, heads, hd)
+            w[p + f"MultiHeadDotProductAttention_1/{n}/bias"] = qkv_b[j * D : (j + 1) * D].reshape(heads, hd)
+        w[p + "MultiHeadDotProductAttention_1/out/kernel"] = sd[b + "attn.proj.weight"].T.reshape(heads, hd, D)
+        w[p + "MultiHeadDotProductAttention_1/out/bias"] = sd[b + "attn.proj.bias"]
+        for ln, name in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
+            w[p + f"{ln}/scale"], w[p + f"{ln}/bias"] = sd[b + name + ".weight"], sd[b + name + ".bias"]
+        for r in range(2):
+            w[p + f"MlpBlock_3/Dense_{r}/kernel"] = sd[b + f"mlp.fc{r + 1}.weight"].T
+            w[p + f"MlpBlock_3/Dense_{r}/bias"] = sd[b + f"mlp.fc{r + 1}.bias"]
+    np.savez(path, **w)
+
+
+def test_npz_checkpoint(tmp_path):
+    src = create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224, **SMALL)
+    path = tmp_path / "ViT-tiny.npz"
+    _timm_to_npz(src, path)
+    dst = create_vit_backbone("vit_tiny_patch16_224", pretrained=str(path), img_size=224, **SMALL)
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(dst.forward_features(x), src.forward_features(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pos_embed_resampled_on_load(tmp_path):
+    src = _tiny_vit(img_size=32)  # 4x4 grid
+    path = tmp_path / "w.safetensors"
+    save_file(src.state_dict(), str(path))
+    legacy = create_vit_backbone("vit_tiny_patch16_224", pretrained=str(path), img_size=64, **SMALL)
+    timm_mode = create_vit_backbone(
+        "vit_tiny_patch16_224", pretrained=str(path), img_size=64, pos_interp="timm", **SMALL
+    )
+    assert legacy.pos_embed.shape == timm_mode.pos_embed.shape == (1, 65, 64)
+    torch.testing.assert_close(legacy.pos_embed[:, :1], src.pos_embed[:, :1])  # class token untouched
+    assert not torch.allclose(legacy.pos_embed, timm_mode.pos_embed, atol=1e-4)
+
+
+def _cubic_reference(row, scale, size):
+    """Keys cubic convolution (a = -0.75, PyTorch's bicubic) sampled at (x + 0.5) / scale - 0.5, edges clamped."""
+
+    def kernel(d, a=-0.75):
+        d = abs(d)
+        if d <= 1:
+            return (a + 2) * d**3 - (a + 3) * d**2 + 1
+        if d < 2:
+            return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
+        return 0.0
+
+    out = []
+    for x in range(size):
+        src = (x + 0.5) / scale - 0.5
+        i0 = int(np.floor(src))
+        out.append(sum(kernel(src - i) * row[min(max(i, 0), len(row) - 1)] for i in range(i0 - 1, i0 + 3)))
+    return torch.tensor(out)
+
+
+def test_legacy_interpolation_uses_the_reference_scale_factor():
+    """The reference passes scale_factor=(new + 0.1) / old to F.interpolate, not the target size."""
+    old, new = 6, 8
+    grid = torch.randn(old, old)
+    pos = torch.cat([torch.zeros(1, 1), grid.reshape(1, -1)], dim=1).unsqueeze(-1)  # [1, 1 + 36, 1]
+    out = resample_pos_embed_legacy(pos, (new, new), num_prefix_tokens=1)[0, 1:, 0].reshape(new, new)
+    # separable: resample columns of every row, then rows of every column
+    rows = torch.stack([_cubic_reference(grid[r].tolist(), (new + 0.1) / old, new) for r in range(old)])
+    expected = torch.stack([_cubic_reference(rows[:, c].tolist(), (new + 0.1) / old, new) for c in range(new)], dim=1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    size_based = F.interpolate(grid[None, None], size=(new, new), mode="bicubic", align_corners=False)[0, 0]
+    assert (out - size_based).abs().max() > 1e-2  # and it differs from size-based (timm/transformers>=4.4x) resampling
+
+
+def test_hf_conversion_rejects_foreign_keys():
+    with pytest.raises(ValueError, match="unexpected key"):
+        convert_hf_vit_state_dict(
+            {"embeddings.cls_token": torch.zeros(1), "encoder.layer.0.foo.weight": torch.zeros(1)}
+        )
+
+
+def test_missing_weight_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        create_vit_backbone("vit_tiny_patch16_224", pretrained=str(tmp_path / "nope.safetensors"), img_size=32, **SMALL)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_corrupt_weight_file(tmp_path, suffix):
+    path = tmp_path / f"broken{suffix}"
+    path.write_bytes(b"this is not a weight file" * 10)
+    with pytest.raises(ValueError, match="broken"):
+        load_state_dict_file(path)
+
+
+class _NotATensor:
+    pass
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"payload": _NotATensor()}, path)
+    with pytest.raises(ValueError, match="weights_only"):
+        load_state_dict_file(path)
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"x")
+    with pytest.raises(ValueError, match="unsupported weight file suffix"):
+        load_state_dict_file(path)
+
+
+def test_weights_of_another_backbone(tmp_path):
+    path = tmp_path / "small.safetensors"
+    save_file(_tiny_vit(embed_dim=32, num_heads=2).state_dict(), str(path))
+    with pytest.raises(ValueError, match=r"small\.safetensors.*do not fit backbone"):
+        create_vit_backbone("vit_tiny_patch16_224", pretrained=str(path), img_size=32, **SMALL)
+
+
+def test_random_weights_warn():
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=32, **SMALL)
+
+
+def test_download_failure_is_explained(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub
+
+    # an empty cache and offline mode: exactly what an air-gapped hospital machine sees, without waiting on a timeout
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="pass the file path"):
+        create_vit_backbone("vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=True, img_size=32)
+
+
+def test_save_load_state_dict_bytes_weights_only():
+    """Sanity: the files we write ourselves are readable with weights_only=True."""
+    buf = io.BytesIO()
+    torch.save(_tiny_vit().state_dict(), buf)
+    buf.seek(0)
+    assert isinstance(torch.load(buf, weights_only=True), dict)

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.networks.utils import convert_to_torchscript
+
+from fpt_monai.networks import FPT, count_parameters
+
+from ..conftest import TINY
+
+TINY_FPT = {**TINY, "side_img_size": 32, "pretrained": False}
+
+
+@pytest.mark.parametrize(
+    "variant, trainable, layers, side_tokens",
+    [("fpt", 1_602_341, 12, 197), ("fpt_plus", 900_965, 6, 65)],
+)
+def test_vit_b16_at_512_shapes_and_parameter_counts(variant, trainable, layers, side_tokens):
+    """Spec §1.6/§1.7: ViT-B/16 LPM at 512 px, 5 classes."""
+    net = FPT(num_classes=5, variant=variant, backbone="vit_base_patch16_384", pretrained=False, img_size=512).eval()
+    count = count_parameters(net)
+    assert count.trainable == trainable
+    assert count.frozen == sum(p.numel() for p in net.lpm.parameters())
+    assert net.lpm.layers == (tuple(range(12)) if variant == "fpt" else tuple(range(6, 12)))
+    x = torch.randn(1, 3, 512, 512)
+    with torch.no_grad():
+        keys, values = net.extract(x)
+        assert keys.shape == values.shape == (1, layers, 12, 205, 64)
+        prompts = net.fusion(keys, values)
+        assert prompts.shape == (1, layers, 16, 96)
+        side = net.make_side_view(x)
+        assert net.side.forward_features(side, prompts).shape == (1, side_tokens, 96)
+        assert net.forward_features(side, keys, values).shape == (1, 5)
+
+
+def test_trainable_ratio_is_about_one_percent():
+    net = FPT(num_classes=5, pretrained=False)
+    assert 1.0 < count_parameters(net).ratio < 1.1  # paper: 1.03 %
+
+
+@pytest.mark.parametrize("variant", ["fpt", "fpt_plus"])
+def test_gradients_reach_only_trainable_parameters(variant):
+    net = FPT(num_classes=3, variant=variant, **TINY_FPT)
+    net.train()
+    assert not net.lpm.training
+    frozen_before = {k: v.clone() for k, v in net.lpm.state_dict().items()}
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    assert {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad} == {"fusion", "side"}
+    before = [p.detach().clone() for p in trainable]
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1)  # reference: one group, all params
+    loss = torch.nn.functional.cross_entropy(net(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert all(p.grad is None for p in net.lpm.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+    assert all(p.grad.abs().sum() > 0 for p in trainable)
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, trainable, strict=True))
+    for k, v in net.lpm.state_dict().items():
+        assert torch.equal(v, frozen_before[k]), k
+
+
+@pytest.mark.parametrize("variant", ["fpt", "fpt_plus"])
+def test_online_equals_preloaded_path(variant):
+    net = FPT(num_classes=4, variant=variant, **TINY_FPT).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        keys, values = net.extract(x)
+        preloaded = net.forward_features(net.make_side_view(x), keys, values)
+        torch.testing.assert_close(net(x), preloaded)
+        # fp16 storage (the feature store's default) changes logits only within fp16 rounding
+        torch.testing.assert_close(
+            net.forward_features(net.make_side_view(x), keys.half(), values.half()), preloaded, rtol=1e-2, atol=1e-2
+        )
+        other_side = torch.randn(2, 3, 32, 32)
+        assert not torch.allclose(net(x, image_side=other_side), preloaded)
+        torch.testing.assert_close(net(x, image_side=other_side), net.forward_features(other_side, keys, values))
+
+
+def test_side_view_is_antialiased_resize():
+    net = FPT(num_classes=2, **TINY_FPT)
+    x = torch.zeros(1, 3, 64, 64)
+    x[..., ::2, :] = 1.0  # 1-px stripes: an anti-aliased 2x downscale averages them to 0.5
+    torch.testing.assert_close(net.make_side_view(x)[..., 1:-1, :], torch.full((1, 3, 30, 32), 0.5))
+
+
+def test_trace_export_round_trip(tmp_path):
+    net = FPT(num_classes=3, **TINY_FPT).eval()
+    x = torch.randn(2, 3, 64, 64)
+    path = tmp_path / "model.ts"
+    ts = convert_to_torchscript(
+        net, filename_or_obj=str(path), verify=True, inputs=[x], use_trace=True, rtol=1e-4, atol=1e-5
+    )
+    loaded = torch.jit.load(str(path))
+    y = torch.randn(3, 3, 64, 64)  # another batch size than the trace example
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(y), net(y), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ts(y), net(y), rtol=1e-4, atol=1e-5)
+
+
+def test_monai_config_instantiation():
+    parser = ConfigParser(
+        {
+            "network_def": {
+                "_target_": "fpt_monai.networks.FPT",
+                "num_classes": 2,
+                "variant": "fpt",
+                "backbone": TINY["backbone"],
+                "img_size": TINY["img_size"],
+                "side_img_size": 32,
+                "pretrained": False,
+                "layers": "8-11",
+            }
+        }
+    )
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, FPT) and net.lpm.layers == (8, 9, 10, 11) and net.variant == "fpt"
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+
+
+def test_overrides_and_historic_fusion_variants():
+    miccai = FPT(num_classes=2, variant="fpt", residual="none", **TINY_FPT)
+    assert miccai.fusion.residual == "none"
+    ed3aa74 = FPT(num_classes=2, variant="fpt", residual_after_dropout=True, **TINY_FPT)
+    assert ed3aa74.fusion.residual_after_dropout
+    custom = FPT(
+        num_classes=2, num_prompts=4, token_ratio=0.5, token_importance="class_token", include_cls=False, **TINY_FPT
+    )
+    assert custom.fusion.prompts.shape == (6, 4, 192) and custom.token_shape == (6, 3, 8, 64)
+
+
+def test_bad_tokens_are_rejected():
+    net = FPT(num_classes=2, **TINY_FPT)
+    side = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="other layers or another backbone"):
+        net.forward_features(side, torch.randn(1, 12, 3, 3, 64), torch.randn(1, 12, 3, 3, 64))
+    with pytest.raises(ValueError, match="differ in shape"):
+        net.forward_features(side, torch.randn(1, 6, 3, 3, 64), torch.randn(1, 6, 3, 4, 64))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"variant": "fpt++"}, "variant"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"side_reduction": 5}, "side_reduction"),
+        ({"side_reduction": 0}, "side_reduction"),
+        ({"variant": "fpt", "prompt_reduction": 4}, "post_proj"),
+        ({"prompt_reduction": 7}, "prompt_reduction"),
+        ({"side_reduction": 48}, "heads"),
+        ({"token_ratio": 0.0}, "token_ratio"),
+        ({"layers": "3-20"}, "outside"),
+        ({"token_importance": "max"}, "token_importance"),
+        ({"side_init": "zeros"}, "init"),
+        ({"residual": "sum"}, "residual"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FPT(**{**TINY_FPT, **kwargs})
+
+
+def test_shared_dinov2_weights_load_and_give_finite_outputs(dinov2_weights):
+    from safetensors.torch import load_file
+
+    net = FPT(
+        num_classes=2,
+        backbone="vit_small_patch14_dinov2",
+        pretrained=str(dinov2_weights),
+        img_size=224,
+        side_img_size=112,
+    ).eval()
+    stored = load_file(str(dinov2_weights))
+    torch.testing.assert_close(net.lpm.vit.blocks[5].attn.qkv.weight, stored["blocks.5.attn.qkv.weight"].float())
+    assert net.lpm.vit.pos_embed.shape == (1, 16 * 16 + 1, 384)  # 37x37 grid resampled to 224 px
+    assert net.token_shape == (6, 6, 51, 64) and net.side.embed_dim == 48
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        keys, values = net.extract(x)
+        logits = net(x)
+    assert torch.isfinite(keys).all() and torch.isfinite(logits).all() and logits.shape == (2, 2)
+    assert keys.abs().max() > 0.1  # real weights, real activations
