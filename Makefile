@@ -24,10 +24,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check fpt_monai tests scripts
 
 demo: venv
-	@echo "make demo: the end-to-end bundle demo is not yet available (it lands with the bundle issue)."
-	$(PY) -c "from fpt_monai.networks import FPT, count_parameters; import torch; \
-net = FPT(backbone='vit_small_patch14_dinov2', pretrained=False, img_size=224, num_classes=2); \
-print(count_parameters(net)); print(net(torch.randn(1, 3, 224, 224)).shape)"
+	@echo "The full offline demo (preload, train, evaluate, infer through the MONAI bundle) lands with the bundle."
+	@echo "For now: FPT and FPT+ on the offline ViT-S/14 DINOv2 weights."
+	$(PY) scripts/network_demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

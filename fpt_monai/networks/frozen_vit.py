@@ -167,7 +167,7 @@ class FrozenViTExtractor(nn.Module):
 
     def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like :meth:`forward`, also returning the selected token indices ``[B, L, heads, k]`` (0 = class token)."""
-        if x.ndim != 4 or x.shape[1] != 3:
+        if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != 3):
             raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(x.shape)}.")
         vit = self.vit
         with torch.no_grad():
