@@ -106,6 +106,7 @@ class FrozenViTExtractor(nn.Module):
         self.vit = vit.eval()
 
         self.backbone = backbone
+        self.pretrained = pretrained if isinstance(pretrained, bool) else str(pretrained)
         self.img_size = int(img_size)
         self.token_ratio = float(token_ratio)
         self.importance_mode = token_importance

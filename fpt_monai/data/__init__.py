@@ -1,0 +1,54 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Datalists, normalisation statistics, the preloaded-token feature store and the demo dataset."""
+
+from __future__ import annotations
+
+from fpt_monai.data.datalist import (
+    SPLITS,
+    check_datalist,
+    datalist_from_csv,
+    datalist_from_image_folder,
+    datalist_from_json,
+    datalist_from_medmnist,
+    write_datalist,
+)
+from fpt_monai.data.demo import DEMO_CLASSES, make_demo_dataset, synthetic_image, write_dicom
+from fpt_monai.data.feature_store import (
+    STORE_DTYPES,
+    CorruptStoreError,
+    FeatureStore,
+    MissingItemsError,
+    StoreMismatchError,
+)
+from fpt_monai.data.normalization import DATASET_STATS, backbone_stats, compute_mean_std, resolve_normalization
+from fpt_monai.data.preload import PreloadReport, lpm_view_transform, preload, store_settings, weights_id
+
+__all__ = [
+    "DATASET_STATS",
+    "DEMO_CLASSES",
+    "SPLITS",
+    "STORE_DTYPES",
+    "CorruptStoreError",
+    "FeatureStore",
+    "MissingItemsError",
+    "PreloadReport",
+    "StoreMismatchError",
+    "backbone_stats",
+    "check_datalist",
+    "compute_mean_std",
+    "datalist_from_csv",
+    "datalist_from_image_folder",
+    "datalist_from_json",
+    "datalist_from_medmnist",
+    "lpm_view_transform",
+    "make_demo_dataset",
+    "preload",
+    "resolve_normalization",
+    "store_settings",
+    "synthetic_image",
+    "weights_id",
+    "write_datalist",
+    "write_dicom",
+]

@@ -1,0 +1,244 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Preloading: run the frozen model once over a datalist and keep the selected tokens in a :class:`FeatureStore`.
+
+Python: :func:`preload`. Command line::
+
+    python -m fpt_monai.data.preload --datalist data/datalist.json --store outputs/tokens \\
+        --backbone vit_base_patch16_384 --pretrained weights.safetensors --variant fpt_plus --normalization auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose, NormalizeIntensityd
+from tqdm.auto import tqdm
+
+from fpt_monai.data.datalist import SPLITS, datalist_from_json
+from fpt_monai.data.feature_store import STORE_DTYPES, FeatureStore
+from fpt_monai.data.normalization import resolve_normalization
+from fpt_monai.networks.frozen_vit import FrozenViTExtractor
+from fpt_monai.transforms.io import LoadMedicalImaged
+from fpt_monai.transforms.views import LPMViewd
+
+__all__ = ["PreloadReport", "lpm_view_transform", "preload", "store_settings", "weights_id"]
+
+
+def weights_id(pretrained: bool | str) -> str:
+    """Identity of the LPM weights for the store manifest: the SHA-256 of a weight file, the timm hub name, or
+    ``"random"``."""
+    if pretrained is True:
+        return "timm-hub"
+    if pretrained is False or pretrained is None:
+        return "random"
+    h = hashlib.sha256()
+    with open(pretrained, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+def store_settings(extractor: FrozenViTExtractor, mean: Sequence[float], std: Sequence[float]) -> dict:
+    """Everything that determines the stored tokens (compared when a store is opened)."""
+    return {
+        "backbone": extractor.backbone,
+        "weights": weights_id(extractor.pretrained),
+        "img_size": extractor.img_size,
+        "pos_interp": extractor.pos_interp,
+        "layers": list(extractor.layers),
+        "token_ratio": extractor.token_ratio,
+        "token_importance": extractor.importance_mode,
+        "include_cls": extractor.include_cls,
+        "k": extractor.num_selected,
+        "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        "lpm_view": "resize-bilinear-antialias",
+    }
+
+
+def lpm_view_transform(img_size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3) -> Compose:
+    """Load an image and make its (never augmented) LPM view: resize to ``img_size`` and normalise."""
+    return Compose(
+        [
+            LoadMedicalImaged("image", channels=channels),
+            LPMViewd("image", size=img_size),
+            NormalizeIntensityd("image", subtrahend=list(mean), divisor=list(std), channel_wise=True),
+        ]
+    )
+
+
+@dataclass
+class PreloadReport:
+    """What a preload run did."""
+
+    store: FeatureStore
+    computed: int
+    skipped: int
+
+
+def preload(
+    items: Sequence[Mapping],
+    extractor: FrozenViTExtractor,
+    store_dir: str | os.PathLike,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: str = "float16",
+    batch_size: int = 16,
+    num_workers: int = 0,
+    shard_size: int = 128,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    shard_prefix: str = "r000",
+) -> PreloadReport:
+    """Extract and store the tokens of every item not yet in the store at ``store_dir``.
+
+    Items already stored are skipped, so an interrupted run continues where it stopped; shards of ``shard_size``
+    items are committed atomically as they fill. The store's manifest must match the extractor and normalisation
+    (a store built with other settings raises :class:`~fpt_monai.data.StoreMismatchError`).
+
+    Args:
+        items: datalist items with ``image`` and ``id``.
+        extractor: the frozen model (e.g. ``FPT(...).lpm``).
+        store_dir: the store directory (created if needed).
+        mean, std: the LPM view's normalisation.
+        dtype: ``"float16"`` (default), ``"bfloat16"`` or ``"float32"``.
+        batch_size, num_workers: data loading.
+        shard_size: items per shard file.
+        device: where the extractor runs (default: CUDA if available).
+        progress: show a progress bar.
+        shard_prefix: shard name prefix (one per writer process).
+    """
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {dtype!r}.")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("shard_size and batch_size must be positive.")
+    ids = [str(item["id"]) for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("items repeat ids; build the datalist with fpt_monai.data (ids are relative paths).")
+    store = FeatureStore.open_or_create(store_dir, store_settings(extractor, mean, std), extractor.token_shape, dtype)
+    pending = [{"image": item["image"], "id": str(item["id"])} for item in items if str(item["id"]) not in store]
+    skipped = len(items) - len(pending)
+    if not pending:
+        return PreloadReport(store, 0, skipped)
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    extractor = extractor.to(device).eval()
+    loader = DataLoader(
+        Dataset(pending, transform=lpm_view_transform(extractor.img_size, mean, std)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+    )
+    store_dtype = getattr(torch, dtype)
+    buf_ids: list[str] = []
+    buf_k: list[torch.Tensor] = []
+    buf_v: list[torch.Tensor] = []
+
+    def commit(n: int) -> None:
+        """Write the first ``n`` buffered items as one shard, keep the rest buffered."""
+        keys, values = torch.cat(buf_k), torch.cat(buf_v)
+        store.write_shard(buf_ids[:n], keys[:n], values[:n], prefix=shard_prefix)
+        del buf_ids[:n]
+        buf_k[:] = [keys[n:]] if len(buf_ids) else []
+        buf_v[:] = [values[n:]] if len(buf_ids) else []
+
+    bar = tqdm(total=len(items), initial=skipped, desc="preload", unit="img", disable=not progress)
+    with torch.inference_mode():
+        for batch in loader:
+            keys, values = extractor(batch["image"].to(device, non_blocking=True))
+            buf_ids.extend(batch["id"])
+            buf_k.append(keys.to(store_dtype).cpu())
+            buf_v.append(values.to(store_dtype).cpu())
+            bar.update(len(batch["id"]))
+            while len(buf_ids) >= shard_size:  # commit each shard as soon as it is full
+                commit(shard_size)
+    if buf_ids:
+        commit(len(buf_ids))
+    bar.close()
+    return PreloadReport(store, len(pending), skipped)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m fpt_monai.data.preload", description=__doc__.splitlines()[0])
+    p.add_argument("--datalist", required=True, help="MONAI datalist JSON (fpt_monai.data.write_datalist)")
+    p.add_argument("--store", required=True, help="feature store directory")
+    p.add_argument("--splits", default="training,validation,test", help="datalist splits to preload")
+    p.add_argument("--backbone", default="vit_base_patch16_384")
+    p.add_argument("--pretrained", default="true", help="'true' (timm hub), 'false' (random) or a weight file")
+    p.add_argument("--img-size", type=int, default=512)
+    p.add_argument("--layers", default=None, help="e.g. 6-11; default: the variant's")
+    p.add_argument("--variant", default="fpt_plus", choices=["fpt_plus", "fpt"])
+    p.add_argument("--token-ratio", type=float, default=0.2)
+    p.add_argument("--token-importance", default="global", choices=["global", "class_token"])
+    p.add_argument("--pos-interp", default="legacy", choices=["legacy", "timm"])
+    p.add_argument("--normalization", default="auto", help="dataset name, auto, backbone, or JSON [mean, std]")
+    p.add_argument("--dtype", default="float16", choices=list(STORE_DTYPES))
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=128)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    datalist = datalist_from_json(args.datalist)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise SystemExit(f"unknown splits {unknown}; choose from {SPLITS}")
+    items = [item for split in splits for item in datalist.get(split, [])]
+    pretrained: bool | str = {"true": True, "false": False}.get(args.pretrained.lower(), args.pretrained)
+    layers = args.layers or ("second_half" if args.variant == "fpt_plus" else "all")
+    norm = json.loads(args.normalization) if args.normalization.startswith("[") else args.normalization
+    mean, std = resolve_normalization(norm, backbone=args.backbone, items=datalist["training"], size=args.img_size)
+    extractor = FrozenViTExtractor(
+        backbone=args.backbone,
+        pretrained=pretrained,
+        img_size=args.img_size,
+        layers=layers,
+        token_ratio=args.token_ratio,
+        token_importance=args.token_importance,
+        pos_interp=args.pos_interp,
+    )
+    report = preload(
+        items,
+        extractor,
+        args.store,
+        mean,
+        std,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        shard_size=args.shard_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(
+        json.dumps(
+            {
+                "store": str(report.store.path),
+                "items": len(report.store),
+                "computed": report.computed,
+                "skipped": report.skipped,
+                "bytes_per_item": report.store.bytes_per_item,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""MONAI transforms for FPT: medical image reading, the two views, preloaded tokens."""
+
+from __future__ import annotations
+
+from fpt_monai.transforms.io import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    LoadMedicalImage,
+    LoadMedicalImaged,
+    image_format,
+    read_image,
+)
+from fpt_monai.transforms.tokens import LoadPreloadedTokensd
+from fpt_monai.transforms.views import LPMViewd, SideViewd, random_resized_crop_box
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageReadError",
+    "LPMViewd",
+    "LoadPreloadedTokensd",
+    "LoadMedicalImage",
+    "LoadMedicalImaged",
+    "SideViewd",
+    "image_format",
+    "random_resized_crop_box",
+    "read_image",
+]

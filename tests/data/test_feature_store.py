@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+
+from fpt_monai.data import CorruptStoreError, FeatureStore, MissingItemsError, StoreMismatchError
+from fpt_monai.transforms import LoadPreloadedTokensd
+
+SHAPE = (2, 3, 4, 8)
+SETTINGS = {"backbone": "vit_tiny_patch16_224", "layers": [10, 11], "k": 4, "normalization": {"mean": [0.5]}}
+
+
+def _tokens(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *SHAPE, generator=g), torch.randn(n, *SHAPE, generator=g)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 0.0), ("float16", 2e-3), ("bfloat16", 1.6e-2)])
+def test_round_trip(tmp_path, dtype, tol):
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE, dtype)
+    keys, values = _tokens(5)
+    store.write_shard([f"a/{i}.png" for i in range(3)], keys[:3], values[:3])
+    store.write_shard(["b/0.png", "b/1.png"], keys[3:], values[3:])
+    reopened = FeatureStore.open(tmp_path / "s", SETTINGS, dtype, SHAPE)
+    assert len(reopened) == 5 and "b/1.png" in reopened and reopened.missing(["a/0.png", "zz"]) == ["zz"]
+    k, v = reopened.get("b/0.png")
+    assert k.dtype == getattr(torch, dtype) and k.shape == SHAPE
+    torch.testing.assert_close(k.float(), keys[3], rtol=tol, atol=tol * 4)
+    torch.testing.assert_close(v.float(), values[3], rtol=tol, atol=tol * 4)
+    assert reopened.bytes_per_item == 2 * int(np.prod(SHAPE)) * (4 if dtype == "float32" else 2)
+    reopened.verify()
+    assert len(list((tmp_path / "s" / "shards").glob("*.npy"))) == 2  # few files, not one per item
+
+
+def test_fpt_plus_vit_b_item_size_is_half_the_reference():
+    shape = (6, 12, 205, 64)  # FPT+, ViT-B/16 at 512 px
+    fp16 = 2 * int(np.prod(shape)) * 2
+    assert fp16 == 3_778_560 and fp16 <= 3.8e6 and fp16 * 2 == 7_557_120  # reference: fp32, 7,557,120 B
+
+
+def test_settings_mismatch_is_explained(tmp_path):
+    FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    other = {**SETTINGS, "layers": [6, 7]}
+    with pytest.raises(StoreMismatchError, match=r"layers: store has \[10, 11\], asked for \[6, 7\]") as info:
+        FeatureStore.open(tmp_path / "s", other)
+    assert "Preload into a new directory" in str(info.value)
+    with pytest.raises(StoreMismatchError, match="dtype"):
+        FeatureStore.open(tmp_path / "s", SETTINGS, dtype="float32")
+    with pytest.raises(StoreMismatchError, match="token_shape"):
+        FeatureStore.open_or_create(tmp_path / "s", SETTINGS, (2, 3, 5, 8))
+    with pytest.raises(FileNotFoundError, match="preload step"):
+        FeatureStore.open(tmp_path / "empty")
+
+
+def test_missing_items_are_named(tmp_path):
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    store.write_shard(["x.png"], *_tokens(1))
+    with pytest.raises(MissingItemsError, match=r"lacks 2 item\(s\): 'y.png', 'z.png'"):
+        store.require(["x.png", "y.png", "z.png"])
+    with pytest.raises(MissingItemsError, match="'q.png'"):
+        store.get("q.png")
+    with pytest.raises(ValueError, match="contains stored ones"):
+        store.write_shard(["x.png"], *_tokens(1))
+
+
+def test_truncated_shard_is_detected(tmp_path):
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    name = store.write_shard(["a", "b"], *_tokens(2))
+    data = tmp_path / "s" / "shards" / f"{name}.npy"
+    data.write_bytes(data.read_bytes()[:-100])
+    with pytest.raises(CorruptStoreError, match=rf"{name}\.npy.*truncated"):
+        FeatureStore.open(tmp_path / "s")
+
+
+def test_flipped_bytes_are_detected(tmp_path):
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    name = store.write_shard(["a", "b"], *_tokens(2))
+    data = tmp_path / "s" / "shards" / f"{name}.npy"
+    raw = bytearray(data.read_bytes())
+    raw[-10] ^= 0xFF  # inside item "b"
+    data.write_bytes(bytes(raw))
+    store = FeatureStore.open(tmp_path / "s")
+    store.get("a")  # the intact item still reads
+    with pytest.raises(CorruptStoreError, match="'b' fails its CRC32 check"):
+        store.get("b")
+    with pytest.raises(CorruptStoreError, match="SHA-256 mismatch"):
+        store.verify()
+
+
+def test_interrupted_write_leftovers_are_cleaned(tmp_path):
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    store.write_shard(["a"], *_tokens(1))
+    shards = tmp_path / "s" / "shards"
+    (shards / "r000-000007.npy").write_bytes(b"half a shard")  # data renamed, index never written
+    (shards / ".r000-000008.npy.tmp-123").write_bytes(b"temp")
+    store = FeatureStore.open_or_create(tmp_path / "s", SETTINGS, SHAPE)
+    assert sorted(p.name for p in shards.iterdir()) == ["r000-000000.json", "r000-000000.npy"]
+    assert store.ids == ["a"]
+
+
+def test_transform_in_dataloader_workers(tmp_path):
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    keys, values = _tokens(6)
+    store.write_shard([str(i) for i in range(6)], keys, values)
+    ds = Dataset([{"id": str(i), "label": i % 2} for i in range(6)], transform=LoadPreloadedTokensd(tmp_path / "s"))
+    batches = list(DataLoader(ds, batch_size=3, num_workers=2))
+    got = torch.cat([b["keys"] for b in batches]).float()
+    torch.testing.assert_close(got, keys, rtol=2e-3, atol=8e-3)
+    assert batches[0]["values"].shape == (3, *SHAPE)

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fpt_monai.data import (
+    FeatureStore,
+    StoreMismatchError,
+    datalist_from_json,
+    lpm_view_transform,
+    make_demo_dataset,
+    preload,
+)
+from fpt_monai.networks import FrozenViTExtractor, create_vit_backbone
+
+from ..conftest import REPO_ROOT
+
+MEAN, STD = (0.4, 0.4, 0.4), (0.25, 0.25, 0.25)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(root, per_class=8, size=96)
+    weights = root / "vit_tiny.safetensors"
+    save_file(create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224).state_dict(), str(weights))
+    return root, datalist_from_json(root / "datalist.json"), weights
+
+
+def _extractor(weights, img_size=64, layers="10-11"):
+    return FrozenViTExtractor("vit_tiny_patch16_224", pretrained=str(weights), img_size=img_size, layers=layers)
+
+
+def _all(dl):
+    return dl["training"] + dl["validation"] + dl["test"]
+
+
+def test_store_equals_extractor_output(demo, tmp_path):
+    root, dl, weights = demo
+    ext = _extractor(weights)
+    items = _all(dl)
+    report = preload(items, ext, tmp_path / "store", MEAN, STD, batch_size=3, shard_size=5, progress=False)
+    assert (report.computed, report.skipped, len(report.store)) == (16, 0, 16)
+    assert len(list((tmp_path / "store" / "shards").glob("*.npy"))) == 4  # 5 + 5 + 5 + 1
+    t = lpm_view_transform(64, MEAN, STD)
+    for item in items[::5]:
+        x = t({"image": item["image"]})["image"].unsqueeze(0)
+        keys, values = ext(x)
+        k, v = report.store.get(item["id"])
+        torch.testing.assert_close(k.float(), keys[0], rtol=1e-3, atol=2e-3)
+        torch.testing.assert_close(v.float(), values[0], rtol=1e-3, atol=2e-3)
+    again = preload(items, ext, tmp_path / "store", MEAN, STD, progress=False)
+    assert (again.computed, again.skipped) == (0, 16)
+    with pytest.raises(StoreMismatchError, match="layers"):
+        preload(items, _extractor(weights, layers="9-11"), tmp_path / "store", MEAN, STD, progress=False)
+    with pytest.raises(StoreMismatchError, match="normalization"):
+        preload(items, ext, tmp_path / "store", (0.5, 0.5, 0.5), STD, progress=False)
+
+
+def test_killed_preload_resumes_without_recomputing(demo, tmp_path):
+    root, dl, weights = demo
+    store_dir = tmp_path / "store"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fpt_monai.data.preload",
+        "--datalist",
+        str(root / "datalist.json"),
+        "--store",
+        str(store_dir),
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--pretrained",
+        str(weights),
+        "--img-size",
+        "224",
+        "--layers",
+        "10-11",
+        "--normalization",
+        json.dumps([MEAN, STD]),
+        "--batch-size",
+        "1",
+        "--shard-size",
+        "2",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    shards = store_dir / "shards"
+    while time.time() < deadline and proc.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    done = len(FeatureStore.open(store_dir))
+    assert 4 <= done < 16, "the preload finished before it could be killed"
+    report = preload(_all(dl), _extractor(weights, img_size=224), store_dir, MEAN, STD, progress=False)
+    assert (report.skipped, report.computed) == (done, 16 - done)
+    report.store.verify()
+    fresh = preload(_all(dl), _extractor(weights, img_size=224), tmp_path / "fresh", MEAN, STD, progress=False)
+    for item in _all(dl):
+        torch.testing.assert_close(report.store.get(item["id"])[0], fresh.store.get(item["id"])[0])
+
+
+def test_cli_reports_json(demo, tmp_path):
+    root, _, weights = demo
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fpt_monai.data.preload",
+            "--datalist",
+            str(root / "datalist.json"),
+            "--store",
+            str(tmp_path / "s"),
+            "--backbone",
+            "vit_tiny_patch16_224",
+            "--pretrained",
+            str(weights),
+            "--img-size",
+            "64",
+            "--layers",
+            "11",
+            "--normalization",
+            "auto",
+            "--splits",
+            "test",
+            "--no-progress",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        check=True,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["items"] == report["computed"] == 4 and report["bytes_per_item"] == 2 * 1 * 3 * 3 * 64 * 2
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["settings"]["weights"].startswith("sha256:") and manifest["dtype"] == "float16"
+    assert len(manifest["settings"]["normalization"]["mean"]) == 3  # 'auto' was resolved and recorded
