@@ -90,7 +90,7 @@ class FPT(nn.Module):
         prompt_init_std: prompt initialisation std. Defaults to 1e-6.
         side_init: ``"hf"`` (reference) or ``"timm"`` initialisation of the side ViT. Defaults to ``"hf"``.
         layer_norm_eps: side-network LayerNorm epsilon. Defaults to 1e-12 (reference).
-        query_chunk_size: see :class:`FrozenViTExtractor`. Defaults to 0.
+        query_chunk_size: see :class:`FrozenViTExtractor`. Defaults to 256.
         backbone_kwargs: extra keyword arguments for ``timm.create_model``.
 
     Raises:
@@ -127,7 +127,7 @@ class FPT(nn.Module):
         prompt_init_std: float = 1e-6,
         side_init: str = "hf",
         layer_norm_eps: float = 1e-12,
-        query_chunk_size: int = 0,
+        query_chunk_size: int = 256,
         backbone_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
