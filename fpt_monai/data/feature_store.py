@@ -35,6 +35,7 @@ __all__ = [
     "FeatureStore",
     "MissingItemsError",
     "StoreMismatchError",
+    "file_sha256",
 ]
 
 STORE_DTYPES = ("float16", "bfloat16", "float32")
@@ -80,7 +81,8 @@ def _json_normal(obj):
     return json.loads(json.dumps(obj))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 16 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
@@ -295,7 +297,7 @@ class FeatureStore:
         """Check every shard file against its SHA-256 (reads the whole store)."""
         for name, meta in self._shards.items():
             path = self.path / "shards" / f"{name}.npy"
-            if _sha256(path) != meta["sha256"]:
+            if file_sha256(path) != meta["sha256"]:
                 raise CorruptStoreError(
                     f"{path}: SHA-256 mismatch (corrupt shard). Delete {name}.npy and {name}.json and preload again."
                 )
@@ -325,7 +327,7 @@ class FeatureStore:
             "ids": ids,
             "crc32": [zlib.crc32(row) for row in arr],
             "nbytes": data_path.stat().st_size,
-            "sha256": _sha256(data_path),
+            "sha256": file_sha256(data_path),
         }
         _atomic_write(data_path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
         self._register(data_path.with_suffix(".json"))

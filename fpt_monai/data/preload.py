@@ -12,7 +12,6 @@ Python: :func:`preload`. Command line::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ from monai.transforms import Compose, NormalizeIntensityd
 from tqdm.auto import tqdm
 
 from fpt_monai.data.datalist import SPLITS, datalist_from_json
-from fpt_monai.data.feature_store import STORE_DTYPES, FeatureStore
+from fpt_monai.data.feature_store import STORE_DTYPES, FeatureStore, file_sha256
 from fpt_monai.data.normalization import resolve_normalization
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.transforms.io import LoadMedicalImaged
@@ -41,11 +40,7 @@ def weights_id(pretrained: bool | str) -> str:
         return "timm-hub"
     if pretrained is False or pretrained is None:
         return "random"
-    h = hashlib.sha256()
-    with open(pretrained, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return f"sha256:{h.hexdigest()}"
+    return f"sha256:{file_sha256(pretrained)}"
 
 
 def store_settings(extractor: FrozenViTExtractor, mean: Sequence[float], std: Sequence[float]) -> dict:
