@@ -12,6 +12,7 @@ Classification", IEEE TNNLS 2025 <https://arxiv.org/abs/2408.02426>.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,13 @@ from fpt_monai.networks.fusion import FusionModule
 from fpt_monai.networks.side_vit import SideViT
 
 __all__ = ["FPT", "FPT_VARIANTS"]
+
+
+def _drop_frozen_weights(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> dict:
+    for key in [k for k in state_dict if k.startswith(prefix + "lpm.")]:
+        del state_dict[key]
+    return state_dict
+
 
 # Per-variant defaults of the reference implementation (configs/network/FPT.yaml and FPT+.yaml at HEAD d17ab24).
 # FPT+ extracts the second half of the backbone's blocks (6-11 of a 12-block ViT), FPT all of them (0-11).
@@ -92,6 +100,12 @@ class FPT(nn.Module):
         layer_norm_eps: side-network LayerNorm epsilon. Defaults to 1e-12 (reference).
         query_chunk_size: see :class:`FrozenViTExtractor`. Defaults to 256.
         backbone_kwargs: extra keyword arguments for ``timm.create_model``.
+        frozen_model: build (and load) the frozen model. ``False`` builds only the trainable part, for training
+            from preloaded tokens: no LPM weights are read or held in memory. Defaults to ``True``.
+
+    ``state_dict()`` holds the trainable part only (about 1 % of the parameters): the frozen model's weights always
+    come from ``pretrained``. Loading such a checkpoint into a model with the frozen model works with ``strict=True``;
+    full checkpoints that include ``lpm.*`` keys load as well.
 
     Raises:
         ValueError: invalid option values or incompatible settings.
@@ -129,6 +143,7 @@ class FPT(nn.Module):
         layer_norm_eps: float = 1e-12,
         query_chunk_size: int = 256,
         backbone_kwargs: dict | None = None,
+        frozen_model: bool = True,
     ) -> None:
         super().__init__()
         if variant not in FPT_VARIANTS:
@@ -146,9 +161,9 @@ class FPT(nn.Module):
         preset = FPT_VARIANTS[variant]
         self.variant = variant
 
-        self.lpm = FrozenViTExtractor(
+        lpm_kwargs = dict(
             backbone=backbone,
-            pretrained=pretrained,
+            pretrained=pretrained if frozen_model else False,
             img_size=img_size,
             layers=preset["layers"] if layers is None else layers,
             token_ratio=token_ratio,
@@ -158,7 +173,15 @@ class FPT(nn.Module):
             query_chunk_size=query_chunk_size,
             backbone_kwargs=backbone_kwargs,
         )
-        lpm_dim, heads = self.lpm.embed_dim, self.lpm.num_heads
+        if frozen_model:
+            lpm = FrozenViTExtractor(**lpm_kwargs)
+        else:  # only the architecture is needed: build it on the meta device (no memory, no weight file read)
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lpm = FrozenViTExtractor(**lpm_kwargs)
+        self.lpm: FrozenViTExtractor | None = lpm if frozen_model else None
+        self._token_shape = lpm.token_shape
+        lpm_dim, heads = lpm.embed_dim, lpm.num_heads
         if lpm_dim % side_reduction:
             raise ValueError(f"LPM width {lpm_dim} is not divisible by side_reduction {side_reduction}.")
         prompt_reduction = preset["prompt_reduction"] if prompt_reduction is None else int(prompt_reduction)
@@ -171,7 +194,7 @@ class FPT(nn.Module):
             )
         self.img_size = int(img_size)
         self.side_img_size = int(preset["side_img_size"] if side_img_size is None else side_img_size)
-        num_layers = len(self.lpm.layers)
+        num_layers = len(lpm.layers)
 
         self.fusion = FusionModule(
             num_layers=num_layers,
@@ -189,7 +212,7 @@ class FPT(nn.Module):
         )
         self.side = SideViT(
             img_size=self.side_img_size,
-            patch_size=self.lpm.patch_size,
+            patch_size=lpm.patch_size,
             embed_dim=side_dim,
             depth=num_layers,
             num_heads=heads,
@@ -199,11 +222,19 @@ class FPT(nn.Module):
             layer_norm_eps=layer_norm_eps,
         )
         self.num_classes = int(num_classes)
+        # checkpoints hold the trainable part only: the frozen model always comes from `pretrained`
+        self._register_state_dict_hook(_drop_frozen_weights)
+        self._register_load_state_dict_pre_hook(self._fill_frozen_weights, with_module=False)
+
+    def _fill_frozen_weights(self, state_dict, prefix, *args) -> None:
+        if self.lpm is not None and not any(k.startswith(prefix + "lpm.") for k in state_dict):
+            for key, value in self.lpm.state_dict().items():
+                state_dict[f"{prefix}lpm.{key}"] = value
 
     @property
     def token_shape(self) -> tuple[int, int, int, int]:
         """Per-image shape ``(layers, heads, k, head_dim)`` of the keys/values that :meth:`extract` returns."""
-        return self.lpm.token_shape
+        return self._token_shape
 
     def make_side_view(self, image: torch.Tensor) -> torch.Tensor:
         """Resize the LPM-resolution batch to the side resolution (bilinear with anti-aliasing, like PIL)."""
@@ -213,6 +244,11 @@ class FPT(nn.Module):
 
     def extract(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the LPM's selected tokens, ``[B, L, heads, k, head_dim]`` each (no gradients)."""
+        if self.lpm is None:
+            raise RuntimeError(
+                "this FPT was built with frozen_model=False (training from preloaded tokens): pass keys/values, or "
+                "build it with frozen_model=True to run the frozen model."
+            )
         return self.lpm(image)
 
     def forward_features(self, image_side: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -228,7 +264,7 @@ class FPT(nn.Module):
         return self.side(image_side, self.fusion(keys, values))
 
     def _check_tokens(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        expected = self.lpm.token_shape
+        expected = self._token_shape
         if keys.ndim != 5 or tuple(keys.shape[1:]) != expected[:2] + keys.shape[3:4] + expected[3:]:
             raise ValueError(
                 f"keys of shape {tuple(keys.shape)} do not fit this model: expected [B, {expected[0]}, {expected[1]}, "
@@ -237,9 +273,23 @@ class FPT(nn.Module):
         if values.shape != keys.shape:
             raise ValueError(f"values {tuple(values.shape)} and keys {tuple(keys.shape)} differ in shape.")
 
-    def forward(self, image: torch.Tensor, image_side: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[B, num_classes]`` from the LPM-resolution ``image`` (and optionally a separate side view)."""
-        keys, values = self.extract(image)
+    def forward(
+        self,
+        image: torch.Tensor,
+        image_side: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, num_classes]``.
+
+        Args:
+            image: the normalised LPM-resolution batch (with preloaded ``keys``/``values`` it is only used to make
+                the side view when ``image_side`` is not given).
+            image_side: the side view; made from ``image`` by resizing when ``None``.
+            keys, values: preloaded tokens ``[B, L, heads, k, head_dim]``; the frozen model is skipped.
+        """
+        if keys is None or values is None:
+            keys, values = self.extract(image)
         if image_side is None:
             image_side = self.make_side_view(image)
         return self.forward_features(image_side, keys, values)

@@ -180,3 +180,33 @@ def test_shared_dinov2_weights_load_and_give_finite_outputs(dinov2_weights):
         logits = net(x)
     assert torch.isfinite(keys).all() and torch.isfinite(logits).all() and logits.shape == (2, 2)
     assert keys.abs().max() > 0.1  # real weights, real activations
+
+
+def test_checkpoints_hold_the_trainable_part_only(tmp_path):
+    net = FPT(num_classes=3, **TINY_FPT).eval()
+    sd = net.state_dict()
+    assert sd and not any(k.startswith("lpm.") for k in sd)
+    assert sum(v.numel() for v in sd.values()) == count_parameters(net).trainable
+    other = FPT(num_classes=3, **TINY_FPT).eval()
+    other.lpm.load_state_dict(net.lpm.state_dict())  # same frozen weights, as from one weight file
+    other.load_state_dict(sd, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(other(x), net(x))
+    full = {**sd, **{f"lpm.{k}": v for k, v in net.lpm.state_dict().items()}}
+    FPT(num_classes=3, **TINY_FPT).load_state_dict(full, strict=True)  # full checkpoints still load
+
+
+def test_training_without_the_frozen_model():
+    full = FPT(num_classes=3, **TINY_FPT).eval()
+    light = FPT(
+        num_classes=3, **{**TINY_FPT, "pretrained": "/nonexistent/weights.safetensors"}, frozen_model=False
+    ).eval()
+    assert light.lpm is None and count_parameters(light).frozen == 0
+    assert light.token_shape == full.token_shape
+    light.load_state_dict(full.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    keys, values = full.extract(x)
+    side = full.make_side_view(x)
+    torch.testing.assert_close(light(side, image_side=side, keys=keys, values=values), full(x))
+    with pytest.raises(RuntimeError, match="frozen_model=False"):
+        light(x)

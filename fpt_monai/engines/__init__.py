@@ -1,0 +1,20 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Ignite/MONAI engine pieces for FPT: batch preparation, metrics, the training recipe."""
+
+from __future__ import annotations
+
+from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classification_metrics
+from fpt_monai.engines.prepare_batch import FPTPrepareBatch
+from fpt_monai.engines.training import GradientClipHandler, class_weights, warmup_cosine_schedule
+
+__all__ = [
+    "METRIC_NAMES",
+    "ClassificationMetric",
+    "FPTPrepareBatch",
+    "GradientClipHandler",
+    "class_weights",
+    "classification_metrics",
+    "warmup_cosine_schedule",
+]

@@ -1,0 +1,72 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Batch preparation for MONAI's Ignite engines with FPT's inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from monai.engines.utils import PrepareBatch
+
+__all__ = ["FPTPrepareBatch"]
+
+
+class FPTPrepareBatch(PrepareBatch):
+    """Turn an FPT batch into ``(inputs, targets, args, kwargs)`` for ``SupervisedTrainer``/``SupervisedEvaluator``.
+
+    - preload mode (the batch has ``keys``/``values`` from the feature store): the network gets the side view as
+      its positional input and ``image_side``, ``keys``, ``values`` as keyword arguments, so the frozen model is
+      never run (and the LPM-resolution image never decoded);
+    - online mode: the LPM-resolution ``image`` is the positional input, plus ``image_side`` when the batch has an
+      (augmented) side view.
+
+    Targets are ``label`` as ``long`` (absent in inference: ``None``).
+
+    Args:
+        image_key, side_key, keys_key, values_key, label_key: batch keys. Defaults to ``"image"``,
+            ``"image_side"``, ``"keys"``, ``"values"``, ``"label"``.
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        side_key: str = "image_side",
+        keys_key: str = "keys",
+        values_key: str = "values",
+        label_key: str = "label",
+    ) -> None:
+        self.image_key = image_key
+        self.side_key = side_key
+        self.keys_key = keys_key
+        self.values_key = values_key
+        self.label_key = label_key
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple, dict]:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            t = t.as_tensor() if hasattr(t, "as_tensor") else t
+            return t.to(device=device, non_blocking=non_blocking, **kwargs)
+
+        label = batchdata.get(self.label_key)
+        targets = move(torch.as_tensor(label)).long().reshape(-1) if label is not None else None
+        if self.keys_key in batchdata:
+            if self.side_key not in batchdata:
+                raise KeyError(f"preloaded tokens need the side view {self.side_key!r} in the batch")
+            side = move(batchdata[self.side_key])
+            forward_kwargs = {
+                "image_side": side,
+                "keys": move(batchdata[self.keys_key]),
+                "values": move(batchdata[self.values_key]),
+            }
+            return side, targets, (), forward_kwargs
+        if self.image_key not in batchdata:
+            raise KeyError(f"the batch has neither preloaded tokens nor the image {self.image_key!r}")
+        forward_kwargs = {"image_side": move(batchdata[self.side_key])} if self.side_key in batchdata else {}
+        return move(batchdata[self.image_key]), targets, (), forward_kwargs
