@@ -38,12 +38,12 @@ def test_multiclass_metrics():
     aucs = [_auc_by_pairs(probs[:, c], (labels == c).astype(int)) for c in range(3)]
     assert m["auc"] == pytest.approx(np.mean(aucs))
     # quadratic weighted kappa from its definition
-    O = np.zeros((3, 3))
+    observed = np.zeros((3, 3))
     for t, p in zip(labels, preds, strict=True):
-        O[t, p] += 1
+        observed[t, p] += 1
     W = np.array([[(i - j) ** 2 / 4 for j in range(3)] for i in range(3)])
-    E = np.outer(O.sum(1), O.sum(0)) / O.sum()
-    assert m["kappa"] == pytest.approx(1 - (W * O).sum() / (W * E).sum())
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    assert m["kappa"] == pytest.approx(1 - (W * observed).sum() / (W * expected).sum())
 
 
 def test_auc_is_nan_with_one_class():
