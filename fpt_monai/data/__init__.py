@@ -23,7 +23,14 @@ from fpt_monai.data.feature_store import (
     StoreMismatchError,
 )
 from fpt_monai.data.normalization import DATASET_STATS, backbone_stats, compute_mean_std, resolve_normalization
-from fpt_monai.data.preload import PreloadReport, lpm_view_transform, preload, store_settings, weights_id
+from fpt_monai.data.preload import (
+    PreloadReport,
+    ensure_feature_store,
+    lpm_view_transform,
+    preload,
+    store_settings,
+    weights_id,
+)
 
 __all__ = [
     "DATASET_STATS",
@@ -42,6 +49,7 @@ __all__ = [
     "datalist_from_image_folder",
     "datalist_from_json",
     "datalist_from_medmnist",
+    "ensure_feature_store",
     "lpm_view_transform",
     "make_demo_dataset",
     "preload",

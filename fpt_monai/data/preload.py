@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from monai.data import DataLoader, Dataset
@@ -30,7 +31,14 @@ from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.transforms.io import LoadMedicalImaged
 from fpt_monai.transforms.views import LPMViewd
 
-__all__ = ["PreloadReport", "lpm_view_transform", "preload", "store_settings", "weights_id"]
+__all__ = [
+    "PreloadReport",
+    "ensure_feature_store",
+    "lpm_view_transform",
+    "preload",
+    "store_settings",
+    "weights_id",
+]
 
 
 def weights_id(pretrained: bool | str) -> str:
@@ -43,11 +51,14 @@ def weights_id(pretrained: bool | str) -> str:
     return f"sha256:{file_sha256(pretrained)}"
 
 
-def store_settings(extractor: FrozenViTExtractor, mean: Sequence[float], std: Sequence[float]) -> dict:
-    """Everything that determines the stored tokens (compared when a store is opened)."""
+def store_settings(
+    extractor: FrozenViTExtractor, mean: Sequence[float], std: Sequence[float], weights: str | None = None
+) -> dict:
+    """Everything that determines the stored tokens (compared when a store is opened); ``weights`` overrides the
+    identity of the extractor's weights (for an extractor built on the meta device)."""
     return {
         "backbone": extractor.backbone,
-        "weights": weights_id(extractor.pretrained),
+        "weights": weights if weights is not None else weights_id(extractor.pretrained),
         "img_size": extractor.img_size,
         "pos_interp": extractor.pos_interp,
         "layers": list(extractor.layers),
@@ -162,6 +173,57 @@ def preload(
         commit(len(buf_ids))
     bar.close()
     return PreloadReport(store, len(pending), skipped)
+
+
+def ensure_feature_store(
+    items: Sequence[Mapping],
+    store_dir: str | os.PathLike,
+    mean: Sequence[float],
+    std: Sequence[float],
+    extractor_kwargs: Mapping,
+    dtype: str = "float16",
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> FeatureStore:
+    """Return the feature store at ``store_dir`` holding every item, preloading what is missing.
+
+    When the store already holds all items with matching settings the frozen model is not even loaded (only its
+    architecture is built, on the meta device, to derive the settings). Otherwise the frozen model is built from
+    ``extractor_kwargs`` (:class:`FrozenViTExtractor` arguments), the missing items are preloaded, and the model is
+    released before returning, so training never holds it in memory.
+    """
+    import gc
+    import warnings
+
+    kwargs = dict(extractor_kwargs)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        skeleton = FrozenViTExtractor(**{**kwargs, "pretrained": False})
+    settings = store_settings(skeleton, mean, std, weights=weights_id(kwargs.get("pretrained", True)))
+    if Path(store_dir, "manifest.json").is_file():
+        store = FeatureStore.open(store_dir, settings, dtype, skeleton.token_shape)
+        if not store.missing(str(item["id"]) for item in items):
+            return store
+    extractor = FrozenViTExtractor(**kwargs)
+    report = preload(
+        items,
+        extractor,
+        store_dir,
+        mean,
+        std,
+        dtype=dtype,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+    )
+    del extractor
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return report.store
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from fpt_monai.engines.checkpoint import FPTCheckpointer, atomic_torch_save
 from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classification_metrics
 from fpt_monai.engines.prepare_batch import FPTPrepareBatch
 from fpt_monai.engines.training import GradientClipHandler, class_weights, warmup_cosine_schedule
@@ -12,8 +13,10 @@ from fpt_monai.engines.training import GradientClipHandler, class_weights, warmu
 __all__ = [
     "METRIC_NAMES",
     "ClassificationMetric",
+    "FPTCheckpointer",
     "FPTPrepareBatch",
     "GradientClipHandler",
+    "atomic_torch_save",
     "class_weights",
     "classification_metrics",
     "warmup_cosine_schedule",

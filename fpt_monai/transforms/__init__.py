@@ -13,10 +13,12 @@ from fpt_monai.transforms.io import (
     image_format,
     read_image,
 )
+from fpt_monai.transforms.pipeline import FPT_MODES, fpt_transforms
 from fpt_monai.transforms.tokens import LoadPreloadedTokensd
 from fpt_monai.transforms.views import LPMViewd, SideViewd, random_resized_crop_box
 
 __all__ = [
+    "FPT_MODES",
     "IMAGE_SUFFIXES",
     "ImageReadError",
     "LPMViewd",
@@ -24,6 +26,7 @@ __all__ = [
     "LoadMedicalImage",
     "LoadMedicalImaged",
     "SideViewd",
+    "fpt_transforms",
     "image_format",
     "random_resized_crop_box",
     "read_image",

@@ -1,0 +1,37 @@
+"""Tiny bundle set-up: the demo dataset at 96 px and a saved ViT-Tiny as the 'pre-trained' frozen model."""
+
+from __future__ import annotations
+
+import pytest
+from safetensors.torch import save_file
+
+from fpt_monai.data import make_demo_dataset
+from fpt_monai.networks import create_vit_backbone
+
+from ..conftest import REPO_ROOT
+
+TRAIN_CONFIG = str(REPO_ROOT / "bundle" / "configs" / "train.yaml")
+META = str(REPO_ROOT / "bundle" / "configs" / "metadata.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle_data")
+    make_demo_dataset(root / "data", per_class=6, size=96)
+    weights = root / "vit_tiny.safetensors"
+    save_file(create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224).state_dict(), str(weights))
+    return root / "data", weights
+
+
+def tiny_overrides(data_dir, weights, **extra):
+    return {
+        "dataset_dir": str(data_dir),
+        "backbone": "vit_tiny_patch16_224",
+        "pretrained": str(weights),
+        "img_size": 64,
+        "side_img_size": 32,
+        "epochs": 2,
+        "batch_size": 4,
+        "num_workers": 0,
+        **extra,
+    }

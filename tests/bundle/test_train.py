@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from fpt_monai.data import FeatureStore, datalist_from_json
+from fpt_monai.networks import FPT
+
+from ..conftest import REPO_ROOT
+from .conftest import META, TRAIN_CONFIG, tiny_overrides
+
+
+def _workflow(bundle_root, data_dir, weights, **extra):
+    return ConfigWorkflow(
+        config_file=TRAIN_CONFIG,
+        meta_file=META,
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=str(bundle_root),
+        **tiny_overrides(data_dir, weights, **extra),
+    )
+
+
+@pytest.mark.parametrize("mode", ["preload", "online"])
+def test_training_in_both_modes(tmp_path, tiny_bundle_data, mode):
+    data_dir, weights = tiny_bundle_data
+    wf = _workflow(tmp_path, data_dir, weights, mode=mode)
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    network = wf.parser.get_parsed_content("network")
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    wf.finalize()
+    assert set(metrics) == {"val_auc", "val_acc", "val_f1", "val_precision", "val_recall", "val_kappa"}
+    models = tmp_path / "models"
+    assert {"model.pt", "last.pt", "model_final.pt"} <= set(os.listdir(models))
+    last = torch.load(models / "last.pt", weights_only=True)
+    assert last["trainer"]["epoch"] == 2 and "optimizer" in last and "lr_scheduler" in last
+    if mode == "preload":
+        assert network.lpm is None  # trained from stored tokens: the frozen model was never loaded
+        dl = datalist_from_json(data_dir / "datalist.json")
+        store = FeatureStore.open(next((tmp_path / "tokens").iterdir()))
+        store.require(i["id"] for i in dl["training"] + dl["validation"])
+    else:
+        assert network.lpm is not None
+    # the best checkpoint loads strictly into a full model built from the same weight file
+    full = FPT(num_classes=2, backbone="vit_tiny_patch16_224", pretrained=str(weights), img_size=64, side_img_size=32)
+    full.load_state_dict(torch.load(models / "model.pt", weights_only=True), strict=True)
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    wf = _workflow(tmp_path, data_dir, weights, epochs=1, learning_rate=0.01)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    first = torch.load(tmp_path / "models" / "last.pt", weights_only=True)
+    assert first["trainer"]["epoch"] == 1
+
+    wf = _workflow(tmp_path, data_dir, weights, epochs=3, learning_rate=0.01)
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    started = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: started.append(e.state.epoch))
+    wf.run()
+    wf.finalize()
+    assert started == [2, 3]  # epoch 1 was not trained again
+    last = torch.load(tmp_path / "models" / "last.pt", weights_only=True)
+    assert last["trainer"]["epoch"] == 3
+    assert last["trainer"]["iteration"] == 3 * first["trainer"]["iteration"]
+    assert last["best_metric"] >= first["best_metric"]
+    steps = [s["step"] for s in last["optimizer"]["state"].values()]
+    assert all(int(s) == last["trainer"]["iteration"] for s in steps)  # AdamW moments carried over
+
+
+def test_class_weights_reach_the_loss(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    wf = _workflow(tmp_path, data_dir, weights, class_weighting=True)
+    wf.initialize()
+    loss = wf.parser.get_parsed_content("loss")
+    assert loss.weight is not None and loss.weight.shape == (2,)
+
+
+def test_wrong_num_classes_and_missing_dataset(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    wf = _workflow(tmp_path, data_dir, weights, num_classes=1)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    assert "out of range for num_classes=1" in repr(info.value.__cause__) + str(info.value)
+    wf = _workflow(tmp_path, tmp_path / "no_such_dataset", weights)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    chain = f"{info.value} {info.value.__cause__} {getattr(info.value.__cause__, '__cause__', '')}"
+    assert "no_such_dataset" in chain and "datalist" in chain
+
+
+def test_stale_feature_store_is_refused(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    wf = _workflow(tmp_path, data_dir, weights, epochs=1)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    wf = _workflow(tmp_path, data_dir, weights, epochs=1, token_ratio=0.5)  # same store folder, other settings
+    wf.initialize()
+    with pytest.raises(Exception) as info:
+        wf.run()
+    text = ""
+    err = info.value
+    while err is not None:
+        text += str(err)
+        err = err.__cause__
+    assert "token_ratio" in text and "Preload into a new directory" in text
+
+
+def test_bundle_cli(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    args = [f"--{k}={v}" for k, v in tiny_overrides(data_dir, weights, epochs=1).items()]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            TRAIN_CONFIG,
+            "--meta_file",
+            META,
+            "--bundle_root",
+            str(tmp_path),
+            *args,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file() and "val_auc" in proc.stdout + proc.stderr
