@@ -8,6 +8,13 @@ from __future__ import annotations
 from fpt_monai.engines.checkpoint import FPTCheckpointer, atomic_torch_save
 from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classification_metrics
 from fpt_monai.engines.prepare_batch import FPTPrepareBatch
+from fpt_monai.engines.reports import (
+    PredictionCollector,
+    evaluate_checkpoints,
+    plot_confusion_matrix,
+    plot_roc,
+    write_model_config,
+)
 from fpt_monai.engines.training import GradientClipHandler, class_weights, warmup_cosine_schedule
 
 __all__ = [
@@ -16,8 +23,13 @@ __all__ = [
     "FPTCheckpointer",
     "FPTPrepareBatch",
     "GradientClipHandler",
+    "PredictionCollector",
     "atomic_torch_save",
     "class_weights",
     "classification_metrics",
+    "evaluate_checkpoints",
+    "plot_confusion_matrix",
+    "plot_roc",
     "warmup_cosine_schedule",
+    "write_model_config",
 ]

@@ -1,0 +1,142 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Evaluation of saved checkpoints on a split, with metric tables, per-image predictions and plots (ROC curves,
+confusion matrices), and the model card that inference and deployment read (``models/model_config.json``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from fpt_monai.engines.metrics import classification_metrics
+
+__all__ = ["PredictionCollector", "evaluate_checkpoints", "plot_confusion_matrix", "plot_roc", "write_model_config"]
+
+
+class PredictionCollector:
+    """Collect ``pred`` (probabilities), ``label`` and the item ``id`` of every sample an evaluator sees."""
+
+    def __init__(self) -> None:
+        self.probs: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.ids: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def reset(self) -> None:
+        self.probs, self.labels, self.ids = [], [], []
+
+    def __call__(self, engine: Engine) -> None:
+        outputs, batch = engine.state.output, engine.state.batch
+        for out, item in zip(outputs, batch, strict=True):
+            self.probs.append(torch.as_tensor(out["pred"]).detach().float().cpu().numpy())
+            label = out.get("label")
+            self.labels.append(int(torch.as_tensor(label).reshape(-1)[0]) if label is not None else -1)
+            self.ids.append(str(item.get("id", len(self.ids))))
+
+
+def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """One-vs-rest ROC curves with their AUC, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    targets = range(1, 2) if len(class_names) == 2 else range(len(class_names))
+    for c in targets:
+        y = (labels == c).astype(int)
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, probs[:, c])
+            ax.plot(fpr, tpr, label=f"{class_names[c]} (AUC {roc_auc_score(y, probs[:, c]):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(
+    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike
+) -> None:
+    """Confusion matrix (counts, rows = true class) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 3, 1.2 * n + 2.5))
+    ConfusionMatrixDisplay.from_predictions(
+        labels, probs.argmax(1), labels=list(range(n)), display_labels=list(class_names), ax=ax, colorbar=False
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_checkpoints(
+    evaluator: Engine,
+    network: torch.nn.Module,
+    checkpoints: Mapping[str, str | os.PathLike],
+    output_dir: str | os.PathLike,
+    class_names: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """Run ``evaluator`` once per checkpoint (e.g. ``{"best": models/model.pt, "final": models/model_final.pt}``)
+    and write ``metrics.json``, ``metrics.csv``, ``predictions_<name>.csv``, ``roc_<name>.png`` and
+    ``confusion_<name>.png`` to ``output_dir``. Missing checkpoint files are an error naming the file.
+
+    Returns:
+        ``{checkpoint name: {metric: value}}``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    collector = PredictionCollector()
+    collector.attach(evaluator)
+    results: dict[str, dict[str, float]] = {}
+    for name, path in checkpoints.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint {path} ({name}) not found; train first or point ckpt_dir at it.")
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        evaluator.run()
+        probs, labels = np.stack(collector.probs), np.asarray(collector.labels)
+        results[name] = {**classification_metrics(probs, labels, len(class_names)), "n": int(len(labels))}
+        with open(output_dir / f"predictions_{name}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "label", *[f"prob_{c}" for c in class_names]])
+            for item_id, label, p in zip(collector.ids, labels, probs, strict=True):
+                writer.writerow([item_id, int(label), *[f"{v:.6f}" for v in p]])
+        plot_roc(probs, labels, class_names, output_dir / f"roc_{name}.png")
+        plot_confusion_matrix(probs, labels, class_names, output_dir / f"confusion_{name}.png")
+    (output_dir / "metrics.json").write_text(json.dumps(results, indent=1))
+    keys = list(next(iter(results.values())))
+    with open(output_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["checkpoint", *keys])
+        for name, values in results.items():
+            writer.writerow([name, *[values[k] for k in keys]])
+    return results
+
+
+def write_model_config(path: str | os.PathLike, **config) -> dict:
+    """Write what inference needs to reproduce training's preprocessing (class names, normalisation, sizes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = json.loads(json.dumps(config, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(clean, indent=1))
+    os.replace(tmp, path)
+    return clean

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from monai.bundle import ConfigWorkflow
+
+from fpt_monai.data import datalist_from_json
+
+from .conftest import META, TRAIN_CONFIG, tiny_overrides
+
+EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
+
+
+def _run(config, bundle_root, data_dir, weights, **extra):
+    wf = ConfigWorkflow(config_file=config, meta_file=META, logging_file=False, workflow_type="train",
+                        bundle_root=str(bundle_root), **tiny_overrides(data_dir, weights, **extra))
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.mark.parametrize("mode", ["preload", "online"])
+def test_evaluate_best_and_final(tmp_path, tiny_bundle_data, mode):
+    data_dir, weights = tiny_bundle_data
+    _run(TRAIN_CONFIG, tmp_path, data_dir, weights, mode=mode)
+    config = json.loads((tmp_path / "models" / "model_config.json").read_text())
+    assert config["class_names"] == ["normal", "abnormal"] and len(config["mean"]) == 3
+    _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, data_dir, weights, mode=mode)
+    out = tmp_path / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"best", "final"}
+    n_test = len(datalist_from_json(data_dir / "datalist.json")["test"])
+    assert metrics["best"]["n"] == n_test and set(metrics["best"]) >= {"auc", "acc", "f1", "precision", "recall", "kappa"}
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["checkpoint"] for r in rows] == ["best", "final"]
+    preds = list(csv.DictReader(open(out / "predictions_best.csv")))
+    assert len(preds) == n_test and preds[0]["id"].startswith("images/test/")
+    assert abs(float(preds[0]["prob_normal"]) + float(preds[0]["prob_abnormal"]) - 1) < 1e-5
+    for name in ("roc_best.png", "confusion_final.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_without_training_names_the_checkpoint(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    with pytest.raises(Exception) as info:
+        _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, data_dir, weights, mode="online")
+    text, err = "", info.value
+    while err is not None:
+        text, err = text + str(err), err.__cause__
+    assert "model.pt" in text and "train first" in text
