@@ -12,6 +12,7 @@ from fpt_monai.data.datalist import (
     datalist_from_image_folder,
     datalist_from_json,
     datalist_from_medmnist,
+    inference_items,
     write_datalist,
 )
 from fpt_monai.data.demo import DEMO_CLASSES, make_demo_dataset, synthetic_image, write_dicom
@@ -50,6 +51,7 @@ __all__ = [
     "datalist_from_json",
     "datalist_from_medmnist",
     "ensure_feature_store",
+    "inference_items",
     "lpm_view_transform",
     "make_demo_dataset",
     "preload",

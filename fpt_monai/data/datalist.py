@@ -28,6 +28,7 @@ __all__ = [
     "datalist_from_image_folder",
     "datalist_from_json",
     "datalist_from_medmnist",
+    "inference_items",
     "write_datalist",
 ]
 
@@ -319,3 +320,30 @@ def datalist_from_medmnist(
     out["classes"] = class_names if class_names is not None else [str(i) for i in range(num_classes)]
     check_datalist(out, len(out["classes"]))
     return out
+
+
+def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict]:
+    """Items ``{"image", "id"}`` to classify: every image under a folder (recursively; ids relative to it), one image
+    file, or the ``split`` of a datalist JSON (all splits if it has no such split).
+
+    Raises:
+        ValueError: nothing to classify, or a source that does not exist.
+    """
+    source = Path(source)
+    if source.is_dir():
+        items = [
+            {"image": str(p.resolve()), "id": p.relative_to(source).as_posix()}
+            for p in sorted(source.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts) and image_format(p)
+        ]
+    elif source.is_file() and source.suffix.lower() == ".json":
+        dl = datalist_from_json(source)
+        chosen = dl[split] if dl.get(split) else [i for s in SPLITS for i in dl[s]]
+        items = [{"image": i["image"], "id": i["id"]} for i in chosen]
+    elif source.is_file():
+        items = [{"image": str(source.resolve()), "id": source.name}]
+    else:
+        raise ValueError(f"{source}: no such folder or file to run inference on.")
+    if not items:
+        raise ValueError(f"{source}: no supported image files (PNG/JPEG/BMP/TIFF/DICOM/NIfTI) found.")
+    return items

@@ -10,6 +10,7 @@ from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classi
 from fpt_monai.engines.prepare_batch import FPTPrepareBatch
 from fpt_monai.engines.reports import (
     PredictionCollector,
+    PredictionWriter,
     evaluate_checkpoints,
     plot_confusion_matrix,
     plot_roc,
@@ -24,6 +25,7 @@ __all__ = [
     "FPTPrepareBatch",
     "GradientClipHandler",
     "PredictionCollector",
+    "PredictionWriter",
     "atomic_torch_save",
     "class_weights",
     "classification_metrics",

@@ -18,7 +18,14 @@ from ignite.engine import Engine, Events
 
 from fpt_monai.engines.metrics import classification_metrics
 
-__all__ = ["PredictionCollector", "evaluate_checkpoints", "plot_confusion_matrix", "plot_roc", "write_model_config"]
+__all__ = [
+    "PredictionCollector",
+    "PredictionWriter",
+    "evaluate_checkpoints",
+    "plot_confusion_matrix",
+    "plot_roc",
+    "write_model_config",
+]
 
 
 class PredictionCollector:
@@ -43,6 +50,49 @@ class PredictionCollector:
             label = out.get("label")
             self.labels.append(int(torch.as_tensor(label).reshape(-1)[0]) if label is not None else -1)
             self.ids.append(str(item.get("id", len(self.ids))))
+
+
+class PredictionWriter(PredictionCollector):
+    """Write per-image class probabilities and the predicted class name when the engine completes:
+    ``predictions.csv`` (``id, prediction, prob_<class>...``) and ``predictions.json``, atomically.
+
+    Args:
+        output_dir: where the files go.
+        class_names: class names in index order.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str]) -> None:
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def write(self, engine: Engine | None = None) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        records = []
+        for item_id, p in zip(self.ids, self.probs, strict=True):
+            if len(p) != len(self.class_names):
+                raise ValueError(f"the model gives {len(p)} outputs but there are {len(self.class_names)} class names.")
+            records.append(
+                {
+                    "id": item_id,
+                    "prediction": self.class_names[int(np.argmax(p))],
+                    "probabilities": {c: float(v) for c, v in zip(self.class_names, p, strict=True)},
+                }
+            )
+        tmp = self.output_dir / ".predictions.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "prediction", *[f"prob_{c}" for c in self.class_names]])
+            for r in records:
+                writer.writerow([r["id"], r["prediction"], *[f"{v:.6f}" for v in r["probabilities"].values()]])
+        os.replace(tmp, self.output_dir / "predictions.csv")
+        tmp = self.output_dir / ".predictions.json.tmp"
+        tmp.write_text(json.dumps(records, indent=1))
+        os.replace(tmp, self.output_dir / "predictions.json")
 
 
 def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:

@@ -14,8 +14,14 @@ EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
 
 
 def _run(config, bundle_root, data_dir, weights, **extra):
-    wf = ConfigWorkflow(config_file=config, meta_file=META, logging_file=False, workflow_type="train",
-                        bundle_root=str(bundle_root), **tiny_overrides(data_dir, weights, **extra))
+    wf = ConfigWorkflow(
+        config_file=config,
+        meta_file=META,
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=str(bundle_root),
+        **tiny_overrides(data_dir, weights, **extra),
+    )
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -33,7 +39,14 @@ def test_evaluate_best_and_final(tmp_path, tiny_bundle_data, mode):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"best", "final"}
     n_test = len(datalist_from_json(data_dir / "datalist.json")["test"])
-    assert metrics["best"]["n"] == n_test and set(metrics["best"]) >= {"auc", "acc", "f1", "precision", "recall", "kappa"}
+    assert metrics["best"]["n"] == n_test and set(metrics["best"]) >= {
+        "auc",
+        "acc",
+        "f1",
+        "precision",
+        "recall",
+        "kappa",
+    }
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [r["checkpoint"] for r in rows] == ["best", "final"]
     preds = list(csv.DictReader(open(out / "predictions_best.csv")))

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from monai.bundle import ConfigWorkflow
+
+from ..conftest import REPO_ROOT
+from .conftest import META, TRAIN_CONFIG, tiny_overrides
+
+INFER_CONFIG = TRAIN_CONFIG.replace("train.yaml", "inference.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    root = tmp_path_factory.mktemp("trained")
+    wf = ConfigWorkflow(
+        config_file=TRAIN_CONFIG,
+        meta_file=META,
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=str(root),
+        **tiny_overrides(data_dir, weights),
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return root, data_dir, weights
+
+
+def test_inference_on_a_folder_of_mixed_formats(trained):
+    root, data_dir, weights = trained
+    images = data_dir / "images" / "test"
+    wf = ConfigWorkflow(
+        config_file=INFER_CONFIG,
+        meta_file=META,
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(root),
+        dataset_dir=str(images),
+        pretrained=str(weights),
+        num_workers=0,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    rows = list(csv.DictReader(open(root / "eval" / "predictions.csv")))
+    files = sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file())
+    assert sorted(r["id"] for r in rows) == files
+    records = json.loads((root / "eval" / "predictions.json").read_text())
+    for r in records:
+        probs = r["probabilities"]
+        assert set(probs) == {"normal", "abnormal"} and abs(sum(probs.values()) - 1) < 1e-5
+        assert r["prediction"] == max(probs, key=probs.get)
+    # the same model outside the bundle gives the same probabilities
+    import torch
+
+    from fpt_monai.networks import FPT
+    from fpt_monai.transforms import fpt_transforms
+
+    cfg = json.loads((root / "models" / "model_config.json").read_text())
+    net = FPT(
+        num_classes=2, backbone="vit_tiny_patch16_224", pretrained=str(weights), img_size=64, side_img_size=32
+    ).eval()
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    t = fpt_transforms("inference", False, 64, 32, cfg["mean"], cfg["std"])
+    first = records[0]
+    x = t({"image": str(images / first["id"])})["image"].unsqueeze(0)
+    with torch.no_grad():
+        expected = net(x).softmax(-1)[0].numpy()
+    np.testing.assert_allclose(list(first["probabilities"].values()), expected, atol=1e-5)
+
+
+def test_inference_on_a_missing_folder(trained):
+    root, _, weights = trained
+    wf = ConfigWorkflow(
+        config_file=INFER_CONFIG,
+        meta_file=META,
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(root),
+        dataset_dir=str(root / "nothing_here"),
+        pretrained=str(weights),
+    )
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+        wf.run()
+    text, err = "", info.value
+    while err is not None:
+        text, err = text + str(err), err.__cause__
+    assert "nothing_here" in text
+
+
+def test_verify_metadata_and_net_in_out(trained, tmp_path):
+    root, _, weights = trained
+    schema = REPO_ROOT / "bundle" / "schema" / "meta_schema_20240725.json"
+    verify = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", META, "--filepath", str(schema)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert verify.returncode == 0, verify.stderr[-2000:]
+    assert "metadata is verified with no error" in verify.stdout + verify.stderr
+    net = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            META,
+            "--config_file",
+            INFER_CONFIG,
+            "--bundle_root",
+            str(root),
+            "--pretrained",
+            str(weights),
+            "--_meta_#network_data_format#inputs#image#spatial_shape",
+            "[64,64]",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert net.returncode == 0, net.stderr[-2000:]
+    assert "data shape of network is verified with no error" in net.stdout + net.stderr
+
+
+def test_shipped_schema_rejects_incomplete_metadata():
+    import jsonschema
+
+    schema = json.loads((REPO_ROOT / "bundle" / "schema" / "meta_schema_20240725.json").read_text())
+    meta = json.loads(open(META).read())
+    jsonschema.validate(meta, schema)
+    for key in ("version", "network_data_format"):
+        broken = {k: v for k, v in meta.items() if k != key}
+        with pytest.raises(jsonschema.ValidationError, match=key):
+            jsonschema.validate(broken, schema)
