@@ -16,6 +16,7 @@ from fpt_monai.engines.reports import (
     plot_roc,
     write_model_config,
 )
+from fpt_monai.engines.tracking import configure_mlflow, find_mlflow_handlers, log_mlflow_artifacts
 from fpt_monai.engines.training import GradientClipHandler, class_weights, warmup_cosine_schedule
 
 __all__ = [
@@ -29,7 +30,10 @@ __all__ = [
     "atomic_torch_save",
     "class_weights",
     "classification_metrics",
+    "configure_mlflow",
     "evaluate_checkpoints",
+    "find_mlflow_handlers",
+    "log_mlflow_artifacts",
     "plot_confusion_matrix",
     "plot_roc",
     "warmup_cosine_schedule",

@@ -144,10 +144,13 @@ def evaluate_checkpoints(
     checkpoints: Mapping[str, str | os.PathLike],
     output_dir: str | os.PathLike,
     class_names: Sequence[str],
+    handlers: Sequence | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run ``evaluator`` once per checkpoint (e.g. ``{"best": models/model.pt, "final": models/model_final.pt}``)
     and write ``metrics.json``, ``metrics.csv``, ``predictions_<name>.csv``, ``roc_<name>.png`` and
-    ``confusion_<name>.png`` to ``output_dir``. Missing checkpoint files are an error naming the file.
+    ``confusion_<name>.png`` to ``output_dir``. Missing checkpoint files are an error naming the file. With MLflow
+    tracking (an ``MLFlowHandler`` among ``handlers``), the files and the metrics (``test_<checkpoint>_<metric>``)
+    are logged to its run.
 
     Returns:
         ``{checkpoint name: {metric: value}}``.
@@ -178,6 +181,15 @@ def evaluate_checkpoints(
         writer.writerow(["checkpoint", *keys])
         for name, values in results.items():
             writer.writerow([name, *[values[k] for k in keys]])
+    from fpt_monai.engines.tracking import log_mlflow_artifacts
+
+    files = [output_dir / n for n in ("metrics.json", "metrics.csv")] + [
+        output_dir / f"{kind}_{name}.{ext}"
+        for name in results
+        for kind, ext in (("predictions", "csv"), ("roc", "png"), ("confusion", "png"))
+    ]
+    flat = {f"test_{name}_{k}": v for name, values in results.items() for k, v in values.items() if k != "n"}
+    log_mlflow_artifacts(handlers, files, flat)
     return results
 
 

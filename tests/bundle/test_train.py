@@ -107,8 +107,8 @@ def test_stale_feature_store_is_refused(tmp_path, tiny_bundle_data):
     wf.run()
     wf.finalize()
     wf = _workflow(tmp_path, data_dir, weights, epochs=1, token_ratio=0.5)  # same store folder, other settings
-    wf.initialize()
     with pytest.raises(Exception) as info:
+        wf.initialize()
         wf.run()
     text = ""
     err = info.value

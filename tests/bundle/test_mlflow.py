@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from monai.bundle import ConfigWorkflow
+
+from .conftest import META, TRAIN_CONFIG, tiny_overrides
+
+EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a sqlite backend and served artifacts."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    proc = subprocess.Popen(
+        [
+            mlflow_bin,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        stdout=open(root / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).read() == b"OK":
+                break
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError((root / "server.log").read_text()[-3000:])
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        raise RuntimeError("mlflow server did not start within 120 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _run(config, bundle_root, data_dir, weights, **extra):
+    wf = ConfigWorkflow(
+        config_file=config,
+        meta_file=META,
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=str(bundle_root),
+        tracking="mlflow",
+        **tiny_overrides(data_dir, weights, **extra),
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+
+
+def test_training_and_evaluation_logged_to_a_server(tmp_path, tiny_bundle_data, mlflow_server):
+    data_dir, weights = tiny_bundle_data
+    tracking = {"tracking_uri": mlflow_server, "experiment_name": "fpt_test", "run_name": "tiny_run"}
+    _run(TRAIN_CONFIG, tmp_path, data_dir, weights, **tracking)
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("fpt_test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_name == "tiny_run" and runs[0].info.status == "FINISHED"
+    run = runs[0]
+    params = run.data.params
+    assert params["learning_rate"] == "0.0001" and params["backbone"] == "vit_tiny_patch16_224"
+    assert params["variant"] == "fpt_plus" and int(params["trainable_parameters"]) > 0 and "mean" in params
+    history = client.get_metric_history(run.info.run_id, "val_auc")
+    assert [m.step for m in history] == [1, 2]  # per-epoch validation metrics
+    assert {"train_loss", "val_acc", "val_f1", "val_kappa", "train_acc"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pt", "model_final.pt", "model_config.json"} <= artifacts
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts)  # the resolved config
+
+    _run(
+        [TRAIN_CONFIG, EVAL_CONFIG],
+        tmp_path,
+        data_dir,
+        weights,
+        tracking_uri=mlflow_server,
+        experiment_name="fpt_test",
+        run_name="tiny_eval",
+        mode="preload",
+    )
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    evaluation = runs["tiny_eval"]
+    artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert {"roc_best.png", "confusion_best.png", "metrics.csv", "predictions_final.csv"} <= artifacts
+    assert "test_best_acc" in evaluation.data.metrics
+
+
+def test_default_tracking_store_is_sqlite_under_the_output_dir(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    _run(TRAIN_CONFIG, tmp_path, data_dir, weights, epochs=1, experiment_name="local")
+    db = tmp_path / "eval" / "mlruns.db"
+    assert db.is_file()
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("local").experiment_id])
+    assert len(runs) == 1 and "val_auc" in runs[0].data.metrics and "batch_size" in runs[0].data.params
