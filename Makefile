@@ -23,10 +23,19 @@ lint: venv
 	$(VENV)/bin/ruff check fpt_monai tests scripts
 	$(VENV)/bin/ruff format --check fpt_monai tests scripts
 
+DEMO_DATA := outputs/demo_data
+DEMO_BUNDLE := outputs/demo_bundle
+DEMO_CONFIGS := 'bundle/configs/train.yaml','configs/demo.yaml'
+
+# The main job on offline demo data: generate images, preload, train, evaluate, infer (MLflow-tracked).
 demo: venv
-	@echo "The full offline demo (preload, train, evaluate, infer through the MONAI bundle) lands with the bundle."
-	@echo "For now: FPT and FPT+ on the offline ViT-S/14 DINOv2 weights."
-	$(PY) scripts/network_demo.py
+	$(PY) -m fpt_monai.data.demo $(DEMO_DATA) --per-class 24 --size 512
+	$(PY) -m monai.bundle run training --config_file "[$(DEMO_CONFIGS)]" --bundle_root $(DEMO_BUNDLE) --tracking mlflow
+	$(PY) -m monai.bundle run --config_file "[$(DEMO_CONFIGS),'bundle/configs/evaluate.yaml']" \
+		--bundle_root $(DEMO_BUNDLE) --tracking mlflow
+	$(PY) -m monai.bundle run --config_file "['bundle/configs/inference.yaml','configs/demo.yaml']" \
+		--bundle_root $(DEMO_BUNDLE) --dataset_dir $(DEMO_DATA)/images/test
+	$(PY) scripts/demo_summary.py $(DEMO_BUNDLE)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs
