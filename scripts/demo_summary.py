@@ -24,8 +24,10 @@ def main(bundle_root: str) -> None:
     print(f"plots:            {root / 'eval'} (roc_best.png, confusion_best.png)")
     db = root / "eval" / "mlruns.db"
     print(f"MLflow store:     {db}")
-    print(f"open the MLflow UI with:\n  .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} --port 5000\n"
-          "  then browse http://127.0.0.1:5000 (experiment 'fpt_demo')")
+    print(
+        f"open the MLflow UI with:\n  .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} --port 5000\n"
+        "  then browse http://127.0.0.1:5000 (experiment 'fpt_demo')"
+    )
 
 
 if __name__ == "__main__":

@@ -56,11 +56,18 @@ def _empty() -> dict:
 
 
 def check_datalist(datalist: Mapping, num_classes: int | None = None) -> None:
-    """Validate items (``image``, integer ``label``, unique ``id``) and, if given, labels in ``[0, num_classes)``.
+    """Validate items (``image``, integer ``label``, unique ``id``) and, if given, labels in ``[0, num_classes)``
+    and a ``classes`` list of ``num_classes`` names.
 
     Raises:
         ValueError: naming the offending items and how to fix them.
     """
+    classes = datalist.get("classes")
+    if num_classes is not None and classes is not None and len(classes) != num_classes:
+        raise ValueError(
+            f"the datalist has {len(classes)} classes {list(classes)} but num_classes={num_classes}; set "
+            f"num_classes to {len(classes)} (or fix the datalist's 'classes')."
+        )
     seen: dict[str, str] = {}
     for split in SPLITS:
         for item in datalist.get(split, []):

@@ -13,8 +13,14 @@ from .conftest import TRAIN_CONFIG
 PRESETS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
 
 EXPECTED = {  # spec §2.1: classes and learning rate per dataset
-    "messidor2": (5, 2e-4), "ddr": (5, 5e-4), "isic2016": (2, 5e-3), "isic2018": (7, 1e-4),
-    "ddsm": (3, 1e-3), "cmmd": (2, 5e-5), "covid": (3, 1e-4), "chncxr": (2, 5e-4),
+    "messidor2": (5, 2e-4),
+    "ddr": (5, 5e-4),
+    "isic2016": (2, 5e-3),
+    "isic2018": (7, 1e-4),
+    "ddsm": (3, 1e-3),
+    "cmmd": (2, 5e-5),
+    "covid": (3, 1e-4),
+    "chncxr": (2, 5e-4),
 }
 
 
