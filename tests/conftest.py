@@ -31,3 +31,12 @@ def dinov2_weights() -> Path:
     if not DINOV2_WEIGHTS.is_file():
         pytest.skip(f"shared pre-trained ViT-S/14 weights not found at {DINOV2_WEIGHTS} (../shared is absent)")
     return DINOV2_WEIGHTS
+
+
+def error_text(exc: BaseException) -> str:
+    """The messages of an exception and of all its causes (MONAI wraps errors raised inside config expressions)."""
+    text = ""
+    while exc is not None:
+        text += f"{exc}\n"
+        exc = exc.__cause__
+    return text

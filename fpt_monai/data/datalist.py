@@ -13,12 +13,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from fpt_monai.atomic import atomic_write_text
 from fpt_monai.transforms.io import image_format
 
 __all__ = [
@@ -243,15 +243,7 @@ def write_datalist(datalist: Mapping, path: str | os.PathLike) -> Path:
             out[key] = items
         else:
             out[key] = value
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(out, indent=1))
 
 
 # label names of the binary MedMNIST sets (medmnist INFO), used when the medmnist package is not installed

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fpt_monai.atomic import atomic_write
+
 __all__ = [
     "STORE_DTYPES",
     "CorruptStoreError",
@@ -57,24 +59,6 @@ class MissingItemsError(KeyError):
 
 class CorruptStoreError(ValueError):
     """A shard or the manifest is damaged (truncated, modified, unreadable)."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _json_normal(obj):
@@ -146,7 +130,7 @@ class FeatureStore:
             "token_shape": [int(s) for s in token_shape],
             "settings": _json_normal(dict(settings)),
         }
-        _atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         return cls(path)
 
     @classmethod
@@ -322,14 +306,14 @@ class FeatureStore:
         arr = np.ascontiguousarray(arr)
         name = self._next_name(prefix)
         data_path = self.path / "shards" / f"{name}.npy"
-        _atomic_write(data_path, lambda f: np.save(f, arr, allow_pickle=False))
+        atomic_write(data_path, lambda f: np.save(f, arr, allow_pickle=False))
         meta = {
             "ids": ids,
             "crc32": [zlib.crc32(row) for row in arr],
             "nbytes": data_path.stat().st_size,
             "sha256": file_sha256(data_path),
         }
-        _atomic_write(data_path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
+        atomic_write(data_path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
         self._register(data_path.with_suffix(".json"))
         return name
 

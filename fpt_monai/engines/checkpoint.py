@@ -22,23 +22,14 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
+from fpt_monai.atomic import atomic_write
+
 __all__ = ["FPTCheckpointer", "atomic_torch_save"]
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`fpt_monai.atomic.atomic_write`: the previous file survives any failure."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class FPTCheckpointer:

@@ -7,6 +7,7 @@ confusion matrices), and the model card that inference and deployment read (``mo
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from fpt_monai.atomic import atomic_write_text
 from fpt_monai.engines.metrics import classification_metrics
 
 __all__ = [
@@ -83,16 +85,13 @@ class PredictionWriter(PredictionCollector):
                     "probabilities": {c: float(v) for c, v in zip(self.class_names, p, strict=True)},
                 }
             )
-        tmp = self.output_dir / ".predictions.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "prediction", *[f"prob_{c}" for c in self.class_names]])
-            for r in records:
-                writer.writerow([r["id"], r["prediction"], *[f"{v:.6f}" for v in r["probabilities"].values()]])
-        os.replace(tmp, self.output_dir / "predictions.csv")
-        tmp = self.output_dir / ".predictions.json.tmp"
-        tmp.write_text(json.dumps(records, indent=1))
-        os.replace(tmp, self.output_dir / "predictions.json")
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["id", "prediction", *[f"prob_{c}" for c in self.class_names]])
+        for r in records:
+            writer.writerow([r["id"], r["prediction"], *[f"{v:.6f}" for v in r["probabilities"].values()]])
+        atomic_write_text(self.output_dir / "predictions.csv", table.getvalue())
+        atomic_write_text(self.output_dir / "predictions.json", json.dumps(records, indent=1))
 
 
 def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:
@@ -195,10 +194,6 @@ def evaluate_checkpoints(
 
 def write_model_config(path: str | os.PathLike, **config) -> dict:
     """Write what inference needs to reproduce training's preprocessing (class names, normalisation, sizes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     clean = json.loads(json.dumps(config, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(clean, indent=1))
     return clean

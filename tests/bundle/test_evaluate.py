@@ -8,6 +8,7 @@ from monai.bundle import ConfigWorkflow
 
 from fpt_monai.data import datalist_from_json
 
+from ..conftest import error_text
 from .conftest import META, TRAIN_CONFIG, tiny_overrides
 
 EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
@@ -60,7 +61,5 @@ def test_evaluate_without_training_names_the_checkpoint(tmp_path, tiny_bundle_da
     data_dir, weights = tiny_bundle_data
     with pytest.raises(Exception) as info:
         _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, data_dir, weights, mode="online")
-    text, err = "", info.value
-    while err is not None:
-        text, err = text + str(err), err.__cause__
+    text = error_text(info.value)
     assert "model.pt" in text and "train first" in text

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
 
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, error_text
 from .conftest import META, TRAIN_CONFIG, tiny_overrides
 
 INFER_CONFIG = TRAIN_CONFIG.replace("train.yaml", "inference.yaml")
@@ -91,9 +91,7 @@ def test_inference_on_a_missing_folder(trained):
     with pytest.raises(Exception) as info:
         wf.initialize()
         wf.run()
-    text, err = "", info.value
-    while err is not None:
-        text, err = text + str(err), err.__cause__
+    text = error_text(info.value)
     assert "nothing_here" in text
 
 

@@ -12,7 +12,7 @@ from monai.bundle import ConfigWorkflow
 from fpt_monai.data import FeatureStore, datalist_from_json
 from fpt_monai.networks import FPT
 
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, error_text
 from .conftest import META, TRAIN_CONFIG, tiny_overrides
 
 
@@ -92,15 +92,15 @@ def test_wrong_num_classes_and_missing_dataset(tmp_path, tiny_bundle_data):
     wf = _workflow(tmp_path, data_dir, weights, num_classes=1)
     with pytest.raises(Exception) as info:
         wf.initialize()
-    assert "but num_classes=1" in repr(info.value.__cause__) + str(info.value)
+    assert "but num_classes=1" in error_text(info.value)
     wf = _workflow(tmp_path, data_dir, weights, num_classes=3)
     with pytest.raises(Exception) as info:
         wf.initialize()
-    assert "set num_classes to 2" in repr(info.value.__cause__) + str(info.value)
+    assert "set num_classes to 2" in error_text(info.value)
     wf = _workflow(tmp_path, tmp_path / "no_such_dataset", weights)
     with pytest.raises(Exception) as info:
         wf.initialize()
-    chain = f"{info.value} {info.value.__cause__} {getattr(info.value.__cause__, '__cause__', '')}"
+    chain = error_text(info.value)
     assert "no_such_dataset" in chain and "datalist" in chain
 
 
@@ -114,11 +114,7 @@ def test_stale_feature_store_is_refused(tmp_path, tiny_bundle_data):
     with pytest.raises(Exception) as info:
         wf.initialize()
         wf.run()
-    text = ""
-    err = info.value
-    while err is not None:
-        text += str(err)
-        err = err.__cause__
+    text = error_text(info.value)
     assert "token_ratio" in text and "Preload into a new directory" in text
 
 
