@@ -12,6 +12,7 @@ from fpt_monai.networks.backbone import (
     load_state_dict_file,
     resample_pos_embed_legacy,
 )
+from fpt_monai.networks.baselines import AdaptFormerViT, LoRAViT, ViTClassifier, VPTDeepViT
 from fpt_monai.networks.fpt import FPT, FPT_VARIANTS
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.networks.fusion import RESIDUAL_MODES, FusionModule
@@ -26,6 +27,7 @@ from fpt_monai.networks.token_selection import (
 from fpt_monai.networks.utils import ParameterCount, count_parameters
 
 __all__ = [
+    "AdaptFormerViT",
     "FPT",
     "FPT_VARIANTS",
     "POS_INTERP_MODES",
@@ -34,8 +36,11 @@ __all__ = [
     "TOKEN_IMPORTANCE_MODES",
     "FrozenViTExtractor",
     "FusionModule",
+    "LoRAViT",
     "ParameterCount",
     "SideViT",
+    "VPTDeepViT",
+    "ViTClassifier",
     "convert_hf_vit_state_dict",
     "count_parameters",
     "create_vit_backbone",

@@ -51,3 +51,29 @@ def test_preset_merges_over_train(preset: Path):
 def test_method_presets_match_the_networks():
     assert _parser(REPO_ROOT / "configs" / "methods" / "fpt.yaml")["variant"] == "fpt"
     assert _parser(REPO_ROOT / "configs" / "methods" / "fpt_plus.yaml")["side_img_size"] == 128
+
+
+BASELINES = ["full_finetune", "full_finetune_checkpointing", "linear_probe", "lora", "vpt", "adaptformer"]
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_baseline_presets_train_through_the_bundle(tmp_path, tiny_bundle_data, method):
+    from monai.bundle import ConfigWorkflow
+
+    from .conftest import META, tiny_overrides
+
+    data_dir, weights = tiny_bundle_data
+    wf = ConfigWorkflow(
+        config_file=[TRAIN_CONFIG, str(REPO_ROOT / "configs" / "methods" / f"{method}.yaml")],
+        meta_file=META,
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=str(tmp_path),
+        **tiny_overrides(data_dir, weights, epochs=1),
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    wf.finalize()
+    assert "val_auc" in metrics and (tmp_path / "models" / "model.pt").is_file()
