@@ -11,7 +11,7 @@ import os
 import torch
 import torch.nn as nn
 
-from fpt_monai.networks.backbone import create_vit_backbone
+from fpt_monai.networks.baselines.vit_classifier import HeadTunedViT
 
 __all__ = ["AdaptFormerViT", "ParallelAdapter"]
 
@@ -35,7 +35,7 @@ class ParallelAdapter(nn.Module):
         return self.up(self.dropout(self.act(self.down(x)))) * self.scale
 
 
-class AdaptFormerViT(nn.Module):
+class AdaptFormerViT(HeadTunedViT):
     """A frozen timm ViT whose blocks get a trainable :class:`ParallelAdapter` beside the MLP, plus a trainable head.
 
     Block: ``x = x + attn(norm1(x))``; ``x = x + mlp(norm2(x)) + adapter(x)``.
@@ -60,22 +60,12 @@ class AdaptFormerViT(nn.Module):
         dropout: float = 0.1,
         backbone_kwargs: dict | None = None,
     ) -> None:
-        super().__init__()
         if bottleneck < 1:
             raise ValueError(f"bottleneck must be >= 1, got {bottleneck}.")
-        self.vit = create_vit_backbone(backbone, pretrained, img_size, pos_interp, **(backbone_kwargs or {}))
-        self.vit.reset_classifier(num_classes)
-        for name, p in self.vit.named_parameters():
-            p.requires_grad_(name.startswith("head."))
+        super().__init__(num_classes, backbone, pretrained, img_size, pos_interp, backbone_kwargs, freeze=True)
         self.adapters = nn.ModuleList(
             ParallelAdapter(self.vit.embed_dim, bottleneck, scale, dropout) for _ in self.vit.blocks
         )
-
-    def train(self, mode: bool = True) -> AdaptFormerViT:
-        super().train(mode)
-        self.vit.eval()
-        self.vit.head.train(mode)
-        return self
 
     def forward(self, image: torch.Tensor, image_side: torch.Tensor | None = None) -> torch.Tensor:
         vit = self.vit

@@ -12,10 +12,47 @@ import torch.nn as nn
 
 from fpt_monai.networks.backbone import create_vit_backbone
 
-__all__ = ["ViTClassifier"]
+__all__ = ["HeadTunedViT", "ViTClassifier"]
 
 
-class ViTClassifier(nn.Module):
+class HeadTunedViT(nn.Module):
+    """Base of the baselines built on a timm ViT with a new head: with ``freeze=True`` only the head (plus what a
+    subclass adds) trains and the backbone stays in eval mode.
+
+    Args:
+        num_classes, backbone, pretrained, img_size, pos_interp, backbone_kwargs: see :class:`ViTClassifier`.
+        freeze: freeze every backbone parameter but the head.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str,
+        pretrained: bool | str | os.PathLike,
+        img_size: int,
+        pos_interp: str,
+        backbone_kwargs: dict | None,
+        freeze: bool,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+        self.vit = create_vit_backbone(backbone, pretrained, img_size, pos_interp, **(backbone_kwargs or {}))
+        self.vit.reset_classifier(num_classes)
+        self.frozen = bool(freeze)
+        if freeze:
+            for name, p in self.vit.named_parameters():
+                p.requires_grad_(name.startswith("head."))
+
+    def train(self, mode: bool = True) -> HeadTunedViT:
+        super().train(mode)
+        if self.frozen:  # the frozen backbone stays deterministic; only the head follows `mode`
+            self.vit.eval()
+            self.vit.head.train(mode)
+        return self
+
+
+class ViTClassifier(HeadTunedViT):
     """A timm ViT with a new classification head, trained fully or as a linear probe.
 
     Args:
@@ -44,29 +81,16 @@ class ViTClassifier(nn.Module):
         grad_checkpointing: bool = False,
         backbone_kwargs: dict | None = None,
     ) -> None:
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         if grad_checkpointing and not train_backbone:
             raise ValueError("grad_checkpointing only helps when the backbone is trained (train_backbone=True).")
-        self.vit = create_vit_backbone(backbone, pretrained, img_size, pos_interp, **(backbone_kwargs or {}))
-        self.vit.reset_classifier(num_classes)
-        self.train_backbone = bool(train_backbone)
-        if not train_backbone:
-            for name, p in self.vit.named_parameters():
-                p.requires_grad_(name.startswith("head."))
+        super().__init__(
+            num_classes, backbone, pretrained, img_size, pos_interp, backbone_kwargs, freeze=not train_backbone
+        )
         if grad_checkpointing:
             self.vit.set_grad_checkpointing(True)
 
-    def train(self, mode: bool = True) -> ViTClassifier:
-        super().train(mode)
-        if not self.train_backbone:  # a linear probe keeps the frozen backbone deterministic
-            self.vit.eval()
-            self.vit.head.train(mode)
-        return self
-
     def forward(self, image: torch.Tensor, image_side: torch.Tensor | None = None) -> torch.Tensor:
-        if self.train_backbone:
+        if not self.frozen:
             return self.vit(image)
         with torch.no_grad():
             features = self.vit.forward_head(self.vit.forward_features(image), pre_logits=True)

@@ -11,12 +11,12 @@ import os
 import torch
 import torch.nn as nn
 
-from fpt_monai.networks.backbone import create_vit_backbone
+from fpt_monai.networks.baselines.vit_classifier import HeadTunedViT
 
 __all__ = ["VPTDeepViT"]
 
 
-class VPTDeepViT(nn.Module):
+class VPTDeepViT(HeadTunedViT):
     """A frozen timm ViT with ``num_prompts`` learnable tokens inserted after the prefix tokens of every block
     (fresh per block, the previous block's prompt outputs are dropped) and a trainable head.
 
@@ -38,25 +38,15 @@ class VPTDeepViT(nn.Module):
         prompt_dropout: float = 0.0,
         backbone_kwargs: dict | None = None,
     ) -> None:
-        super().__init__()
         if num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1, got {num_prompts}.")
-        self.vit = create_vit_backbone(backbone, pretrained, img_size, pos_interp, **(backbone_kwargs or {}))
-        self.vit.reset_classifier(num_classes)
-        for name, p in self.vit.named_parameters():
-            p.requires_grad_(name.startswith("head."))
+        super().__init__(num_classes, backbone, pretrained, img_size, pos_interp, backbone_kwargs, freeze=True)
         depth, dim = len(self.vit.blocks), self.vit.embed_dim
         patch = self.vit.patch_embed.patch_size
         bound = math.sqrt(6.0 / float(3 * patch[0] * patch[1] + dim))  # VPT's uniform (xavier-style) init
         self.prompts = nn.Parameter(torch.empty(depth, num_prompts, dim).uniform_(-bound, bound))
         self.prompt_dropout = nn.Dropout(prompt_dropout)
         self.num_prompts = num_prompts
-
-    def train(self, mode: bool = True) -> VPTDeepViT:
-        super().train(mode)
-        self.vit.eval()  # the frozen backbone keeps eval behaviour (its dropouts are 0 for these models anyway)
-        self.vit.head.train(mode)
-        return self
 
     def forward(self, image: torch.Tensor, image_side: torch.Tensor | None = None) -> torch.Tensor:
         vit = self.vit
