@@ -35,3 +35,28 @@ def tiny_overrides(data_dir, weights, **extra):
         "num_workers": 0,
         **extra,
     }
+
+
+def make_workflow(config, bundle_root, data_dir, weights, workflow_type="train", tracking=None, **extra):
+    """A ``ConfigWorkflow`` of the bundle on the tiny setting (``config``: one file or a list merged in order)."""
+    from monai.bundle import ConfigWorkflow
+
+    kwargs = {"tracking": tracking} if tracking else {}
+    return ConfigWorkflow(
+        config_file=config,
+        meta_file=META,
+        logging_file=False,
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        **kwargs,
+        **tiny_overrides(data_dir, weights, **extra),
+    )
+
+
+def run_workflow(config, bundle_root, data_dir, weights, **kwargs):
+    """Initialise, run and finalise :func:`make_workflow`; returns the workflow."""
+    wf = make_workflow(config, bundle_root, data_dir, weights, **kwargs)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf

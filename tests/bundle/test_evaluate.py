@@ -4,29 +4,17 @@ import csv
 import json
 
 import pytest
-from monai.bundle import ConfigWorkflow
 
 from fpt_monai.data import datalist_from_json
 
 from ..conftest import error_text
-from .conftest import META, TRAIN_CONFIG, tiny_overrides
+from .conftest import TRAIN_CONFIG, run_workflow
 
 EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
 
 
 def _run(config, bundle_root, data_dir, weights, **extra):
-    wf = ConfigWorkflow(
-        config_file=config,
-        meta_file=META,
-        logging_file=False,
-        workflow_type="train",
-        bundle_root=str(bundle_root),
-        **tiny_overrides(data_dir, weights, **extra),
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
+    return run_workflow(config, bundle_root, data_dir, weights, **extra)
 
 
 @pytest.mark.parametrize("mode", ["preload", "online"])

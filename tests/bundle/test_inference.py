@@ -10,7 +10,7 @@ import pytest
 from monai.bundle import ConfigWorkflow
 
 from ..conftest import REPO_ROOT, error_text
-from .conftest import META, TRAIN_CONFIG, tiny_overrides
+from .conftest import META, TRAIN_CONFIG, run_workflow
 
 INFER_CONFIG = TRAIN_CONFIG.replace("train.yaml", "inference.yaml")
 
@@ -19,17 +19,7 @@ INFER_CONFIG = TRAIN_CONFIG.replace("train.yaml", "inference.yaml")
 def trained(tmp_path_factory, tiny_bundle_data):
     data_dir, weights = tiny_bundle_data
     root = tmp_path_factory.mktemp("trained")
-    wf = ConfigWorkflow(
-        config_file=TRAIN_CONFIG,
-        meta_file=META,
-        logging_file=False,
-        workflow_type="train",
-        bundle_root=str(root),
-        **tiny_overrides(data_dir, weights),
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    run_workflow(TRAIN_CONFIG, root, data_dir, weights)
     return root, data_dir, weights
 
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from monai.bundle import ConfigWorkflow
 
-from .conftest import META, TRAIN_CONFIG, tiny_overrides
+from .conftest import TRAIN_CONFIG, run_workflow
 
 EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
 
@@ -68,18 +67,7 @@ def mlflow_server(tmp_path_factory):
 
 
 def _run(config, bundle_root, data_dir, weights, **extra):
-    wf = ConfigWorkflow(
-        config_file=config,
-        meta_file=META,
-        logging_file=False,
-        workflow_type="train",
-        bundle_root=str(bundle_root),
-        tracking="mlflow",
-        **tiny_overrides(data_dir, weights, **extra),
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    run_workflow(config, bundle_root, data_dir, weights, tracking="mlflow", **extra)
 
 
 def test_training_and_evaluation_logged_to_a_server(tmp_path, tiny_bundle_data, mlflow_server):

@@ -8,7 +8,7 @@ from monai.bundle import ConfigParser
 from fpt_monai.data import DATASET_STATS
 
 from ..conftest import REPO_ROOT
-from .conftest import TRAIN_CONFIG
+from .conftest import TRAIN_CONFIG, make_workflow
 
 PRESETS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
 
@@ -58,19 +58,9 @@ BASELINES = ["full_finetune", "full_finetune_checkpointing", "linear_probe", "lo
 
 @pytest.mark.parametrize("method", BASELINES)
 def test_baseline_presets_train_through_the_bundle(tmp_path, tiny_bundle_data, method):
-    from monai.bundle import ConfigWorkflow
-
-    from .conftest import META, tiny_overrides
-
     data_dir, weights = tiny_bundle_data
-    wf = ConfigWorkflow(
-        config_file=[TRAIN_CONFIG, str(REPO_ROOT / "configs" / "methods" / f"{method}.yaml")],
-        meta_file=META,
-        logging_file=False,
-        workflow_type="train",
-        bundle_root=str(tmp_path),
-        **tiny_overrides(data_dir, weights, epochs=1),
-    )
+    preset = str(REPO_ROOT / "configs" / "methods" / f"{method}.yaml")
+    wf = make_workflow([TRAIN_CONFIG, preset], tmp_path, data_dir, weights, epochs=1)
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()

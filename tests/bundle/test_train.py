@@ -7,24 +7,16 @@ import sys
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 
 from fpt_monai.data import FeatureStore, datalist_from_json
 from fpt_monai.networks import FPT
 
 from ..conftest import REPO_ROOT, error_text
-from .conftest import META, TRAIN_CONFIG, tiny_overrides
+from .conftest import META, TRAIN_CONFIG, make_workflow, tiny_overrides
 
 
 def _workflow(bundle_root, data_dir, weights, **extra):
-    return ConfigWorkflow(
-        config_file=TRAIN_CONFIG,
-        meta_file=META,
-        logging_file=False,
-        workflow_type="train",
-        bundle_root=str(bundle_root),
-        **tiny_overrides(data_dir, weights, **extra),
-    )
+    return make_workflow(TRAIN_CONFIG, bundle_root, data_dir, weights, **extra)
 
 
 @pytest.mark.parametrize("mode", ["preload", "online"])
