@@ -27,7 +27,6 @@ from fpt_monai.data.normalization import DATASET_STATS, backbone_stats, compute_
 from fpt_monai.data.preload import (
     PreloadReport,
     ensure_feature_store,
-    lpm_view_transform,
     preload,
     store_settings,
     weights_id,
@@ -52,7 +51,6 @@ __all__ = [
     "datalist_from_medmnist",
     "ensure_feature_store",
     "inference_items",
-    "lpm_view_transform",
     "make_demo_dataset",
     "preload",
     "resolve_normalization",

@@ -21,20 +21,17 @@ from pathlib import Path
 
 import torch
 from monai.data import DataLoader, Dataset
-from monai.transforms import Compose, NormalizeIntensityd
 from tqdm.auto import tqdm
 
 from fpt_monai.data.datalist import SPLITS, datalist_from_json
 from fpt_monai.data.feature_store import STORE_DTYPES, FeatureStore, file_sha256
 from fpt_monai.data.normalization import resolve_normalization
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
-from fpt_monai.transforms.io import LoadMedicalImaged
-from fpt_monai.transforms.views import LPMViewd
+from fpt_monai.transforms.pipeline import fpt_transforms
 
 __all__ = [
     "PreloadReport",
     "ensure_feature_store",
-    "lpm_view_transform",
     "preload",
     "store_settings",
     "weights_id",
@@ -69,17 +66,6 @@ def store_settings(
         "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
         "lpm_view": "resize-bilinear-antialias",
     }
-
-
-def lpm_view_transform(img_size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3) -> Compose:
-    """Load an image and make its (never augmented) LPM view: resize to ``img_size`` and normalise."""
-    return Compose(
-        [
-            LoadMedicalImaged("image", channels=channels),
-            LPMViewd("image", size=img_size),
-            NormalizeIntensityd("image", subtrahend=list(mean), divisor=list(std), channel_wise=True),
-        ]
-    )
 
 
 @dataclass
@@ -140,7 +126,8 @@ def preload(
     )
     extractor = extractor.to(device).eval()
     loader = DataLoader(
-        Dataset(pending, transform=lpm_view_transform(extractor.img_size, mean, std)),
+        # the same LPM view as inference (fpt_transforms "inference"), so stored and online tokens match
+        Dataset(pending, transform=fpt_transforms("inference", False, extractor.img_size, mean=mean, std=std)),
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,

@@ -15,11 +15,11 @@ from fpt_monai.data import (
     FeatureStore,
     StoreMismatchError,
     datalist_from_json,
-    lpm_view_transform,
     make_demo_dataset,
     preload,
 )
 from fpt_monai.networks import FrozenViTExtractor, create_vit_backbone
+from fpt_monai.transforms import fpt_transforms
 
 from ..conftest import REPO_ROOT
 
@@ -50,7 +50,7 @@ def test_store_equals_extractor_output(demo, tmp_path):
     report = preload(items, ext, tmp_path / "store", MEAN, STD, batch_size=3, shard_size=5, progress=False)
     assert (report.computed, report.skipped, len(report.store)) == (16, 0, 16)
     assert len(list((tmp_path / "store" / "shards").glob("*.npy"))) == 4  # 5 + 5 + 5 + 1
-    t = lpm_view_transform(64, MEAN, STD)
+    t = fpt_transforms("inference", False, 64, mean=MEAN, std=STD)
     for item in items[::5]:
         x = t({"image": item["image"]})["image"].unsqueeze(0)
         keys, values = ext(x)

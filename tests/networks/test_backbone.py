@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -268,11 +266,3 @@ def test_download_failure_is_explained(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(RuntimeError, match="pass the file path"):
         create_vit_backbone("vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=True, img_size=32)
-
-
-def test_save_load_state_dict_bytes_weights_only():
-    """Sanity: the files we write ourselves are readable with weights_only=True."""
-    buf = io.BytesIO()
-    torch.save(_tiny_vit().state_dict(), buf)
-    buf.seek(0)
-    assert isinstance(torch.load(buf, weights_only=True), dict)
