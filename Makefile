@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo export clean
 
 venv: $(STAMP)
 
@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,export,deploy]"
 	touch $(STAMP)
 
 test: venv
@@ -36,6 +36,14 @@ demo: venv
 	$(PY) -m monai.bundle run --config_file "['bundle/configs/inference.yaml','configs/demo.yaml']" \
 		--bundle_root $(DEMO_BUNDLE) --dataset_dir $(DEMO_DATA)/images/test
 	$(PY) scripts/demo_summary.py $(DEMO_BUNDLE)
+
+# TorchScript (+ heatmap explainer) and ONNX exports of the demo bundle through `python -m monai.bundle`, checked
+# against PyTorch (BUNDLE=path/to/bundle CONFIG=preset.yaml to export another bundle).
+BUNDLE ?= $(DEMO_BUNDLE)
+CONFIG ?= configs/demo.yaml
+export: venv
+	test -f $(BUNDLE)/models/model.pt || $(MAKE) demo
+	$(PY) scripts/export_bundle.py --bundle-root $(BUNDLE) --config $(CONFIG)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache outputs

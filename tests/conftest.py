@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .bundle_utils import TRAIN_CONFIG, make_tiny_bundle_data, run_workflow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 DINOV2_WEIGHTS = (
@@ -40,3 +42,36 @@ def error_text(exc: BaseException) -> str:
         text += f"{exc}\n"
         exc = exc.__cause__
     return text
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_data(tmp_path_factory):
+    """``(data_dir, weights)``: the demo images at 96 px and random ViT-Tiny 'pre-trained' weights."""
+    return make_tiny_bundle_data(tmp_path_factory.mktemp("bundle_data"))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_bundle(tmp_path_factory, tiny_bundle_data):
+    """``(bundle_root, data_dir, weights)`` of a bundle trained for 2 epochs on the tiny setting (read-only use)."""
+    data_dir, weights = tiny_bundle_data
+    root = tmp_path_factory.mktemp("trained")
+    run_workflow(TRAIN_CONFIG, root, data_dir, weights)
+    return root, data_dir, weights
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_bundle(trained_tiny_bundle):
+    """The trained tiny bundle after ``scripts/export_bundle.py`` (model.ts, model_explain.ts, model.onnx)."""
+    import subprocess
+    import sys
+
+    root, data_dir, weights = trained_tiny_bundle
+    done = subprocess.run(
+        [sys.executable, "scripts/export_bundle.py", "--bundle-root", str(root), "--pretrained", str(weights)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return root, data_dir, weights

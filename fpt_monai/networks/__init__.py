@@ -13,6 +13,7 @@ from fpt_monai.networks.backbone import (
     resample_pos_embed_legacy,
 )
 from fpt_monai.networks.baselines import AdaptFormerViT, LoRAViT, ViTClassifier, VPTDeepViT
+from fpt_monai.networks.explain import FPTExplainer, prompt_attention_map
 from fpt_monai.networks.fpt import FPT, FPT_VARIANTS
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.networks.fusion import RESIDUAL_MODES, FusionModule
@@ -30,6 +31,7 @@ __all__ = [
     "AdaptFormerViT",
     "FPT",
     "FPT_VARIANTS",
+    "FPTExplainer",
     "POS_INTERP_MODES",
     "RESIDUAL_MODES",
     "SIDE_INIT_MODES",
@@ -48,6 +50,7 @@ __all__ = [
     "load_state_dict_file",
     "num_selected_tokens",
     "parse_layers",
+    "prompt_attention_map",
     "resample_pos_embed_legacy",
     "select_important_tokens",
     "token_importance",

@@ -130,9 +130,15 @@ class FusionModule(nn.Module):
         q = self.queries()
         keys = keys.to(q.dtype)
         values = values.to(q.dtype)
-        ctx = F.scaled_dot_product_attention(q.unsqueeze(0).expand(B, -1, -1, -1, -1), keys, values)
-        L, P = q.shape[0], q.shape[2]
-        ctx = ctx.transpose(2, 3).reshape(B, L, P, self.lpm_dim)
+        L, H, P = q.shape[0], q.shape[1], q.shape[2]
+        k, hs = keys.shape[3], keys.shape[4]
+        # 4-D attention over (batch x layer): the same maths, and what every kernel and the ONNX exporter support
+        ctx = F.scaled_dot_product_attention(
+            q.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(B * L, H, P, hs),
+            keys.reshape(B * L, H, k, hs),
+            values.reshape(B * L, H, k, hs),
+        )
+        ctx = ctx.reshape(B, L, H, P, hs).transpose(2, 3).reshape(B, L, P, self.lpm_dim)
         if self.residual == "pre_proj":
             out = self.out_proj(ctx + self.prompts)
         else:

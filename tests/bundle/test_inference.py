@@ -10,17 +10,14 @@ import pytest
 from monai.bundle import ConfigWorkflow
 
 from ..conftest import REPO_ROOT, error_text
-from .conftest import META, TRAIN_CONFIG, run_workflow
+from .conftest import META, TRAIN_CONFIG
 
 INFER_CONFIG = TRAIN_CONFIG.replace("train.yaml", "inference.yaml")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bundle_data):
-    data_dir, weights = tiny_bundle_data
-    root = tmp_path_factory.mktemp("trained")
-    run_workflow(TRAIN_CONFIG, root, data_dir, weights)
-    return root, data_dir, weights
+@pytest.fixture
+def trained(trained_tiny_bundle):
+    return trained_tiny_bundle
 
 
 def test_inference_on_a_folder_of_mixed_formats(trained):

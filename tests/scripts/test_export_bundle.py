@@ -1,0 +1,60 @@
+"""scripts/export_bundle.py: the MONAI CLI exports agree with PyTorch and carry their configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ..conftest import REPO_ROOT
+
+
+@pytest.mark.slow
+def test_exports_agree_with_pytorch(exported_tiny_bundle):
+    root, data_dir, weights = exported_tiny_bundle
+    models = root / "models"
+    check = json.loads((models / "export_check.json").read_text())
+    assert set(check["max_abs_prob_diff"]) == {"torchscript", "torchscript_explainer", "onnx"}
+    assert check["batch"][0] == 3  # traced and exported at batch 1 / 2: the batch axis is free
+    assert max(check["max_abs_prob_diff"].values()) <= check["tolerance"] == 1e-4
+    assert check["heatmap_shape"] == [3, 1, 64, 64]
+
+    from monai.data import load_net_with_metadata
+
+    net, meta, extra = load_net_with_metadata(
+        str(models / "model.ts"), more_extra_files=("inference.json", "model_config.json")
+    )
+    assert meta["version"] == json.loads((REPO_ROOT / "bundle/configs/metadata.json").read_text())["version"]
+    assert json.loads(extra["model_config.json"]) == json.loads((models / "model_config.json").read_text())
+    assert "preprocessing" in json.loads(extra["inference.json"])
+
+    # an image the check did not see: TorchScript and ONNX Runtime give the PyTorch model's probabilities
+    import onnxruntime as ort
+
+    from fpt_monai.networks import FPT
+
+    ref = FPT(num_classes=2, backbone="vit_tiny_patch16_224", pretrained=str(weights), img_size=64, side_img_size=32)
+    ref.load_state_dict(torch.load(models / "model.pt", weights_only=True))
+    x = torch.rand(1, 3, 64, 64) * 4 - 2
+    with torch.no_grad():
+        expected = ref.eval()(x).softmax(-1).numpy()
+        np.testing.assert_allclose(net(x).softmax(-1).numpy(), expected, atol=1e-5)
+    session = ort.InferenceSession(str(models / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"image": x.numpy()})
+    np.testing.assert_allclose(torch.from_numpy(logits).softmax(-1).numpy(), expected, atol=1e-4)
+
+
+def test_export_without_checkpoint_says_what_to_do(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "scripts/export_bundle.py", "--bundle-root", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "model.pt not found" in done.stderr and "train the bundle first" in done.stderr
