@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from fpt_monai.engines.checkpoint import FPTCheckpointer, atomic_torch_save
+from fpt_monai.engines.heatmaps import HeatmapWriter, denormalize, heatmap_overlay, save_png
 from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classification_metrics
 from fpt_monai.engines.prepare_batch import FPTPrepareBatch
 from fpt_monai.engines.reports import (
@@ -25,17 +26,21 @@ __all__ = [
     "FPTCheckpointer",
     "FPTPrepareBatch",
     "GradientClipHandler",
+    "HeatmapWriter",
     "PredictionCollector",
     "PredictionWriter",
     "atomic_torch_save",
     "class_weights",
     "classification_metrics",
     "configure_mlflow",
+    "denormalize",
     "evaluate_checkpoints",
     "find_mlflow_handlers",
+    "heatmap_overlay",
     "log_mlflow_artifacts",
     "plot_confusion_matrix",
     "plot_roc",
+    "save_png",
     "warmup_cosine_schedule",
     "write_model_config",
 ]

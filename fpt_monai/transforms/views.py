@@ -20,6 +20,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 import torchvision.transforms.v2.functional as TF
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
 __all__ = ["LPMViewd", "SideViewd", "random_resized_crop_box"]
@@ -27,7 +28,9 @@ __all__ = ["LPMViewd", "SideViewd", "random_resized_crop_box"]
 
 def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
     # bilinear with anti-aliasing = PIL's Resize((size, size)) of the reference pipeline
-    return TF.resize(img.as_tensor() if hasattr(img, "as_tensor") else img, [size, size], antialias=True)
+    out = TF.resize(img.as_tensor() if hasattr(img, "as_tensor") else img, [size, size], antialias=True)
+    # keep the file name and original size (``spatial_shape``): predictions and heatmaps refer back to them
+    return MetaTensor(out, meta=img.meta) if isinstance(img, MetaTensor) else out
 
 
 class LPMViewd(MapTransform):

@@ -131,3 +131,34 @@ def test_shipped_schema_rejects_incomplete_metadata():
         broken = {k: v for k, v in meta.items() if k != key}
         with pytest.raises(jsonschema.ValidationError, match=key):
             jsonschema.validate(broken, schema)
+
+
+def test_inference_writes_heatmaps_at_the_original_size(trained, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    root, data_dir, weights = trained
+    bundle = tmp_path / "bundle"
+    shutil.copytree(root / "models", bundle / "models")
+    images = data_dir / "images" / "test"
+    wf = ConfigWorkflow(
+        config_file=INFER_CONFIG,
+        meta_file=META,
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(bundle),
+        dataset_dir=str(images),
+        pretrained=str(weights),
+        num_workers=0,
+        heatmaps="true",  # as the CLI passes it
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    ids = [r["id"] for r in json.loads((bundle / "eval" / "predictions.json").read_text())]
+    pngs = sorted((bundle / "eval" / "heatmaps").glob("*.png"))
+    assert len(pngs) == len(ids) > 0
+    for png in pngs:
+        heat = np.asarray(Image.open(png))
+        assert heat.shape == (96, 96, 3) and heat.std() > 1

@@ -1,0 +1,143 @@
+"""The MONAI Deploy app on generated DICOM: output.json, the text SR, heatmaps, and clean failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ..conftest import REPO_ROOT
+
+pytest.importorskip("holoscan", reason="the MONAI Deploy App SDK needs holoscan (extra fpt-monai[deploy])")
+pytest.importorskip("highdicom", reason="the SDK's DICOM operators need highdicom (extra fpt-monai[deploy])")
+
+DX_ONLY = json.dumps({"selections": [{"name": "DX", "conditions": {"Modality": "(?i)^DX$"}}]})
+
+
+@pytest.mark.slow
+def test_cli_classifies_the_selected_series_and_writes_json_sr_and_heatmaps(
+    exported_tiny_bundle, dicom_study, tmp_path
+):
+    root, _, weights = exported_tiny_bundle
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(dicom_study), "-o", str(out)]
+    cmd += ["-m", str(root / "models" / "model.ts"), "--rules", DX_ONLY, "--heatmaps"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    output = json.loads((out / "output.json").read_text())
+    meta = json.loads((REPO_ROOT / "bundle/configs/metadata.json").read_text())
+    assert output["model"] == {"name": meta["name"], "version": meta["version"], "file": "model.ts"}
+    assert output["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.1"
+    instances = {r["file"]: r for r in output["instances"]}
+    assert set(instances) == {"m1.dcm", "m2.dcm"}  # the CT series is not selected
+    import pydicom
+
+    for name, record in instances.items():
+        ds = pydicom.dcmread(dicom_study / "dx" / name)
+        assert record["sop_instance_uid"] == ds.SOPInstanceUID
+        assert record["series_instance_uid"] == "1.2.826.0.1.3680043.8.498.2"
+        assert abs(sum(record["probabilities"].values()) - 1) < 1e-5
+        assert record["class"] == max(record["probabilities"], key=record["probabilities"].get)
+    # MONOCHROME1 with slope 2 is the same picture as MONOCHROME2 with an offset: the same probabilities
+    p1, p2 = instances["m1.dcm"]["probabilities"], instances["m2.dcm"]["probabilities"]
+    assert p1 == pytest.approx(p2, abs=1e-4)
+    # the probabilities are the PyTorch model's on the bundle's preprocessing of the same file
+    from fpt_monai.networks import FPT
+    from fpt_monai.transforms import fpt_transforms
+
+    cfg = json.loads((root / "models" / "model_config.json").read_text())
+    net = FPT(num_classes=2, backbone="vit_tiny_patch16_224", pretrained=str(weights), img_size=64, side_img_size=32)
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    x = fpt_transforms("inference", False, 64, 32, cfg["mean"], cfg["std"])(
+        {"image": str(dicom_study / "dx" / "m2.dcm")}
+    )
+    with torch.no_grad():
+        expected = net.eval()(x["image"][None]).softmax(-1)[0].tolist()
+    assert list(p2.values()) == pytest.approx(expected, abs=1e-5)
+
+    # the Structured Report: a Basic Text SR in the source study whose text carries the result
+    (sr_file,) = out.glob("*.dcm")
+    sr = pydicom.dcmread(sr_file)
+    assert sr.Modality == "SR" and sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.11"
+    assert sr.StudyInstanceUID == output["study_instance_uid"] and sr.PatientID == "P1"
+    text = sr.ContentSequence[0].TextValue
+    assert f": {output['class']}." in text and instances["m1.dcm"]["sop_instance_uid"] in text
+
+    # heatmaps: the input's size, not constant
+    from PIL import Image
+
+    for record in instances.values():
+        heat = np.asarray(Image.open(out / record["heatmap"]))
+        assert heat.shape == (96, 96, 3) and heat.std() > 1
+    assert not list(out.glob(".fpt_deploy_staging*"))
+
+
+@pytest.mark.slow
+def test_no_matching_series_fails_clearly_and_writes_nothing(exported_tiny_bundle, dicom_study, tmp_path):
+    from fpt_monai.deploy.app import run
+    from fpt_monai.deploy.operators import NoMatchingSeriesError
+
+    root = exported_tiny_bundle[0]
+    out = tmp_path / "out"
+    mammo = json.dumps({"selections": [{"name": "MG", "conditions": {"Modality": "MG"}}]})
+    with pytest.raises(NoMatchingSeriesError) as info:
+        run(dicom_study, out, root / "models", rules=mammo)
+    message = str(info.value)
+    assert "matches the selection rules" in message and "'DX'" in message and "'CT'" in message and "--rules" in message
+    assert list(out.iterdir()) == []
+
+
+def test_corrupt_dicom_fails_before_the_app_runs_and_writes_nothing(exported_tiny_bundle, dicom_study, tmp_path):
+    from fpt_monai.deploy import DicomInputError
+    from fpt_monai.deploy.app import run
+
+    root = exported_tiny_bundle[0]
+    good = (dicom_study / "dx" / "m2.dcm").read_bytes()
+    (dicom_study / "dx" / "cut.dcm").write_bytes(good[: len(good) // 2])
+    (dicom_study / "dx" / "junk.dcm").write_bytes(good[:132] + b"\xff" * 64)
+    (dicom_study / "notes.txt").write_text("not DICOM: ignored")
+    out = tmp_path / "out"
+    with pytest.raises(DicomInputError) as info:
+        run(dicom_study, out, root / "models")
+    message = str(info.value)
+    assert "2 corrupt DICOM" in message and "cut.dcm" in message and "junk.dcm" in message
+    assert "truncated" in message and "notes.txt" not in message
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_model_errors_name_the_file_and_the_fix(exported_tiny_bundle, tmp_path):
+    from fpt_monai.deploy import ExportedFPT, ModelFileError
+
+    with pytest.raises(ModelFileError, match="make export"):
+        ExportedFPT(tmp_path)
+    # a plain TorchScript file without the bundle's configs
+    plain = tmp_path / "plain.ts"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(plain))
+    with pytest.raises(ModelFileError, match="no embedded metadata.json, inference.json, model_config.json"):
+        ExportedFPT(plain)
+    # heatmaps without the explainer next to the model
+    root = exported_tiny_bundle[0]
+    lonely = tmp_path / "models"
+    lonely.mkdir()
+    (lonely / "model.ts").write_bytes((root / "models" / "model.ts").read_bytes())
+    with pytest.raises(ModelFileError, match="model_explain.ts"):
+        ExportedFPT(lonely, heatmaps=True)
+    assert ExportedFPT(lonely).class_names == ["normal", "abnormal"]
+
+
+def test_rules_are_a_file_or_json_text(tmp_path):
+    from fpt_monai.deploy.app import DEFAULT_RULES, load_rules
+
+    assert load_rules(None) == DEFAULT_RULES and "selections" in json.loads(DEFAULT_RULES)
+    f = tmp_path / "rules.json"
+    f.write_text(DX_ONLY)
+    assert json.loads(load_rules(f)) == json.loads(DX_ONLY)
+    with pytest.raises(ValueError, match="neither a file nor JSON"):
+        load_rules("{not json")
+    with pytest.raises(ValueError, match='"selections" list'):
+        load_rules('{"rules": []}')
