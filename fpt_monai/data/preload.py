@@ -108,6 +108,10 @@ def preload(
         device: where the extractor runs (default: CUDA if available).
         progress: show a progress bar.
         shard_prefix: shard name prefix (one per writer process).
+
+    Under ``torch.distributed`` (e.g. ``torchrun``) every rank calls this with the same items: rank 0 opens or
+    creates the store, each rank extracts every ``world_size``-th missing item into its own shards (``r<rank>-*``),
+    and all ranks return the complete store after a barrier. The result equals a single-process preload.
     """
     if dtype not in STORE_DTYPES:
         raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {dtype!r}.")
@@ -116,9 +120,78 @@ def preload(
     ids = [str(item["id"]) for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("items repeat ids; build the datalist with fpt_monai.data (ids are relative paths).")
-    store = FeatureStore.open_or_create(store_dir, store_settings(extractor, mean, std), extractor.token_shape, dtype)
+    settings = store_settings(extractor, mean, std)
+    rank, world = _dist_rank_world()
+    if world > 1:  # rank 0 creates the store (and clears leftovers) before any rank writes; each rank writes its own
+        if rank == 0:
+            FeatureStore.open_or_create(store_dir, settings, extractor.token_shape, dtype)
+        torch.distributed.barrier()
+        store = FeatureStore.open(store_dir, settings, dtype, extractor.token_shape)
+        if shard_prefix == "r000":
+            shard_prefix = f"r{rank:03d}"
+    else:
+        store = FeatureStore.open_or_create(store_dir, settings, extractor.token_shape, dtype)
     pending = [{"image": item["image"], "id": str(item["id"])} for item in items if str(item["id"]) not in store]
     skipped = len(items) - len(pending)
+    if world > 1:
+        _preload_pending(
+            pending[rank::world],
+            store,
+            extractor,
+            mean,
+            std,
+            dtype,
+            batch_size,
+            num_workers,
+            shard_size,
+            device,
+            progress and rank == 0,
+            shard_prefix,
+            len(items),
+            skipped,
+        )
+        torch.distributed.barrier()  # every rank's shards are committed: re-index them all
+        return PreloadReport(FeatureStore.open(store_dir), len(pending), skipped)
+    return _preload_pending(
+        pending,
+        store,
+        extractor,
+        mean,
+        std,
+        dtype,
+        batch_size,
+        num_workers,
+        shard_size,
+        device,
+        progress,
+        shard_prefix,
+        len(items),
+        skipped,
+    )
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _preload_pending(
+    pending,
+    store,
+    extractor,
+    mean,
+    std,
+    dtype,
+    batch_size,
+    num_workers,
+    shard_size,
+    device,
+    progress,
+    shard_prefix,
+    total,
+    skipped,
+) -> PreloadReport:
     if not pending:
         return PreloadReport(store, 0, skipped)
     device = (
@@ -146,7 +219,7 @@ def preload(
         buf_k[:] = [keys[n:]] if len(buf_ids) else []
         buf_v[:] = [values[n:]] if len(buf_ids) else []
 
-    bar = tqdm(total=len(items), initial=skipped, desc="preload", unit="img", disable=not progress)
+    bar = tqdm(total=total, initial=skipped, desc="preload", unit="img", disable=not progress)
     with torch.inference_mode():
         for batch in loader:
             keys, values = extractor(batch["image"].to(device, non_blocking=True))
@@ -238,6 +311,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    started_dist = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        # launched by torchrun: one process per device, each extracting its share of the items
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        started_dist = True
+        if torch.cuda.is_available() and args.device is None:
+            args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    try:
+        return _main(args)
+    finally:
+        if started_dist:
+            torch.distributed.destroy_process_group()
+
+
+def _main(args: argparse.Namespace) -> int:
     datalist = datalist_from_json(args.datalist)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     unknown = [s for s in splits if s not in SPLITS]
@@ -270,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
+    if _dist_rank_world()[0] != 0:
+        return 0
     print(
         json.dumps(
             {

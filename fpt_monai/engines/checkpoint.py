@@ -10,7 +10,9 @@ the reference code saves only at epochs 0 and 10 and forgets the best metric on 
   iteration), best metric and its epoch;
 - ``model.pt`` when the validation key metric improves (strictly, NaN never counts), ``model_final.pt`` at the end;
 - every file is written to a temporary file, fsynced and renamed, so a crash never leaves a half-written checkpoint;
-- ``resume=True`` restores everything from ``last.pt`` when the trainer starts.
+- ``resume=True`` restores everything from ``last.pt`` when the trainer starts;
+- under ``torch.distributed`` every rank resumes from the same files but only rank 0 writes, and a
+  ``DistributedDataParallel`` network is saved unwrapped (the same keys as a single-process checkpoint).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ __all__ = ["FPTCheckpointer", "atomic_torch_save"]
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`fpt_monai.atomic.atomic_write`: the previous file survives any failure."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _is_main_process() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 class FPTCheckpointer:
@@ -70,6 +77,10 @@ class FPTCheckpointer:
     def last_path(self) -> Path:
         return self.save_dir / "last.pt"
 
+    @property
+    def _model(self) -> torch.nn.Module:
+        return self.network.module if isinstance(self.network, torch.nn.parallel.DistributedDataParallel) else self.network
+
     def attach(self, engine: Engine) -> None:
         self.trainer = engine
         if self.resume:
@@ -87,11 +98,14 @@ class FPTCheckpointer:
         if not math.isnan(value) and value > self.best_metric:
             self.best_metric = value
             self.best_epoch = self.trainer.state.epoch if self.trainer is not None else validator.state.epoch
-            atomic_torch_save(self.network.state_dict(), self.save_dir / "model.pt")
+            if _is_main_process():
+                atomic_torch_save(self._model.state_dict(), self.save_dir / "model.pt")
 
     def save_last(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
         state = {
-            "network": self.network.state_dict(),
+            "network": self._model.state_dict(),
             "trainer": {
                 "epoch": engine.state.epoch,
                 "iteration": engine.state.iteration,
@@ -107,14 +121,15 @@ class FPTCheckpointer:
         atomic_torch_save(state, self.last_path)
 
     def save_final(self, engine: Engine) -> None:
-        atomic_torch_save(self.network.state_dict(), self.save_dir / "model_final.pt")
+        if _is_main_process():
+            atomic_torch_save(self._model.state_dict(), self.save_dir / "model_final.pt")
 
     def load_last(self, engine: Engine) -> None:
         if not self.last_path.is_file():
             return
         try:
             state = torch.load(self.last_path, map_location="cpu", weights_only=True)
-            self.network.load_state_dict(state["network"])
+            self._model.load_state_dict(state["network"])
         except Exception as err:
             raise RuntimeError(
                 f"cannot resume from {self.last_path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it is "

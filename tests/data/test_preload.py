@@ -148,3 +148,27 @@ def test_cli_reports_json(demo, tmp_path):
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["settings"]["weights"].startswith("sha256:") and manifest["dtype"] == "float16"
     assert len(manifest["settings"]["normalization"]["mean"]) == 3  # 'auto' was resolved and recorded
+
+
+@pytest.mark.slow
+def test_torchrun_preload_equals_single_process(demo, tmp_path):
+    root, dl, weights = demo
+    store_dir = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "fpt_monai.data.preload", "--datalist", str(root / "datalist.json"), "--store", str(store_dir)]
+    cmd += ["--backbone", "vit_tiny_patch16_224", "--pretrained", str(weights), "--img-size", "64"]
+    cmd += ["--layers", "10-11", "--normalization", json.dumps([MEAN, STD]), "--batch-size", "3", "--shard-size", "2"]
+    cmd += ["--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["items"] == 16  # one report, from rank 0
+    shards = {p.name.split("-")[0] for p in (store_dir / "shards").glob("*.npy")}
+    assert shards == {"r000", "r001"}  # both ranks wrote their share
+    dist_store = FeatureStore.open(store_dir)
+    dist_store.verify()
+    single = preload(_all(dl), _extractor(weights), tmp_path / "single", MEAN, STD, progress=False).store
+    assert sorted(dist_store.ids) == sorted(single.ids)
+    for item in _all(dl):
+        for a, b in zip(dist_store.get(item["id"]), single.get(item["id"]), strict=True):
+            torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)  # fp16 storage; batches differ
