@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     bundle_root = Path(args.bundle_root).resolve()
     if not (bundle_root / "models" / "model.pt").is_file():
         raise SystemExit(f"{bundle_root / 'models' / 'model.pt'} not found: train the bundle first (make demo).")
+    from fpt_monai.engines import verify_checkpoint
+
+    verify_checkpoint(bundle_root / "models" / "model.pt")  # never export a corrupt checkpoint
     configs = [str(Path(c).resolve()) for c in args.config]
     extra = {} if args.pretrained is None else {"pretrained": str(Path(args.pretrained).resolve())}
     models = bundle_root / "models"

@@ -23,6 +23,7 @@ from fpt_monai.data.feature_store import (
     MissingItemsError,
     StoreMismatchError,
 )
+from fpt_monai.data.image_check import UnreadableImagesError, check_images
 from fpt_monai.data.normalization import DATASET_STATS, backbone_stats, compute_mean_std, resolve_normalization
 from fpt_monai.data.preload import (
     PreloadReport,
@@ -33,6 +34,8 @@ from fpt_monai.data.preload import (
 )
 
 __all__ = [
+    "UnreadableImagesError",
+    "check_images",
     "DATASET_STATS",
     "DEMO_CLASSES",
     "SPLITS",

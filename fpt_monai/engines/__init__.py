@@ -5,7 +5,13 @@
 
 from __future__ import annotations
 
-from fpt_monai.engines.checkpoint import FPTCheckpointer, atomic_torch_save
+from fpt_monai.engines.checkpoint import (
+    CorruptCheckpointError,
+    FPTCheckpointer,
+    atomic_torch_save,
+    load_checkpoint,
+    verify_checkpoint,
+)
 from fpt_monai.engines.heatmaps import HeatmapWriter, denormalize, heatmap_overlay, save_png
 from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classification_metrics
 from fpt_monai.engines.prepare_batch import FPTPrepareBatch
@@ -18,15 +24,24 @@ from fpt_monai.engines.reports import (
     write_model_config,
 )
 from fpt_monai.engines.tracking import configure_mlflow, find_mlflow_handlers, log_mlflow_artifacts
-from fpt_monai.engines.training import GradientClipHandler, class_weights, warmup_cosine_schedule
+from fpt_monai.engines.training import (
+    GradientClipHandler,
+    NonFiniteLossError,
+    StopOnNonFiniteLoss,
+    class_weights,
+    warmup_cosine_schedule,
+)
 
 __all__ = [
+    "CorruptCheckpointError",
     "METRIC_NAMES",
     "ClassificationMetric",
     "FPTCheckpointer",
     "FPTPrepareBatch",
     "GradientClipHandler",
     "HeatmapWriter",
+    "NonFiniteLossError",
+    "StopOnNonFiniteLoss",
     "PredictionCollector",
     "PredictionWriter",
     "atomic_torch_save",
@@ -37,10 +52,12 @@ __all__ = [
     "evaluate_checkpoints",
     "find_mlflow_handlers",
     "heatmap_overlay",
+    "load_checkpoint",
     "log_mlflow_artifacts",
     "plot_confusion_matrix",
     "plot_roc",
     "save_png",
+    "verify_checkpoint",
     "warmup_cosine_schedule",
     "write_model_config",
 ]

@@ -9,7 +9,9 @@ the reference code saves only at epochs 0 and 10 and forgets the best metric on 
 - ``last.pt`` after every epoch (after validation): network, optimizer, scheduler, trainer state (epoch,
   iteration), best metric and its epoch;
 - ``model.pt`` when the validation key metric improves (strictly, NaN never counts), ``model_final.pt`` at the end;
-- every file is written to a temporary file, fsynced and renamed, so a crash never leaves a half-written checkpoint;
+- every file is written to a temporary file, fsynced and renamed, so a crash or a full disk never leaves a
+  half-written checkpoint, and its SHA-256 goes to ``checksums.json``: a file corrupted later is refused
+  (:func:`verify_checkpoint`) instead of being loaded;
 - ``resume=True`` restores everything from ``last.pt`` when the trainer starts;
 - under ``torch.distributed`` every rank resumes from the same files but only rank 0 writes, and a
   ``DistributedDataParallel`` network is saved unwrapped (the same keys as a single-process checkpoint).
@@ -17,21 +19,96 @@ the reference code saves only at epochs 0 and 10 and forgets the best metric on 
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
 
-from fpt_monai.atomic import atomic_write
+from fpt_monai.atomic import atomic_write, atomic_write_text
+from fpt_monai.data.feature_store import file_sha256
 
-__all__ = ["FPTCheckpointer", "atomic_torch_save"]
+__all__ = [
+    "CHECKSUMS",
+    "CorruptCheckpointError",
+    "FPTCheckpointer",
+    "atomic_torch_save",
+    "load_checkpoint",
+    "verify_checkpoint",
+]
+
+
+CHECKSUMS = "checksums.json"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint does not match the checksum recorded when it was written."""
+
+
+def _read_checksums(folder: Path) -> dict[str, list[str]]:
+    try:
+        return json.loads((folder / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpointError(f"{folder / CHECKSUMS} is unreadable ({err}); delete it to skip checks.") from err
+
+
+def _record_checksum(path: Path, digests: list[str]) -> None:
+    sums = _read_checksums(path.parent)
+    sums[path.name] = digests
+    atomic_write_text(path.parent / CHECKSUMS, json.dumps(sums, indent=1))
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`fpt_monai.atomic.atomic_write`: the previous file survives any failure."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save`` through :func:`fpt_monai.atomic.atomic_write`, the previous file surviving any failure
+    (a full disk included), with the file's SHA-256 recorded in ``checksums.json`` next to it.
+
+    The record lists the new and the previous digest while the file is being replaced, then only the new one, so
+    a crash at any point leaves a file that matches its record."""
+    path = Path(path)
+    previous = _read_checksums(path.parent).get(path.name, [])[:1]
+
+    def write(f) -> None:
+        torch.save(obj, f)
+        f.flush()
+        digest = file_sha256(f.name)
+        written.append(digest)
+        _record_checksum(path, [digest, *previous])
+
+    written: list[str] = []
+    atomic_write(path, write)
+    _record_checksum(path, written)
+
+
+def verify_checkpoint(path: str | os.PathLike) -> bool:
+    """Check ``path`` against ``checksums.json``; raise :class:`CorruptCheckpointError` on a mismatch.
+
+    Returns ``False`` (and warns) for a file without a record, e.g. one written by other tools."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: train first, or set the checkpoint path.")
+    expected = _read_checksums(path.parent).get(path.name)
+    if not expected:
+        warnings.warn(f"{path} has no recorded checksum (not written by fpt_monai); used unverified.", stacklevel=2)
+        return False
+    digest = file_sha256(path)
+    if digest not in expected:
+        raise CorruptCheckpointError(
+            f"{path} is corrupt or was modified after it was saved: SHA-256 {digest[:16]}... differs from the "
+            f"recorded {expected[0][:16]}... ({path.parent / CHECKSUMS}). Restore it from a backup, or delete it to "
+            "train again; it is never loaded as it is."
+        )
+    return True
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> object:
+    """:func:`verify_checkpoint`, then ``torch.load(weights_only=True)``."""
+    verify_checkpoint(path)
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _is_main_process() -> bool:
@@ -79,7 +156,8 @@ class FPTCheckpointer:
 
     @property
     def _model(self) -> torch.nn.Module:
-        return self.network.module if isinstance(self.network, torch.nn.parallel.DistributedDataParallel) else self.network
+        net = self.network
+        return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
 
     def attach(self, engine: Engine) -> None:
         self.trainer = engine
@@ -128,8 +206,10 @@ class FPTCheckpointer:
         if not self.last_path.is_file():
             return
         try:
-            state = torch.load(self.last_path, map_location="cpu", weights_only=True)
+            state = load_checkpoint(self.last_path)
             self._model.load_state_dict(state["network"])
+        except CorruptCheckpointError:
+            raise
         except Exception as err:
             raise RuntimeError(
                 f"cannot resume from {self.last_path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it is "

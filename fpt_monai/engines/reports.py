@@ -18,6 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from fpt_monai.atomic import atomic_write_text
+from fpt_monai.engines.checkpoint import load_checkpoint
 from fpt_monai.engines.metrics import classification_metrics
 
 __all__ = [
@@ -162,7 +163,7 @@ def evaluate_checkpoints(
     for name, path in checkpoints.items():
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint {path} ({name}) not found; train first or point ckpt_dir at it.")
-        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        network.load_state_dict(load_checkpoint(path), strict=True)
         evaluator.run()
         probs, labels = np.stack(collector.probs), np.asarray(collector.labels)
         results[name] = {**classification_metrics(probs, labels, len(class_names)), "n": int(len(labels))}

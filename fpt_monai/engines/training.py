@@ -13,7 +13,13 @@ import torch
 from ignite.engine import Engine
 from monai.engines.utils import IterationEvents
 
-__all__ = ["GradientClipHandler", "class_weights", "warmup_cosine_schedule"]
+__all__ = [
+    "GradientClipHandler",
+    "NonFiniteLossError",
+    "StopOnNonFiniteLoss",
+    "class_weights",
+    "warmup_cosine_schedule",
+]
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -74,3 +80,39 @@ class GradientClipHandler:
             scaler.unscale_(engine.optimizer)
         params = [p for group in engine.optimizer.param_groups for p in group["params"] if p.grad is not None]
         engine.state.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_norm))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss:
+    """Stop training with :class:`NonFiniteLossError` when the loss is NaN or infinite, before ``backward``: the
+    weights are not touched, and the checkpoints of the last completed epoch stay the last good state.
+
+    Ignite's ``TerminateOnNan`` ends the run quietly, which would still fire ``COMPLETED`` (and save the final
+    weights); this handler raises, so the run fails loudly and nothing more is saved.
+
+    Args:
+        checkpoint_dir: named in the message (where the last good ``last.pt`` is).
+    """
+
+    def __init__(self, checkpoint_dir: str | None = None) -> None:
+        self.checkpoint_dir = checkpoint_dir
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        loss = engine.state.output.get("loss") if isinstance(engine.state.output, dict) else None
+        if loss is None or bool(torch.isfinite(torch.as_tensor(loss)).all()):
+            return
+        batch = engine.state.batch
+        ids = batch.get("id") if isinstance(batch, dict) else None
+        where = f" {self.checkpoint_dir}/last.pt" if self.checkpoint_dir else " last.pt"
+        raise NonFiniteLossError(
+            f"training loss is {float(torch.as_tensor(loss).float().mean())} at epoch {engine.state.epoch}, iteration "
+            f"{engine.state.iteration}{f' (batch {list(ids)[:8]})' if ids is not None else ''}; stopped before this "
+            f"step changed the weights. The last good state is{where} (the last completed epoch), and a rerun "
+            "resumes from it. Lower learning_rate, check these images, or disable AMP."
+        )

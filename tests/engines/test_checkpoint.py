@@ -1,27 +1,63 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from ignite.engine import Engine
 
-from fpt_monai.engines import FPTCheckpointer, atomic_torch_save
+from fpt_monai.engines import (
+    CorruptCheckpointError,
+    FPTCheckpointer,
+    atomic_torch_save,
+    load_checkpoint,
+    verify_checkpoint,
+)
+
+DISK_FULL = """
+import resource, signal, sys, torch
+from fpt_monai.engines import atomic_torch_save
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # exceeding the limit fails the write (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # no file may grow past 200 kB: the disk is 'full'
+try:
+    atomic_torch_save({"a": torch.zeros(1_000_000)}, sys.argv[1])
+except Exception as err:  # torch reports the failed write(2) as a RuntimeError chained to the OSError
+    while err is not None and not isinstance(err, OSError):
+        err = err.__context__
+    print("write failed:", err.strerror)
+"""
 
 
-def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
-    atomic_torch_save({"a": torch.ones(2)}, tmp_path / "ck.pt")
+def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "last.pt"
+    atomic_torch_save({"a": torch.ones(2)}, path)
+    done = subprocess.run([sys.executable, "-c", DISK_FULL, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "write failed: File too large" in done.stdout  # a real failed write(2), from the kernel
+    assert verify_checkpoint(path)
+    assert torch.equal(load_checkpoint(path)["a"], torch.ones(2))  # the previous checkpoint, intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checksums.json", "last.pt"]  # no temporary left over
 
-    def broken_save(obj, f):
-        f.write(b"half")
-        raise OSError("No space left on device")
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="No space"):
-        atomic_torch_save({"a": torch.zeros(2)}, tmp_path / "ck.pt")
-    monkeypatch.undo()
-    assert torch.equal(torch.load(tmp_path / "ck.pt", weights_only=True)["a"], torch.ones(2))  # previous intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+def test_corrupt_or_modified_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    atomic_torch_save({"w": torch.arange(1000.0)}, path)
+    atomic_torch_save({"w": torch.arange(1000.0) * 2}, path)  # the record follows the newest file
+    assert verify_checkpoint(path)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one flipped bit in the tensor data: torch.load alone would not notice
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match="corrupt or was modified"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="train first"):
+        verify_checkpoint(tmp_path / "missing.pt")
+    foreign = tmp_path / "other" / "x.pt"
+    foreign.parent.mkdir()
+    torch.save({"w": torch.ones(1)}, foreign)
+    with pytest.warns(UserWarning, match="no recorded checksum"):
+        assert verify_checkpoint(foreign) is False
 
 
 def test_best_model_ignores_nan_and_is_strict(tmp_path):
