@@ -1,0 +1,110 @@
+"""Fuzzing of the image readers: every malformed PNG, DICOM or NIfTI file ends in ImageReadError (or a valid image),
+never another exception, a crash or a hang. Bounded: a fixed number of examples per format, a per-example deadline
+and the test timeout."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fpt_monai.data.demo import write_dicom
+from fpt_monai.transforms import ImageReadError, read_image
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(24 * 20).reshape(24, 20) % 251).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _dicom(photometric: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_dicom(
+            Path(tmp) / "x.dcm",
+            (np.arange(24 * 20).reshape(24, 20) * 7 % 4000).astype(np.uint16),
+            photometric=photometric,
+            rescale=(2.0, -100.0),
+            window=(2000.0, 3000.0),
+        )
+        return path.read_bytes()
+
+
+def _nifti() -> bytes:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.arange(24 * 20, dtype=np.float32).reshape(24, 20), np.eye(4))
+    return img.to_bytes()
+
+
+SEEDS = {".png": _png(), ".dcm": _dicom("MONOCHROME2"), ".nii": _nifti()}
+SEEDS_M1 = _dicom("MONOCHROME1")
+
+
+@st.composite
+def mutated(draw, seed: bytes) -> bytes:
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
+        if not data:
+            break
+        pos = draw(st.integers(0, len(data) - 1))
+        if op == "flip":
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set":
+            data[pos] = draw(st.integers(0, 255))
+        elif op == "truncate":
+            del data[pos:]
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
+        else:
+            del data[pos : pos + draw(st.integers(1, 64))]
+    return bytes(data)
+
+
+def _read_or_clear_error(suffix: str, content: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"fuzz{suffix}"
+        path.write_bytes(content)
+        try:
+            arr = read_image(path)
+        except ImageReadError as err:
+            assert str(path) in str(err)  # the message names the file
+            return
+        assert arr.dtype == np.float32 and arr.ndim == 3 and arr.shape[0] == 3
+        assert np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1
+
+
+FUZZ = settings(max_examples=120, deadline=5000, suppress_health_check=[HealthCheck.too_slow], database=None)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("suffix", sorted(SEEDS))
+def test_mutated_files_give_an_image_or_image_read_error(suffix):
+    @FUZZ
+    @given(mutated(SEEDS[suffix]))
+    def run(content):
+        _read_or_clear_error(suffix, content)
+
+    run()
+
+
+@pytest.mark.timeout(300)
+@FUZZ
+@given(mutated(SEEDS_M1))
+def test_mutated_monochrome1_dicom(content):
+    _read_or_clear_error(".dcm", content)
+
+
+@pytest.mark.timeout(300)
+@FUZZ
+@given(st.binary(max_size=600), st.sampled_from([".png", ".dcm", ".nii", ".nii.gz", ".jpg"]))
+def test_random_bytes_give_image_read_error(content, suffix):
+    _read_or_clear_error(suffix, content)
