@@ -114,3 +114,30 @@ def test_default_tracking_store_is_sqlite_under_the_output_dir(tmp_path, tiny_bu
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("local").experiment_id])
     assert len(runs) == 1 and "val_auc" in runs[0].data.metrics and "batch_size" in runs[0].data.params
+
+
+@pytest.mark.slow
+def test_concurrent_trainings_log_to_one_server(tmp_path, tiny_bundle_data, mlflow_server):
+    """Two bundle trainings (separate processes, as on a team's machines) log to one server at the same time."""
+    from ..conftest import REPO_ROOT
+    from .conftest import META, tiny_overrides
+
+    data_dir, weights = tiny_bundle_data
+    procs = {}
+    for name in ("team_a", "team_b"):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN_CONFIG]
+        cmd += ["--meta_file", META, "--bundle_root", str(tmp_path / name), "--tracking", "mlflow"]
+        cmd += ["--tracking_uri", mlflow_server, "--experiment_name", "shared", "--run_name", name]
+        cmd += [f"--{k}={v}" for k, v in tiny_overrides(data_dir, weights, epochs=3).items()]
+        procs[name] = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for proc in procs.values():
+        out = proc.communicate(timeout=600)[0].decode()
+        assert proc.returncode == 0, out[-3000:]
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("shared")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"team_a", "team_b"}
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2, 3]  # nothing lost
+        assert {"model.pt", "model_final.pt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
