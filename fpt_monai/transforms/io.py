@@ -225,16 +225,20 @@ def read_image(
     if not p.is_file():
         raise ImageReadError(f"{p}: no such file. Check the datalist paths (relative to the datalist's folder).")
     kind = image_format(p)
-    if kind == "pil":
-        arr = _read_pil(p)
-    elif kind == "dicom":
-        arr = _read_dicom(p, frame, window)
-    elif kind == "nifti":
-        arr = _read_nifti(p, slice_index)
-    else:
+    readers = {"pil": lambda: _read_pil(p), "dicom": lambda: _read_dicom(p, frame, window)}
+    readers["nifti"] = lambda: _read_nifti(p, slice_index)
+    if kind not in readers:
         raise ImageReadError(
             f"{p}: unsupported file type; supported: {', '.join(IMAGE_SUFFIXES)} and DICOM files without suffix."
         )
+    try:
+        arr = readers[kind]()
+    except ImageReadError:
+        raise
+    except Exception as err:  # libraries raise anything on malformed files (found by fuzzing): one clear error type
+        raise ImageReadError(
+            f"{p}: corrupt or unsupported {kind} file ({type(err).__name__}: {err}). Re-export or remove it."
+        ) from err
     if min(arr.shape[1:]) < 2:
         raise ImageReadError(f"{p}: image of size {arr.shape[1:]} is too small.")
     if arr.shape[0] == channels:
