@@ -133,27 +133,8 @@ def preload(
         store = FeatureStore.open_or_create(store_dir, settings, extractor.token_shape, dtype)
     pending = [{"image": item["image"], "id": str(item["id"])} for item in items if str(item["id"]) not in store]
     skipped = len(items) - len(pending)
-    if world > 1:
-        _preload_pending(
-            pending[rank::world],
-            store,
-            extractor,
-            mean,
-            std,
-            dtype,
-            batch_size,
-            num_workers,
-            shard_size,
-            device,
-            progress and rank == 0,
-            shard_prefix,
-            len(items),
-            skipped,
-        )
-        torch.distributed.barrier()  # every rank's shards are committed: re-index them all
-        return PreloadReport(FeatureStore.open(store_dir), len(pending), skipped)
-    return _preload_pending(
-        pending,
+    report = _preload_pending(
+        pending[rank::world],  # under torchrun each rank takes every world-th missing item; alone: all of them
         store,
         extractor,
         mean,
@@ -163,11 +144,15 @@ def preload(
         num_workers,
         shard_size,
         device,
-        progress,
+        progress and rank == 0,
         shard_prefix,
         len(items),
         skipped,
     )
+    if world == 1:
+        return report
+    torch.distributed.barrier()  # every rank's shards are committed: re-index them all
+    return PreloadReport(FeatureStore.open(store_dir), len(pending), skipped)
 
 
 def _dist_rank_world() -> tuple[int, int]:

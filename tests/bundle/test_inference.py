@@ -15,6 +15,20 @@ from .conftest import META, TRAIN_CONFIG
 INFER_CONFIG = TRAIN_CONFIG.replace("train.yaml", "inference.yaml")
 
 
+def _inference(bundle_root, dataset_dir, weights, **extra) -> ConfigWorkflow:
+    return ConfigWorkflow(
+        config_file=INFER_CONFIG,
+        meta_file=META,
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset_dir),
+        pretrained=str(weights),
+        num_workers=0,
+        **extra,
+    )
+
+
 @pytest.fixture
 def trained(trained_tiny_bundle):
     return trained_tiny_bundle
@@ -23,16 +37,7 @@ def trained(trained_tiny_bundle):
 def test_inference_on_a_folder_of_mixed_formats(trained):
     root, data_dir, weights = trained
     images = data_dir / "images" / "test"
-    wf = ConfigWorkflow(
-        config_file=INFER_CONFIG,
-        meta_file=META,
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=str(root),
-        dataset_dir=str(images),
-        pretrained=str(weights),
-        num_workers=0,
-    )
+    wf = _inference(root, images, weights)
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
@@ -66,15 +71,7 @@ def test_inference_on_a_folder_of_mixed_formats(trained):
 
 def test_inference_on_a_missing_folder(trained):
     root, _, weights = trained
-    wf = ConfigWorkflow(
-        config_file=INFER_CONFIG,
-        meta_file=META,
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=str(root),
-        dataset_dir=str(root / "nothing_here"),
-        pretrained=str(weights),
-    )
+    wf = _inference(root, root / "nothing_here", weights)
     with pytest.raises(Exception) as info:
         wf.initialize()
         wf.run()
@@ -142,17 +139,7 @@ def test_inference_writes_heatmaps_at_the_original_size(trained, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(root / "models", bundle / "models")
     images = data_dir / "images" / "test"
-    wf = ConfigWorkflow(
-        config_file=INFER_CONFIG,
-        meta_file=META,
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=str(bundle),
-        dataset_dir=str(images),
-        pretrained=str(weights),
-        num_workers=0,
-        heatmaps="true",  # as the CLI passes it
-    )
+    wf = _inference(bundle, images, weights, heatmaps="true")  # a string, as the CLI passes it
     wf.initialize()
     wf.run()
     wf.finalize()
