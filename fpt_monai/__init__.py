@@ -8,6 +8,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 # bundle configs use `$import fpt_monai` and dotted names such as `fpt_monai.data.preload`
-from fpt_monai import data, engines, networks, transforms  # noqa: E402
+from fpt_monai import data, engines, flags, networks, transforms  # noqa: E402
 
-__all__ = ["__version__", "data", "engines", "networks", "transforms"]
+__all__ = ["__version__", "data", "engines", "flags", "networks", "transforms"]

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm.auto import tqdm
 
 from fpt_monai.data.datalist import SPLITS
+from fpt_monai.flags import as_bool
 
 __all__ = ["UnreadableImagesError", "check_images"]
 
@@ -29,11 +30,6 @@ def _problem(image: str, channels: int) -> str | None:
     except Exception as err:  # any failure makes the image unusable; report its reason
         return f"{type(err).__name__}: {err}"
     return None
-
-
-def _flag(value: bool | str) -> bool:
-    # bundle CLI values arrive as strings ("--skip_unreadable false")
-    return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
 
 
 def check_images(
@@ -57,7 +53,7 @@ def check_images(
     Raises:
         UnreadableImagesError: listing every unreadable file and its reason, unless ``skip_unreadable``.
     """
-    if not _flag(enabled):
+    if not as_bool(enabled):
         return dict(datalist)
     items = [(split, item) for split in SPLITS for item in datalist.get(split, [])]
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
@@ -67,7 +63,7 @@ def check_images(
     if not bad:
         return dict(datalist)
     listing = "\n  ".join(f"[{split}] {item['image']}: {why}" for split, item, why in bad)
-    if not _flag(skip_unreadable):
+    if not as_bool(skip_unreadable):
         raise UnreadableImagesError(
             f"{len(bad)} of {len(items)} images cannot be read:\n  {listing}\n"
             "Fix or remove them, or train without them with --skip_unreadable true."

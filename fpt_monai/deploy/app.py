@@ -35,6 +35,7 @@ from monai.deploy.operators.dicom_utils import EquipmentInfo, ModelInfo
 from fpt_monai.deploy.dicom_input import check_dicom_folder
 from fpt_monai.deploy.model import ExportedFPT
 from fpt_monai.deploy.operators import FPTClassifierOperator
+from fpt_monai.flags import as_bool
 
 __all__ = ["DEFAULT_RULES", "FPTDeployApp", "load_rules", "main"]
 
@@ -95,10 +96,6 @@ class FPTDeployApp(Application):
         self.add_flow(selector, sr_writer, {("study_selected_series_list", "study_selected_series_list")})
 
 
-def _flag(value: str | None) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m fpt_monai.deploy", description=__doc__.splitlines()[0])
@@ -106,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=env("HOLOSCAN_OUTPUT_PATH", "output"), help="output folder")
     p.add_argument("-m", "--model", default=env("HOLOSCAN_MODEL_PATH", "models"), help="model.ts or its folder")
     p.add_argument("--rules", default=env("FPT_DEPLOY_RULES"), help="series-selection rules: JSON file or text")
-    p.add_argument("--heatmaps", action="store_true", default=_flag(env("FPT_DEPLOY_HEATMAPS")), help="heatmap PNGs")
+    p.add_argument("--heatmaps", action="store_true", default=as_bool(env("FPT_DEPLOY_HEATMAPS")), help="heatmap PNGs")
     p.add_argument("--device", default=env("FPT_DEPLOY_DEVICE", "cpu"), help="torch device, e.g. cuda:0")
     p.add_argument("-l", "--log-level", default="INFO")
     return p

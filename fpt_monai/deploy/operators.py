@@ -119,14 +119,11 @@ class FPTClassifierOperator(Operator):
         op_output.emit(self.report_text(output), "result_text")
 
     def _save_heatmap(self, result: dict, sop_instance_uid: str) -> str:
-        from fpt_monai.engines.heatmaps import denormalize, heatmap_overlay, save_png
+        from fpt_monai.engines.heatmaps import save_heatmap
 
-        image = result["image"]
-        size = getattr(image, "meta", {}).get("spatial_shape", image.shape[-2:])
-        config = self.model.model_config
-        rgb = heatmap_overlay(denormalize(image, config["mean"], config["std"]), result["heatmap"], size=size)
         name = f"heatmaps/{sop_instance_uid}.png"
-        save_png(self.output_folder / name, rgb)
+        config = self.model.model_config
+        save_heatmap(self.output_folder / name, result["image"], result["heatmap"], config["mean"], config["std"])
         return name
 
     @staticmethod

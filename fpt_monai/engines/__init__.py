@@ -12,7 +12,7 @@ from fpt_monai.engines.checkpoint import (
     load_checkpoint,
     verify_checkpoint,
 )
-from fpt_monai.engines.heatmaps import HeatmapWriter, denormalize, heatmap_overlay, save_png
+from fpt_monai.engines.heatmaps import HeatmapWriter, denormalize, heatmap_overlay, save_heatmap, save_png
 from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classification_metrics
 from fpt_monai.engines.prepare_batch import FPTPrepareBatch
 from fpt_monai.engines.reports import (
@@ -56,6 +56,7 @@ __all__ = [
     "log_mlflow_artifacts",
     "plot_confusion_matrix",
     "plot_roc",
+    "save_heatmap",
     "save_png",
     "verify_checkpoint",
     "warmup_cosine_schedule",

@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 
 from fpt_monai.atomic import atomic_write
 
-__all__ = ["HeatmapWriter", "denormalize", "heatmap_overlay", "save_png"]
+__all__ = ["HeatmapWriter", "denormalize", "heatmap_overlay", "save_heatmap", "save_png"]
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -64,6 +64,20 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
 
 
+def save_heatmap(
+    path: str | os.PathLike,
+    image: torch.Tensor,
+    heatmap: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Path:
+    """Blend ``heatmap`` over the normalised network input ``image`` ``[C, h, w]`` and save it as a PNG at the image's
+    original size (its ``spatial_shape`` metadata, set by the loader; else its own size)."""
+    size = getattr(image, "meta", {}).get("spatial_shape", image.shape[-2:])
+    save_png(path, heatmap_overlay(denormalize(torch.as_tensor(image), mean, std), heatmap, size=np.asarray(size)[-2:]))
+    return Path(path)
+
+
 def _safe_name(item_id: str) -> str:
     stem = item_id[: -len(".nii.gz")] if item_id.endswith(".nii.gz") else os.path.splitext(item_id)[0]
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("_") or "image"
@@ -107,11 +121,6 @@ class HeatmapWriter:
         with torch.no_grad():
             _, heatmaps = self.explainer.eval()(images.to(device))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for n, (item, heat) in enumerate(zip(items, heatmaps, strict=True)):
-            image = item[self.image_key]
-            meta = getattr(image, "meta", {})
-            size = meta.get("spatial_shape", image.shape[-2:])
-            rgb = heatmap_overlay(denormalize(images[n], self.mean, self.std), heat, size=np.asarray(size)[-2:])
+        for item, heat in zip(items, heatmaps, strict=True):
             path = self.output_dir / f"{_safe_name(str(item.get('id', len(self.written))))}.png"
-            save_png(path, rgb)
-            self.written.append(path)
+            self.written.append(save_heatmap(path, item[self.image_key], heat, self.mean, self.std))
