@@ -17,7 +17,10 @@ from fpt_monai.data.datalist import (
 )
 from fpt_monai.data.demo import DEMO_CLASSES, make_demo_dataset, synthetic_image, write_dicom
 from fpt_monai.data.feature_store import (
+    POOLED,
     STORE_DTYPES,
+    STORE_FIELDS,
+    TOKENS,
     CorruptStoreError,
     FeatureStore,
     MissingItemsError,
@@ -32,6 +35,7 @@ from fpt_monai.data.preload import (
     store_settings,
     weights_id,
 )
+from fpt_monai.data.tokens import LoadPreloadedTokensd
 
 __all__ = [
     "UnreadableImagesError",
@@ -39,7 +43,11 @@ __all__ = [
     "DATASET_STATS",
     "DEMO_CLASSES",
     "SPLITS",
+    "POOLED",
     "STORE_DTYPES",
+    "STORE_FIELDS",
+    "TOKENS",
+    "LoadPreloadedTokensd",
     "CorruptStoreError",
     "FeatureStore",
     "MissingItemsError",

@@ -10,6 +10,10 @@ splits, each image costs 7.6 MB (FPT+, ViT-B/16 @ 512 px) and nothing records ho
 - tokens are stored in few large shards, ``shards/<name>.npy`` arrays ``[n, 2, L, heads, k, head_dim]``
   (keys and values together), read through memory maps; fp16 by default (3.8 MB per FPT+ item), fp32 and bf16
   optional;
+- optional further per-item fields live in shards of their own (``shards/<field>-<name>.npy``) and are declared in
+  the manifest: ``pooled`` holds the frozen model's final class token and mean patch token ``[2 * D]`` (what a linear
+  probe and FPT's hybrid head use; 1.5 KB per ViT-B item in fp16). A store built without a field gets it added by
+  a later preload, which computes only what is missing;
 - ``manifest.json`` records every setting that determines the tokens; opening a store with other settings fails;
 - a shard is committed atomically (data file, then its index ``shards/<name>.json`` with per-item CRC32 and the
   file's SHA-256, each written to a temporary file, fsynced and renamed), so an interrupted preload leaves only
@@ -32,7 +36,10 @@ import torch
 from fpt_monai.atomic import atomic_write
 
 __all__ = [
+    "POOLED",
     "STORE_DTYPES",
+    "STORE_FIELDS",
+    "TOKENS",
     "CorruptStoreError",
     "FeatureStore",
     "MissingItemsError",
@@ -44,6 +51,9 @@ STORE_DTYPES = ("float16", "bfloat16", "float32")
 _NUMPY_DTYPE = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}  # bf16 stored as raw uint16
 _FORMAT = "fpt_monai.feature_store"
 _VERSION = 1
+TOKENS = "tokens"
+POOLED = "pooled"
+STORE_FIELDS = (TOKENS, POOLED)
 
 
 class StoreMismatchError(ValueError):
@@ -103,7 +113,11 @@ class FeatureStore:
         self.settings: dict = manifest["settings"]
         self.dtype: str = manifest["dtype"]
         self.token_shape: tuple[int, ...] = tuple(manifest["token_shape"])
-        self._index: dict[str, tuple[str, int]] = {}
+        # per-item shape of every field: the tokens (keys and values stacked) and the declared extra fields
+        self.field_shapes: dict[str, tuple[int, ...]] = {TOKENS: (2, *self.token_shape)}
+        for field, spec in manifest.get("fields", {}).items():
+            self.field_shapes[field] = tuple(spec["shape"])
+        self._index: dict[str, dict[str, tuple[str, int]]] = {field: {} for field in self.field_shapes}
         self._crc: dict[str, list[int]] = {}
         self._shards: dict[str, dict] = {}
         self._maps: dict[str, np.ndarray] = {}
@@ -196,7 +210,13 @@ class FeatureStore:
                 f"{meta_path}: unreadable shard index ({err}); delete it and {data_path.name}, "
                 "then preload again (finished shards are kept)."
             ) from err
-        expected = (len(ids), 2, *self.token_shape)
+        field = meta.get("field", TOKENS)
+        if field not in self.field_shapes:
+            raise CorruptStoreError(
+                f"{meta_path}: shard of field {field!r}, which the manifest does not declare; delete {meta_path.name} "
+                f"and {data_path.name} and preload again."
+            )
+        expected = (len(ids), *self.field_shapes[field])
         try:
             arr = np.load(data_path, mmap_mode="r")
         except (OSError, ValueError, EOFError) as err:
@@ -214,38 +234,83 @@ class FeatureStore:
                 f"{data_path}: shard is truncated or does not match its index (shape {arr.shape}, expected "
                 f"{expected}); delete {data_path.name} and {meta_path.name} and preload again."
             )
+        index = self._index[field]
         for row, item_id in enumerate(ids):
-            if item_id in self._index:
+            if item_id in index:
                 raise CorruptStoreError(
-                    f"{self.path}: item {item_id!r} is stored twice ({self._index[item_id][0]}, {name})."
+                    f"{self.path}: {field} of item {item_id!r} are stored twice ({index[item_id][0]}, {name})."
                 )
-            self._index[item_id] = (name, row)
+            index[item_id] = (name, row)
         self._crc[name] = crcs
         self._shards[name] = meta
 
     @property
     def ids(self) -> list[str]:
-        return list(self._index)
+        """Ids of the items whose tokens are stored."""
+        return list(self._index[TOKENS])
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The per-item fields this store declares (``"tokens"`` always, ``"pooled"`` when added)."""
+        return tuple(self.field_shapes)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._index[TOKENS])
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._index
+        return item_id in self._index[TOKENS]
 
-    def missing(self, ids: Iterable[str]) -> list[str]:
-        """The ids among ``ids`` that the store does not hold."""
-        return [i for i in ids if i not in self._index]
+    def has(self, item_id: str, field: str = TOKENS) -> bool:
+        """Whether ``field`` of the item is stored."""
+        return item_id in self._index.get(field, {})
 
-    def require(self, ids: Iterable[str]) -> None:
-        """Raise :class:`MissingItemsError` naming the items that are not in the store."""
-        missing = self.missing(ids)
+    def missing(self, ids: Iterable[str], field: str = TOKENS) -> list[str]:
+        """The ids among ``ids`` whose ``field`` the store does not hold (all of them if the field is undeclared)."""
+        index = self._index.get(field, {})
+        return [i for i in ids if i not in index]
+
+    def require(self, ids: Iterable[str], field: str = TOKENS) -> None:
+        """Raise :class:`MissingItemsError` naming the items whose ``field`` is not in the store."""
+        self.require_field(field)
+        missing = self.missing(ids, field)
         if missing:
             shown = ", ".join(repr(m) for m in missing[:10])
             raise MissingItemsError(
-                f"feature store {self.path} lacks {len(missing)} item(s): {shown}{' ...' if len(missing) > 10 else ''}."
-                " Run the preload step on this datalist (it only computes the missing items)."
+                f"feature store {self.path} lacks the {field} of {len(missing)} item(s): {shown}"
+                f"{' ...' if len(missing) > 10 else ''}. Run the preload step on this datalist (it only computes the "
+                "missing items)."
             )
+
+    def require_field(self, field: str) -> None:
+        """Raise :class:`MissingItemsError` if the store does not declare ``field`` at all."""
+        if field not in STORE_FIELDS:
+            raise ValueError(f"unknown store field {field!r}; choose from {STORE_FIELDS}.")
+        if field not in self.field_shapes:
+            raise MissingItemsError(
+                f"feature store {self.path} holds no {field} features (it was built without them). Run the preload "
+                f"step again asking for them (`python -m fpt_monai.data.preload ... --pooled`, or a bundle run of a "
+                f"method that needs them): it adds only the missing field and keeps the stored tokens."
+            )
+
+    def add_field(self, field: str, shape: Sequence[int]) -> None:
+        """Declare a new per-item field (e.g. ``"pooled"`` of shape ``[2 * D]``) in the manifest; a no-op if it is
+        already declared with that shape."""
+        if field not in STORE_FIELDS or field == TOKENS:
+            raise ValueError(f"field must be one of {STORE_FIELDS[1:]}, got {field!r}.")
+        shape = tuple(int(s) for s in shape)
+        if field in self.field_shapes:
+            if self.field_shapes[field] != shape:
+                raise StoreMismatchError(
+                    f"feature store {self.path}: field {field} has shape {self.field_shapes[field]}, asked for {shape}."
+                    " Preload into a new directory."
+                )
+            return
+        manifest = dict(self.manifest)
+        manifest["fields"] = {**manifest.get("fields", {}), field: {"shape": list(shape)}}
+        atomic_write(self.path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        self.manifest = manifest
+        self.field_shapes[field] = shape
+        self._index[field] = {}
 
     # ---- reading ------------------------------------------------------------------------------------------------
     def __getstate__(self) -> dict:  # DataLoader workers re-open the memory maps lazily
@@ -263,19 +328,27 @@ class FeatureStore:
         t = torch.from_numpy(np.array(arr))  # copy out of the read-only map
         return t.view(torch.bfloat16) if self.dtype == "bfloat16" else t
 
-    def get(self, item_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(keys, values)``, each ``[L, heads, k, head_dim]`` in the store's dtype."""
-        if item_id not in self._index:
-            self.require([item_id])
-        name, row = self._index[item_id]
+    def _read(self, item_id: str, field: str) -> torch.Tensor:
+        index = self._index.get(field, {})
+        if item_id not in index:
+            self.require([item_id], field)
+        name, row = index[item_id]
         data = self._map(name)[row]
         if self.verify_reads and zlib.crc32(data) != self._crc[name][row]:
             raise CorruptStoreError(
                 f"{self.path / 'shards' / (name + '.npy')}: item {item_id!r} fails its CRC32 check (corrupt shard). "
                 f"Delete {name}.npy and {name}.json and preload again."
             )
-        both = self._to_torch(data)
+        return self._to_torch(data)
+
+    def get(self, item_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(keys, values)``, each ``[L, heads, k, head_dim]`` in the store's dtype."""
+        both = self._read(item_id, TOKENS)
         return both[0], both[1]
+
+    def get_pooled(self, item_id: str) -> torch.Tensor:
+        """The pooled features ``[2 * D]`` (final class token, mean patch token) in the store's dtype."""
+        return self._read(item_id, POOLED)
 
     def verify(self) -> None:
         """Check every shard file against its SHA-256 (reads the whole store)."""
@@ -288,26 +361,37 @@ class FeatureStore:
 
     # ---- writing ------------------------------------------------------------------------------------------------
     def _next_name(self, prefix: str) -> str:
-        used = [int(n.split("-")[1]) for n in self._shards if n.startswith(prefix + "-")]
+        used = [int(n.rsplit("-", 1)[1]) for n in self._shards if n.rsplit("-", 1)[0] == prefix]
         return f"{prefix}-{(max(used) + 1) if used else 0:06d}"
 
     def write_shard(self, ids: Sequence[str], keys: torch.Tensor, values: torch.Tensor, prefix: str = "r000") -> str:
         """Commit one shard of items (``keys``/``values`` ``[n, L, heads, k, head_dim]``); returns its name."""
+        if keys.shape != values.shape:
+            raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} differ in shape.")
+        return self.write_field_shard(TOKENS, ids, torch.stack([keys, values], dim=1), prefix)
+
+    def write_field_shard(self, field: str, ids: Sequence[str], data: torch.Tensor, prefix: str = "r000") -> str:
+        """Commit one shard of ``field`` for items ``ids`` (``data`` ``[n, *field shape]``); returns its name."""
         ids = [str(i) for i in ids]
-        if len(set(ids)) != len(ids) or any(i in self._index for i in ids):
+        self.require_field(field)
+        index = self._index[field]
+        if len(set(ids)) != len(ids) or any(i in index for i in ids):
             raise ValueError(f"{self.path}: shard repeats items or contains stored ones.")
-        if tuple(keys.shape) != (len(ids), *self.token_shape) or keys.shape != values.shape:
-            raise ValueError(f"keys/values of shape {tuple(keys.shape)} do not fit the store's {self.token_shape}.")
-        both = torch.stack([keys, values], dim=1).detach().cpu()
+        if tuple(data.shape) != (len(ids), *self.field_shapes[field]):
+            raise ValueError(
+                f"{field} of shape {tuple(data.shape)} do not fit the store's {self.field_shapes[field]} per item."
+            )
+        both = data.detach().cpu()
         if self.dtype == "bfloat16":
             arr = both.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
         else:
             arr = both.to(getattr(torch, self.dtype)).numpy()
         arr = np.ascontiguousarray(arr)
-        name = self._next_name(prefix)
+        name = self._next_name(prefix if field == TOKENS else f"{field}-{prefix}")
         data_path = self.path / "shards" / f"{name}.npy"
         atomic_write(data_path, lambda f: np.save(f, arr, allow_pickle=False))
         meta = {
+            "field": field,
             "ids": ids,
             "crc32": [zlib.crc32(row) for row in arr],
             "nbytes": data_path.stat().st_size,
@@ -320,4 +404,8 @@ class FeatureStore:
     @property
     def bytes_per_item(self) -> int:
         """Bytes of token data per item (without the small shard headers and indexes)."""
-        return int(2 * np.prod(self.token_shape) * np.dtype(_NUMPY_DTYPE[self.dtype]).itemsize)
+        return self.field_bytes_per_item(TOKENS)
+
+    def field_bytes_per_item(self, field: str) -> int:
+        """Bytes of ``field`` data per item."""
+        return int(np.prod(self.field_shapes[field]) * np.dtype(_NUMPY_DTYPE[self.dtype]).itemsize)

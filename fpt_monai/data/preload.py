@@ -24,7 +24,7 @@ from monai.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from fpt_monai.data.datalist import SPLITS, datalist_from_json
-from fpt_monai.data.feature_store import STORE_DTYPES, FeatureStore, file_sha256
+from fpt_monai.data.feature_store import POOLED, STORE_DTYPES, STORE_FIELDS, TOKENS, FeatureStore, file_sha256
 from fpt_monai.data.normalization import resolve_normalization
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.transforms.pipeline import fpt_transforms
@@ -53,7 +53,7 @@ def store_settings(
 ) -> dict:
     """Everything that determines the stored tokens (compared when a store is opened); ``weights`` overrides the
     identity of the extractor's weights (for an extractor built on the meta device)."""
-    return {
+    settings = {
         "backbone": extractor.backbone,
         "weights": weights if weights is not None else weights_id(extractor.pretrained),
         "img_size": extractor.img_size,
@@ -66,6 +66,9 @@ def store_settings(
         "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
         "lpm_view": "resize-bilinear-antialias",
     }
+    if extractor.layer_norm_eps_set:  # recorded only when set, so stores made before the option stay valid
+        settings["layer_norm_eps"] = extractor.layer_norm_eps
+    return settings
 
 
 @dataclass
@@ -90,10 +93,13 @@ def preload(
     device: str | torch.device | None = None,
     progress: bool = True,
     shard_prefix: str = "r000",
+    fields: Sequence[str] = (TOKENS,),
 ) -> PreloadReport:
-    """Extract and store the tokens of every item not yet in the store at ``store_dir``.
+    """Extract and store the tokens (and, if asked, the pooled features) of every item not yet in the store at
+    ``store_dir``.
 
-    Items already stored are skipped, so an interrupted run continues where it stopped; shards of ``shard_size``
+    Items already stored are skipped (an item whose tokens are stored but not its pooled features gets only those
+    added), so an interrupted run continues where it stopped; shards of ``shard_size``
     items are committed atomically as they fill. The store's manifest must match the extractor and normalisation
     (a store built with other settings raises :class:`~fpt_monai.data.StoreMismatchError`).
 
@@ -108,6 +114,8 @@ def preload(
         device: where the extractor runs (default: CUDA if available).
         progress: show a progress bar.
         shard_prefix: shard name prefix (one per writer process).
+        fields: what every item must have: ``"tokens"`` (always stored) and optionally ``"pooled"`` (needs an
+            extractor built with ``pooled=True``).
 
     Under ``torch.distributed`` (e.g. ``torchrun``) every rank calls this with the same items: rank 0 opens or
     creates the store, each rank extracts every ``world_size``-th missing item into its own shards (``r<rank>-*``),
@@ -117,6 +125,11 @@ def preload(
         raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {dtype!r}.")
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be positive.")
+    fields = tuple(dict.fromkeys((TOKENS, *fields)))
+    if any(f not in STORE_FIELDS for f in fields):
+        raise ValueError(f"fields must be among {STORE_FIELDS}, got {fields!r}.")
+    if POOLED in fields and not extractor.pooled:
+        raise ValueError("pooled features need the whole frozen model: build the extractor with pooled=True.")
     ids = [str(item["id"]) for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("items repeat ids; build the datalist with fpt_monai.data (ids are relative paths).")
@@ -124,14 +137,21 @@ def preload(
     rank, world = _dist_rank_world()
     if world > 1:  # rank 0 creates the store (and clears leftovers) before any rank writes; each rank writes its own
         if rank == 0:
-            FeatureStore.open_or_create(store_dir, settings, extractor.token_shape, dtype)
+            _declare_fields(
+                FeatureStore.open_or_create(store_dir, settings, extractor.token_shape, dtype), fields, extractor
+            )
         torch.distributed.barrier()
         store = FeatureStore.open(store_dir, settings, dtype, extractor.token_shape)
         if shard_prefix == "r000":
             shard_prefix = f"r{rank:03d}"
     else:
         store = FeatureStore.open_or_create(store_dir, settings, extractor.token_shape, dtype)
-    pending = [{"image": item["image"], "id": str(item["id"])} for item in items if str(item["id"]) not in store]
+        _declare_fields(store, fields, extractor)
+    pending = [
+        {"image": item["image"], "id": str(item["id"])}
+        for item in items
+        if any(not store.has(str(item["id"]), f) for f in fields)
+    ]
     skipped = len(items) - len(pending)
     report = _preload_pending(
         pending[rank::world],  # under torchrun each rank takes every world-th missing item; alone: all of them
@@ -148,11 +168,17 @@ def preload(
         shard_prefix,
         len(items),
         skipped,
+        fields,
     )
     if world == 1:
         return report
     torch.distributed.barrier()  # every rank's shards are committed: re-index them all
     return PreloadReport(FeatureStore.open(store_dir), len(pending), skipped)
+
+
+def _declare_fields(store: FeatureStore, fields: Sequence[str], extractor: FrozenViTExtractor) -> None:
+    if POOLED in fields:
+        store.add_field(POOLED, (extractor.pooled_dim,))
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -176,6 +202,7 @@ def _preload_pending(
     shard_prefix,
     total,
     skipped,
+    fields,
 ) -> PreloadReport:
     if not pending:
         return PreloadReport(store, 0, skipped)
@@ -192,30 +219,38 @@ def _preload_pending(
         pin_memory=device.type == "cuda",
     )
     store_dtype = getattr(torch, dtype)
-    buf_ids: list[str] = []
-    buf_k: list[torch.Tensor] = []
-    buf_v: list[torch.Tensor] = []
+    want_pooled = POOLED in fields
+    # one buffer per field: ids and rows still to be committed (an item may lack only some of its fields)
+    buffers: dict[str, tuple[list[str], list[torch.Tensor]]] = {f: ([], []) for f in fields}
 
-    def commit(n: int) -> None:
-        """Write the first ``n`` buffered items as one shard, keep the rest buffered."""
-        keys, values = torch.cat(buf_k), torch.cat(buf_v)
-        store.write_shard(buf_ids[:n], keys[:n], values[:n], prefix=shard_prefix)
-        del buf_ids[:n]
-        buf_k[:] = [keys[n:]] if len(buf_ids) else []
-        buf_v[:] = [values[n:]] if len(buf_ids) else []
+    def commit(field: str, n: int) -> None:
+        """Write the first ``n`` buffered items of ``field`` as one shard, keep the rest buffered."""
+        ids, rows = buffers[field]
+        data = torch.cat(rows)
+        store.write_field_shard(field, ids[:n], data[:n], prefix=shard_prefix)
+        del ids[:n]
+        rows[:] = [data[n:]] if ids else []
 
     bar = tqdm(total=total, initial=skipped, desc="preload", unit="img", disable=not progress)
     with torch.inference_mode():
         for batch in loader:
-            keys, values = extractor(batch["image"].to(device, non_blocking=True))
-            buf_ids.extend(batch["id"])
-            buf_k.append(keys.to(store_dtype).cpu())
-            buf_v.append(values.to(store_dtype).cpu())
+            image = batch["image"].to(device, non_blocking=True)
+            if want_pooled:
+                keys, values, pooled = extractor.forward_pooled(image)
+                outputs = {TOKENS: torch.stack([keys, values], dim=1), POOLED: pooled}
+            else:
+                outputs = {TOKENS: torch.stack(extractor(image), dim=1)}
+            for field, data in outputs.items():
+                need = [i for i, item_id in enumerate(batch["id"]) if not store.has(item_id, field)]
+                ids, rows = buffers[field]
+                ids.extend(batch["id"][i] for i in need)
+                rows.append(data[need].to(store_dtype).cpu())
+                while len(ids) >= shard_size:  # commit each shard as soon as it is full
+                    commit(field, shard_size)
             bar.update(len(batch["id"]))
-            while len(buf_ids) >= shard_size:  # commit each shard as soon as it is full
-                commit(shard_size)
-    if buf_ids:
-        commit(len(buf_ids))
+    for field, (ids, _) in buffers.items():
+        if ids:
+            commit(field, len(ids))
     bar.close()
     return PreloadReport(store, len(pending), skipped)
 
@@ -231,25 +266,32 @@ def ensure_feature_store(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    fields: Sequence[str] = (TOKENS,),
 ) -> FeatureStore:
-    """Return the feature store at ``store_dir`` holding every item, preloading what is missing.
+    """Return the feature store at ``store_dir`` holding ``fields`` of every item, preloading what is missing.
 
     When the store already holds all items with matching settings the frozen model is not even loaded (only its
     architecture is built, on the meta device, to derive the settings). Otherwise the frozen model is built from
     ``extractor_kwargs`` (:class:`FrozenViTExtractor` arguments), the missing items are preloaded, and the model is
-    released before returning, so training never holds it in memory.
+    released before returning, so training never holds it in memory. ``fields`` may add ``"pooled"`` (the frozen
+    model's pooled features, for a linear probe or FPT's hybrid head); a store built without them gets them added.
     """
     import gc
     import warnings
 
+    fields = (fields,) if isinstance(fields, str) else tuple(fields)
     kwargs = dict(extractor_kwargs)
+    if POOLED in fields:
+        kwargs["pooled"] = True
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         skeleton = FrozenViTExtractor(**{**kwargs, "pretrained": False})
     settings = store_settings(skeleton, mean, std, weights=weights_id(kwargs.get("pretrained", True)))
     if Path(store_dir, "manifest.json").is_file():
         store = FeatureStore.open(store_dir, settings, dtype, skeleton.token_shape)
-        if not store.missing(str(item["id"]) for item in items):
+        if all(
+            field in store.fields and not store.missing((str(item["id"]) for item in items), field) for field in fields
+        ):
             return store
     extractor = FrozenViTExtractor(**kwargs)
     report = preload(
@@ -263,6 +305,7 @@ def ensure_feature_store(
         num_workers=num_workers,
         device=device,
         progress=progress,
+        fields=fields,
     )
     del extractor
     gc.collect()
@@ -290,6 +333,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=128)
     p.add_argument("--device", default=None)
+    p.add_argument("--layer-norm-eps", type=float, default=None, help="LayerNorm eps of the frozen model")
+    p.add_argument("--pooled", action="store_true", help="also store the pooled features (linear probe, hybrid head)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -329,6 +374,8 @@ def _main(args: argparse.Namespace) -> int:
         token_ratio=args.token_ratio,
         token_importance=args.token_importance,
         pos_interp=args.pos_interp,
+        pooled=args.pooled,
+        layer_norm_eps=args.layer_norm_eps,
     )
     report = preload(
         items,
@@ -342,6 +389,7 @@ def _main(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         device=args.device,
         progress=not args.no_progress,
+        fields=(TOKENS, POOLED) if args.pooled else (TOKENS,),
     )
     if _dist_rank_world()[0] != 0:
         return 0

@@ -57,6 +57,13 @@ class FrozenViTExtractor(nn.Module):
             (``[B, H, chunk, N]`` instead of ``[B, H, N, N]``); 0 means one chunk. Defaults to 256, which is also
             faster on CPU (``scripts/bench_preload.py``).
         backbone_kwargs: extra keyword arguments for ``timm.create_model``.
+        pooled: also keep the blocks after the deepest extracted one and the final norm, so that
+            :meth:`forward_pooled` can return the pooled features ``[B, 2 * D]``: the final class token and the mean
+            patch token after the final norm (what a linear probe uses). They are run only when asked for.
+            Defaults to ``False`` (early exit, as in the paper).
+        layer_norm_eps: epsilon of every LayerNorm of the frozen model; ``None`` keeps the backbone's own (1e-6 for
+            timm ViTs). The reference's Hugging Face ViT uses 1e-12, which changes a few per cent of the selected
+            token sets of peaked attention maps (docs/deviations.md #2). Defaults to ``None``.
 
     Raises:
         ValueError: invalid option values, unsupported backbones, weights that do not fit.
@@ -81,6 +88,8 @@ class FrozenViTExtractor(nn.Module):
         pos_interp: str = "legacy",
         query_chunk_size: int = 256,
         backbone_kwargs: dict | None = None,
+        pooled: bool = False,
+        layer_norm_eps: float | None = None,
     ) -> None:
         super().__init__()
         if token_importance not in TOKEN_IMPORTANCE_MODES:
@@ -91,13 +100,21 @@ class FrozenViTExtractor(nn.Module):
             raise ValueError(f"token_ratio must be in (0, 1], got {token_ratio}.")
         if query_chunk_size < 0:
             raise ValueError(f"query_chunk_size must be >= 0, got {query_chunk_size}.")
+        if layer_norm_eps is not None and not layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {layer_norm_eps}.")
         vit = create_vit_backbone(
             backbone, pretrained=pretrained, img_size=img_size, pos_interp=pos_interp, **(backbone_kwargs or {})
         )
+        if layer_norm_eps is not None:
+            for module in vit.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.eps = float(layer_norm_eps)
         self.layers = parse_layers(layers, len(vit.blocks))
-        # early exit: the blocks after the deepest extracted one, the final norm and the head are never needed
-        vit.blocks = vit.blocks[: self.layers[-1] + 1]
-        vit.norm = nn.Identity()
+        self.pooled = bool(pooled)
+        if not self.pooled:
+            # early exit: the blocks after the deepest extracted one, the final norm and the head are never needed
+            vit.blocks = vit.blocks[: self.layers[-1] + 1]
+            vit.norm = nn.Identity()
         vit.requires_grad_(False)
         self.vit = vit.eval()
 
@@ -108,6 +125,9 @@ class FrozenViTExtractor(nn.Module):
         self.importance_mode = token_importance
         self.include_cls = bool(include_cls)
         self.pos_interp = pos_interp
+        norm = next((m for m in vit.modules() if isinstance(m, nn.LayerNorm)), None)
+        self.layer_norm_eps: float = float(norm.eps) if norm is not None else 0.0
+        self.layer_norm_eps_set: bool = layer_norm_eps is not None
         self.query_chunk_size = int(query_chunk_size)
         attn = vit.blocks[0].attn
         self.embed_dim: int = vit.embed_dim
@@ -118,6 +138,7 @@ class FrozenViTExtractor(nn.Module):
         self.num_prefix_tokens: int = vit.num_prefix_tokens
         self.num_tokens: int = vit.patch_embed.num_patches + vit.num_prefix_tokens
         self.num_selected: int = num_selected_tokens(self.num_tokens, self.token_ratio)
+        self.pooled_dim: int = 2 * self.embed_dim
 
     @property
     def token_shape(self) -> tuple[int, int, int, int]:
@@ -166,26 +187,61 @@ class FrozenViTExtractor(nn.Module):
             x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
         return x, k, v, importance
 
-    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Like :meth:`forward`, also returning the selected token indices ``[B, L, heads, k]`` (0 = class token)."""
+    def extract_all(
+        self, x: torch.Tensor, want_pooled: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Keys, values, selected indices and (with ``want_pooled``) the pooled features, in one pass."""
         if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != 3):
             raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(x.shape)}.")
+        if want_pooled and not self.pooled:
+            raise RuntimeError(
+                "pooled features need the whole frozen model: build the extractor with pooled=True "
+                "(FPT(head='side+pooled') and the preload of pooled features do)."
+            )
         vit = self.vit
+        pooled: torch.Tensor | None = None
         with torch.no_grad():
             x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
             keys, values, indices = [], [], []
             last = self.layers[-1]
             excluded = 0 if self.include_cls else self.num_prefix_tokens
             for i, blk in enumerate(vit.blocks):
+                if i > last and not want_pooled:
+                    break
                 if i in self.layers:
-                    x, k, v, imp = self._attention_with_importance(blk, x, need_output=i < last)
+                    x, k, v, imp = self._attention_with_importance(blk, x, need_output=want_pooled or i < last)
                     k_sel, v_sel, idx = select_important_tokens(imp, k, v, self.num_selected, excluded)
                     keys.append(k_sel)
                     values.append(v_sel)
                     indices.append(idx)
                 else:
                     x = blk(x)
-        return torch.stack(keys, dim=1), torch.stack(values, dim=1), torch.stack(indices, dim=1)
+            if want_pooled:
+                x = vit.norm(x)
+                pooled = torch.cat([x[:, 0], x[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
+        return torch.stack(keys, dim=1), torch.stack(values, dim=1), torch.stack(indices, dim=1), pooled
+
+    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward`, also returning the selected token indices ``[B, L, heads, k]`` (0 = class token)."""
+        keys, values, indices, _ = self.extract_all(x, False)
+        return keys, values, indices
+
+    def forward_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys, values (as :meth:`forward`) and the pooled features ``[B, 2 * D]``: the final class token and the
+        mean patch token (register tokens excluded) after the final norm. Needs ``pooled=True``."""
+        keys, values, _, pooled = self.extract_all(x, True)
+        assert pooled is not None
+        return keys, values, pooled
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Only the pooled features ``[B, 2 * D]`` (plain blocks with fused attention, no token selection): what a
+        linear probe needs at inference. Needs ``pooled=True``."""
+        if not self.pooled:
+            raise RuntimeError("pooled features need the whole frozen model: build the extractor with pooled=True.")
+        vit = self.vit
+        with torch.no_grad():
+            x = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))))
+            return torch.cat([x[:, 0], x[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the selected tokens, each ``[B, L, heads, k, head_dim]`` (batch first).
@@ -193,5 +249,5 @@ class FrozenViTExtractor(nn.Module):
         Args:
             x: normalised images ``[B, 3, img_size, img_size]``.
         """
-        keys, values, _ = self.select(x)
+        keys, values, _, _ = self.extract_all(x, False)
         return keys, values

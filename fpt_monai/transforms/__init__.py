@@ -1,7 +1,8 @@
 # Copyright (c) fpt_monai contributors
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
 # with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""MONAI transforms for FPT: medical image reading, the two views, preloaded tokens."""
+"""MONAI transforms for FPT: medical image reading and the two views (the stored tokens are added by
+:class:`fpt_monai.data.LoadPreloadedTokensd`, which lives with the feature store)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from fpt_monai.transforms.io import (
     read_image,
 )
 from fpt_monai.transforms.pipeline import FPT_MODES, fpt_transforms
-from fpt_monai.transforms.tokens import LoadPreloadedTokensd
 from fpt_monai.transforms.views import LPMViewd, SideViewd, random_resized_crop_box
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageReadError",
     "LPMViewd",
-    "LoadPreloadedTokensd",
     "LoadMedicalImage",
     "LoadMedicalImaged",
     "SideViewd",

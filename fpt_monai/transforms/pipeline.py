@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from monai.transforms import Compose, DeleteItemsd, NormalizeIntensityd
 
@@ -25,14 +24,16 @@ def fpt_transforms(
     side_img_size: int = 128,
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.5, 0.5, 0.5),
-    store=None,
+    tokens: Callable | None = None,
+    side_view: bool = True,
     channels: int = 3,
     window: Sequence[float] | None = None,
 ) -> Compose:
     """Preprocessing of FPT's inputs.
 
-    - ``"preload"``: load the image, make the (augmented in training) side view, add the stored keys/values of the
-      item from ``store``, drop the full-resolution image. The frozen model's view is never made.
+    - ``"preload"``: load the image, make the (augmented in training) side view, add the item's stored features with
+      ``tokens``, drop the full-resolution image. The frozen model's view is never made. With ``side_view=False``
+      (a linear probe on stored pooled features) the image is not even read: only ``tokens`` runs.
     - ``"online"``: load the image, make the side view and the LPM view (``image``, never augmented).
     - ``"inference"``: load the image and make the LPM view only (the network derives the side view).
 
@@ -42,22 +43,30 @@ def fpt_transforms(
         img_size: LPM resolution.
         side_img_size: side resolution.
         mean, std: normalisation of both views.
-        store: a :class:`~fpt_monai.data.FeatureStore` or its directory (``"preload"`` only).
+        tokens: the transform that adds the stored features (``"preload"`` only), e.g.
+            ``fpt_monai.data.LoadPreloadedTokensd(store, fields=("tokens",))``.
+        side_view: make the side view (``"preload"``/``"online"``). Defaults to ``True``.
         channels, window: see :class:`~fpt_monai.transforms.LoadMedicalImaged`.
-    """
-    from fpt_monai.transforms.tokens import LoadPreloadedTokensd
 
+    Raises:
+        ValueError: unknown mode, or ``"preload"`` without ``tokens``.
+    """
     if mode not in FPT_MODES:
         raise ValueError(f"mode must be one of {FPT_MODES}, got {mode!r}.")
+    if mode == "preload" and tokens is None:
+        raise ValueError(
+            "mode 'preload' needs the transform that adds the stored features (tokens=fpt_monai.data."
+            "LoadPreloadedTokensd(store)); run the preload step to build the store."
+        )
     mean, std = list(mean), list(std)
+    if mode == "preload" and not side_view:
+        return Compose([tokens])
     steps: list = [LoadMedicalImaged("image", channels=channels, window=window)]
-    if mode != "inference":
+    if mode != "inference" and side_view:
         steps.append(SideViewd("image", output_key="image_side", size=side_img_size, train=train))
         steps.append(NormalizeIntensityd("image_side", subtrahend=mean, divisor=std, channel_wise=True))
     if mode == "preload":
-        if store is None or (isinstance(store, (str, os.PathLike)) and not os.path.isdir(store)):
-            raise ValueError(f"mode 'preload' needs an existing feature store, got {store!r}; run the preload step.")
-        steps.append(LoadPreloadedTokensd(store))
+        steps.append(tokens)
         steps.append(DeleteItemsd("image"))
     else:
         steps.append(LPMViewd("image", size=img_size))

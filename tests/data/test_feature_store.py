@@ -5,8 +5,7 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset
 
-from fpt_monai.data import CorruptStoreError, FeatureStore, MissingItemsError, StoreMismatchError
-from fpt_monai.transforms import LoadPreloadedTokensd
+from fpt_monai.data import CorruptStoreError, FeatureStore, LoadPreloadedTokensd, MissingItemsError, StoreMismatchError
 
 SHAPE = (2, 3, 4, 8)
 SETTINGS = {"backbone": "vit_tiny_patch16_224", "layers": [10, 11], "k": 4, "normalization": {"mean": [0.5]}}
@@ -57,7 +56,7 @@ def test_settings_mismatch_is_explained(tmp_path):
 def test_missing_items_are_named(tmp_path):
     store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
     store.write_shard(["x.png"], *_tokens(1))
-    with pytest.raises(MissingItemsError, match=r"lacks 2 item\(s\): 'y.png', 'z.png'"):
+    with pytest.raises(MissingItemsError, match=r"lacks the tokens of 2 item\(s\): 'y.png', 'z.png'"):
         store.require(["x.png", "y.png", "z.png"])
     with pytest.raises(MissingItemsError, match="'q.png'"):
         store.get("q.png")
@@ -109,3 +108,24 @@ def test_transform_in_dataloader_workers(tmp_path):
     got = torch.cat([b["keys"] for b in batches]).float()
     torch.testing.assert_close(got, keys, rtol=2e-3, atol=8e-3)
     assert batches[0]["values"].shape == (3, *SHAPE)
+
+
+def test_pooled_field_is_declared_written_and_read(tmp_path):
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    store.write_shard(["a.png", "b.png"], *_tokens(2))
+    with pytest.raises(MissingItemsError, match=r"holds no pooled features.*--pooled"):
+        LoadPreloadedTokensd(store, fields=("tokens", "pooled"))
+    store.add_field("pooled", (16,))
+    pooled = torch.randn(2, 16)
+    name = store.write_field_shard("pooled", ["a.png", "b.png"], pooled)
+    assert name.startswith("pooled-") and store.missing(["a.png", "b.png", "c.png"], "pooled") == ["c.png"]
+    reopened = FeatureStore.open(tmp_path / "s", SETTINGS)  # the manifest and the shard index record the field
+    assert reopened.fields == ("tokens", "pooled") and len(reopened) == 2
+    item = LoadPreloadedTokensd(reopened, fields=("tokens", "pooled"))({"id": "b.png"})
+    assert torch.allclose(item["pooled"].float(), pooled[1], atol=1e-2)
+    assert item["keys"].shape == SHAPE
+    assert reopened.field_bytes_per_item("pooled") == 16 * 2  # fp16
+    with pytest.raises(StoreMismatchError, match="shape"):
+        reopened.add_field("pooled", (8,))
+    with pytest.raises(ValueError, match="do not fit"):
+        reopened.write_field_shard("pooled", ["c.png"], torch.randn(1, 8))

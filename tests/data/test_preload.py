@@ -172,3 +172,27 @@ def test_torchrun_preload_equals_single_process(demo, tmp_path):
     for item in _all(dl):
         for a, b in zip(dist_store.get(item["id"]), single.get(item["id"]), strict=True):
             torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)  # fp16 storage; batches differ
+
+
+def test_pooled_features_are_added_to_an_existing_store_without_recomputing_tokens(demo, tmp_path):
+    root, dl, weights = demo
+    items = dl["training"][:6]
+    preload(items, _extractor(weights), tmp_path / "s", MEAN, STD, batch_size=4, progress=False)
+    token_shards = sorted((tmp_path / "s" / "shards").glob("r000-*"))
+    before = {p.name: p.read_bytes() for p in token_shards}
+
+    full = FrozenViTExtractor("vit_tiny_patch16_224", pretrained=str(weights), img_size=64, layers="10-11", pooled=True)
+    report = preload(items, full, tmp_path / "s", MEAN, STD, batch_size=4, progress=False, fields=("pooled",))
+    assert report.computed == 6
+    store = FeatureStore.open(tmp_path / "s")
+    assert store.fields == ("tokens", "pooled") and not store.missing([i["id"] for i in items], "pooled")
+    assert {p.name: p.read_bytes() for p in token_shards} == before  # the tokens were kept as they were
+    assert len(list((tmp_path / "s" / "shards").glob("pooled-*.npy"))) == 1
+
+    image = fpt_transforms("inference", False, 64, mean=MEAN, std=STD)({"image": items[0]["image"]})["image"]
+    expected = full.pool(image.as_tensor()[None])[0]  # plain timm blocks: the same features another way
+    assert torch.allclose(store.get_pooled(items[0]["id"]).float(), expected, atol=2e-2, rtol=1e-2)
+    again = preload(items, full, tmp_path / "s", MEAN, STD, progress=False, fields=("pooled",))
+    assert (again.computed, again.skipped) == (0, 6)
+    with pytest.raises(ValueError, match="pooled=True"):
+        preload(items, _extractor(weights), tmp_path / "t", MEAN, STD, progress=False, fields=("pooled",))

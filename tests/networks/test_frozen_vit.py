@@ -109,3 +109,26 @@ def test_bad_input_shape():
     ext = FrozenViTExtractor(**TINY, pretrained=False)
     with pytest.raises(ValueError, match="expected an image batch"):
         ext(torch.randn(1, 1, 64, 64))
+
+
+def test_pooled_features_are_the_final_class_and_mean_patch_tokens():
+    from fpt_monai.networks import create_vit_backbone
+
+    vit = create_vit_backbone("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=56)
+    lpm = FrozenViTExtractor("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=56, layers="6-9", pooled=True)
+    lpm.vit.load_state_dict(vit.state_dict())
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        tokens = vit.forward_features(x)  # timm's own path: every block and the final norm
+    expected = torch.cat([tokens[:, 0], tokens[:, vit.num_prefix_tokens :].mean(1)], dim=-1)  # registers excluded
+    keys, values, pooled = lpm.forward_pooled(x)
+    assert pooled.shape == (2, 2 * 384) and lpm.pooled_dim == 768
+    assert torch.allclose(pooled, expected, atol=1e-4)
+    assert torch.allclose(lpm.pool(x), expected, atol=1e-4)
+    early = FrozenViTExtractor("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=56, layers="6-9")
+    early.vit.load_state_dict(vit.state_dict(), strict=False)
+    k2, v2 = early(x)  # the same tokens as the early-exit extractor
+    assert torch.equal(keys, k2) and torch.equal(values, v2)
+    assert len(early.vit.blocks) == 10 and len(lpm.vit.blocks) == 12
+    with pytest.raises(RuntimeError, match="pooled=True"):
+        early.forward_pooled(x)

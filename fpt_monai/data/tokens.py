@@ -1,0 +1,68 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Adding preloaded tokens (and pooled features) from a :class:`~fpt_monai.data.FeatureStore` to a data item."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+
+from monai.transforms import Transform
+
+from fpt_monai.data.feature_store import POOLED, STORE_FIELDS, TOKENS, FeatureStore
+
+__all__ = ["LoadPreloadedTokensd"]
+
+
+class LoadPreloadedTokensd(Transform):
+    """Look the item's ``id`` up in a feature store and add its stored fields: ``keys`` and ``values``
+    (``[L, heads, k, head_dim]`` each) for ``"tokens"``, ``pooled`` (``[2 * D]``) for ``"pooled"``; in the store's
+    dtype (the network casts them).
+
+    Args:
+        store: a :class:`FeatureStore` or its directory.
+        fields: what to add, any of ``"tokens"`` and ``"pooled"``. Defaults to ``("tokens",)``.
+        id_key: the item key holding the id. Defaults to ``"id"``.
+        keys_key: where the keys go. Defaults to ``"keys"``.
+        values_key: where the values go. Defaults to ``"values"``.
+        pooled_key: where the pooled features go. Defaults to ``"pooled"``.
+        verify_reads: check each item's CRC32 (only used when ``store`` is a path). Defaults to ``True``.
+
+    Raises:
+        ValueError: unknown fields.
+        MissingItemsError: the store does not hold a requested field (the message says how to add it).
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore | str | os.PathLike,
+        fields: Sequence[str] = (TOKENS,),
+        id_key: str = "id",
+        keys_key: str = "keys",
+        values_key: str = "values",
+        pooled_key: str = "pooled",
+        verify_reads: bool = True,
+    ) -> None:
+        fields = (fields,) if isinstance(fields, str) else tuple(fields)
+        if not fields or any(f not in STORE_FIELDS for f in fields):
+            raise ValueError(f"fields must be a non-empty selection of {STORE_FIELDS}, got {fields!r}.")
+        self.store = store if isinstance(store, FeatureStore) else FeatureStore.open(store, verify_reads=verify_reads)
+        for field in fields:
+            self.store.require_field(field)
+        self.fields = fields
+        self.id_key = id_key
+        self.keys_key = keys_key
+        self.values_key = values_key
+        self.pooled_key = pooled_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        if self.id_key not in d:
+            raise KeyError(f"data item has no {self.id_key!r} key to look its tokens up with: {sorted(map(str, d))}")
+        item_id = str(d[self.id_key])
+        if TOKENS in self.fields:
+            d[self.keys_key], d[self.values_key] = self.store.get(item_id)
+        if POOLED in self.fields:
+            d[self.pooled_key] = self.store.get_pooled(item_id)
+        return d
