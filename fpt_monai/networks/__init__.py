@@ -12,12 +12,14 @@ from fpt_monai.networks.backbone import (
     load_state_dict_file,
     resample_pos_embed_legacy,
 )
-from fpt_monai.networks.baselines import AdaptFormerViT, LoRAViT, ViTClassifier, VPTDeepViT
+from fpt_monai.networks.baselines import AdaptFormerViT, LoRAViT, PooledLinearProbe, ViTClassifier, VPTDeepViT
 from fpt_monai.networks.explain import FPTExplainer, prompt_attention_map
-from fpt_monai.networks.fpt import FPT, FPT_VARIANTS
+from fpt_monai.networks.factory import INFERENCE_NETWORKS, network_from_model_config
+from fpt_monai.networks.fpt import FPT, FPT_HEADS, FPT_VARIANTS
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.networks.fusion import RESIDUAL_MODES, FusionModule
 from fpt_monai.networks.layers import parse_layers
+from fpt_monai.networks.pooled_head import PooledHead
 from fpt_monai.networks.side_vit import SIDE_INIT_MODES, SideViT, init_weights_hf_vit
 from fpt_monai.networks.token_selection import (
     TOKEN_IMPORTANCE_MODES,
@@ -26,11 +28,14 @@ from fpt_monai.networks.token_selection import (
     token_importance,
 )
 from fpt_monai.networks.utils import ParameterCount, count_parameters
+from fpt_monai.networks.weight_selection import select_side_weights
 
 __all__ = [
     "AdaptFormerViT",
     "FPT",
+    "FPT_HEADS",
     "FPT_VARIANTS",
+    "INFERENCE_NETWORKS",
     "FPTExplainer",
     "POS_INTERP_MODES",
     "RESIDUAL_MODES",
@@ -40,6 +45,8 @@ __all__ = [
     "FusionModule",
     "LoRAViT",
     "ParameterCount",
+    "PooledHead",
+    "PooledLinearProbe",
     "SideViT",
     "VPTDeepViT",
     "ViTClassifier",
@@ -48,10 +55,12 @@ __all__ = [
     "create_vit_backbone",
     "init_weights_hf_vit",
     "load_state_dict_file",
+    "network_from_model_config",
     "num_selected_tokens",
     "parse_layers",
     "prompt_attention_map",
     "resample_pos_embed_legacy",
     "select_important_tokens",
+    "select_side_weights",
     "token_importance",
 ]

@@ -86,8 +86,8 @@ class FPTExplainer(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.network
-        keys, values, indices = net.lpm.select(image)
-        logits = net.forward_features(net.make_side_view(image), keys, values)
+        keys, values, indices, pooled = net.lpm.extract_all(image, net.hybrid)
+        logits = net.forward_features(net.make_side_view(image), keys, values, pooled)
         grid = prompt_attention_map(
             net.fusion.attention(keys), indices, net.lpm.num_prefix_tokens, net.lpm.grid_size
         ).unsqueeze(1)

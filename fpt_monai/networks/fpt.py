@@ -20,17 +20,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fpt_monai.networks.backbone import create_vit_backbone
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.networks.fusion import FusionModule
+from fpt_monai.networks.pooled_head import PooledHead
 from fpt_monai.networks.side_vit import SideViT
+from fpt_monai.networks.trainable_state import keep_frozen_model_out_of_state_dict
+from fpt_monai.networks.weight_selection import select_side_weights
 
-__all__ = ["FPT", "FPT_VARIANTS"]
+__all__ = ["FPT", "FPT_HEADS", "FPT_VARIANTS"]
 
-
-def _drop_frozen_weights(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> dict:
-    for key in [k for k in state_dict if k.startswith(prefix + "lpm.")]:
-        del state_dict[key]
-    return state_dict
+# "side": the paper's head (the side network's class token); "side+pooled": plus a linear classifier on the frozen
+# model's pooled features, so that FPT starts from what a linear probe has (docs/benchmarks.md)
+FPT_HEADS = ("side", "side+pooled")
 
 
 # Per-variant defaults of the reference implementation (configs/network/FPT.yaml and FPT+.yaml at HEAD d17ab24).
@@ -69,7 +71,8 @@ class FPT(nn.Module):
       bilinear (anti-aliased) resizing, so one tensor is enough for ``verify_net_in_out``, export and MONAI Deploy;
     - ``net(image, image_side=...)``: uses a given (augmented) side view;
     - ``net.extract(image)`` -> ``(keys, values)``, each ``[B, L, heads, k, head_dim]``;
-    - ``net.forward_features(image_side, keys, values)``: logits from preloaded tokens without the LPM.
+    - ``net.forward_features(image_side, keys, values, pooled=None)``: logits from preloaded tokens without the LPM
+      (``pooled`` features are needed with ``head="side+pooled"``).
 
     Args:
         num_classes: number of output logits (1 for regression). Defaults to 2.
@@ -96,7 +99,17 @@ class FPT(nn.Module):
             ``False``.
         fusion_dropout: dropout on the fine-grained prompts. Defaults to 0.5.
         prompt_init_std: prompt initialisation std. Defaults to 1e-6.
-        side_init: ``"hf"`` (reference) or ``"timm"`` initialisation of the side ViT. Defaults to ``"hf"``.
+        side_init: initialisation of the side ViT: ``"hf"`` (reference: random, Hugging Face scheme), ``"timm"``, or
+            ``"lpm"``: weight selection from the frozen model (Xu et al., "Initializing Models with Larger Ones",
+            ICLR 2024 <https://arxiv.org/abs/2311.18823>; side block ``i`` starts from the frozen block whose tokens
+            it receives, every weight an evenly spaced selection; LST initialises its side network from the backbone
+            for the same reason). With ``frozen_model=False`` the frozen weights are read once for this and
+            released. Defaults to ``"hf"``.
+        head: ``"side"`` (the paper's) or ``"side+pooled"``: the side network's logits plus a linear classifier
+            (:class:`PooledHead`, zero-initialised) on the frozen model's pooled features (final class token and
+            mean patch token). Defaults to ``"side"``.
+        lpm_layer_norm_eps: LayerNorm epsilon of the frozen model; ``None`` keeps the backbone's own (timm: 1e-6),
+            ``1e-12`` reproduces the reference's Hugging Face ViT exactly. Defaults to ``None``.
         layer_norm_eps: side-network LayerNorm epsilon. Defaults to 1e-12 (reference).
         query_chunk_size: see :class:`FrozenViTExtractor`. Defaults to 256.
         backbone_kwargs: extra keyword arguments for ``timm.create_model``.
@@ -140,6 +153,8 @@ class FPT(nn.Module):
         fusion_dropout: float = 0.5,
         prompt_init_std: float = 1e-6,
         side_init: str = "hf",
+        head: str = "side",
+        lpm_layer_norm_eps: float | None = None,
         layer_norm_eps: float = 1e-12,
         query_chunk_size: int = 256,
         backbone_kwargs: dict | None = None,
@@ -150,6 +165,8 @@ class FPT(nn.Module):
             raise ValueError(f"variant must be one of {tuple(FPT_VARIANTS)}, got {variant!r}.")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+        if head not in FPT_HEADS:
+            raise ValueError(f"head must be one of {FPT_HEADS}, got {head!r}.")
         for name, value in (
             ("side_reduction", side_reduction),
             ("prompt_reduction", prompt_reduction),
@@ -172,6 +189,8 @@ class FPT(nn.Module):
             pos_interp=pos_interp,
             query_chunk_size=query_chunk_size,
             backbone_kwargs=backbone_kwargs,
+            pooled=head == "side+pooled",
+            layer_norm_eps=lpm_layer_norm_eps,
         )
         if frozen_model:
             lpm = FrozenViTExtractor(**lpm_kwargs)
@@ -221,15 +240,23 @@ class FPT(nn.Module):
             init=side_init,
             layer_norm_eps=layer_norm_eps,
         )
+        if side_init == "lpm":
+            # the full frozen model (all blocks and the final norm): the extractor may have dropped the tail
+            source = (
+                lpm.vit
+                if frozen_model and lpm.pooled
+                else create_vit_backbone(backbone, pretrained, img_size, pos_interp, **(backbone_kwargs or {}))
+            )
+            select_side_weights(self.side, source, lpm.layers)
+            del source
+        self.head = head
+        self.hybrid = head == "side+pooled"
+        self.pooled_head: PooledHead | None = (
+            PooledHead(lpm.pooled_dim, int(num_classes), zero_init=True) if self.hybrid else None
+        )
         self.num_classes = int(num_classes)
         # checkpoints hold the trainable part only: the frozen model always comes from `pretrained`
-        self._register_state_dict_hook(_drop_frozen_weights)
-        self._register_load_state_dict_pre_hook(self._fill_frozen_weights, with_module=False)
-
-    def _fill_frozen_weights(self, state_dict, prefix, *args) -> None:
-        if self.lpm is not None and not any(k.startswith(prefix + "lpm.") for k in state_dict):
-            for key, value in self.lpm.state_dict().items():
-                state_dict[f"{prefix}lpm.{key}"] = value
+        keep_frozen_model_out_of_state_dict(self)
 
     @property
     def token_shape(self) -> tuple[int, int, int, int]:
@@ -251,17 +278,32 @@ class FPT(nn.Module):
             )
         return self.lpm(image)
 
-    def forward_features(self, image_side: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def forward_features(
+        self,
+        image_side: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits from the side view and (preloaded) keys/values, without running the LPM.
 
         Args:
             image_side: normalised side view ``[B, 3, side_img_size, side_img_size]``.
             keys: ``[B, L, heads, k, head_dim]`` (any float dtype; cast to the fusion module's).
             values: same shape as ``keys``.
+            pooled: the frozen model's pooled features ``[B, 2 * D]``; required with ``head="side+pooled"``.
         """
         if not torch.jit.is_tracing():  # shapes are fixed in a trace; the checks would only add warnings
             self._check_tokens(keys, values)
-        return self.side(image_side, self.fusion(keys, values))
+        logits = self.side(image_side, self.fusion(keys, values))
+        if self.pooled_head is not None:
+            if pooled is None:
+                raise ValueError(
+                    "head='side+pooled' needs the pooled features: preload them into the feature store "
+                    "(fields tokens and pooled) or pass the image so the frozen model computes them."
+                )
+            logits = logits + self.pooled_head(pooled)
+        return logits
 
     def _check_tokens(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         expected = self._token_shape
@@ -279,6 +321,7 @@ class FPT(nn.Module):
         image_side: torch.Tensor | None = None,
         keys: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, num_classes]``.
 
@@ -287,9 +330,13 @@ class FPT(nn.Module):
                 the side view when ``image_side`` is not given).
             image_side: the side view; made from ``image`` by resizing when ``None``.
             keys, values: preloaded tokens ``[B, L, heads, k, head_dim]``; the frozen model is skipped.
+            pooled: preloaded pooled features ``[B, 2 * D]`` (``head="side+pooled"``).
         """
-        if keys is None or values is None:
-            keys, values = self.extract(image)
+        if keys is None or values is None or (self.hybrid and pooled is None):
+            if self.lpm is None:
+                self.extract(image)  # raises the explanation
+            assert self.lpm is not None
+            keys, values, _, pooled = self.lpm.extract_all(image, self.hybrid)
         if image_side is None:
             image_side = self.make_side_view(image)
-        return self.forward_features(image_side, keys, values)
+        return self.forward_features(image_side, keys, values, pooled)

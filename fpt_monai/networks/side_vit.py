@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["SIDE_INIT_MODES", "SideViT", "init_weights_hf_vit"]
 
-SIDE_INIT_MODES = ("hf", "timm")
+SIDE_INIT_MODES = ("hf", "timm", "lpm")
 
 
 def init_weights_hf_vit(module: nn.Module, std: float = 0.02) -> None:
@@ -46,8 +46,11 @@ class SideViT(VisionTransformer):
         mlp_ratio: MLP expansion. Defaults to 4.
         num_classes: output logits. Defaults to 2.
         in_chans: input channels. Defaults to 3.
-        init: ``"hf"`` (the reference implementation's Hugging Face initialisation) or ``"timm"``. Defaults to
-            ``"hf"``.
+        init: ``"hf"`` (the reference implementation's Hugging Face initialisation), ``"timm"`` or ``"lpm"``.
+            ``"lpm"`` initialises exactly like ``"hf"``; the caller then overwrites everything but the classification
+            head with weights selected from the frozen model
+            (:func:`fpt_monai.networks.weight_selection.select_side_weights`), so the head keeps its ``"hf"``
+            values. Defaults to ``"hf"``.
         layer_norm_eps: LayerNorm epsilon; the reference inherits 1e-12 from the Hugging Face ViT config.
             Defaults to 1e-12.
 
@@ -90,9 +93,9 @@ class SideViT(VisionTransformer):
             class_token=True,
             dynamic_img_size=True,
             norm_layer=partial(nn.LayerNorm, eps=layer_norm_eps),
-            weight_init="skip" if init == "hf" else "",
+            weight_init="" if init == "timm" else "skip",
         )
-        if init == "hf":
+        if init != "timm":
             self.apply(init_weights_hf_vit)
             nn.init.trunc_normal_(self.pos_embed, mean=0.0, std=0.02)
             nn.init.trunc_normal_(self.cls_token, mean=0.0, std=0.02)

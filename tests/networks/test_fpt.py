@@ -210,3 +210,50 @@ def test_training_without_the_frozen_model():
     torch.testing.assert_close(light(side, image_side=side, keys=keys, values=values), full(x))
     with pytest.raises(RuntimeError, match="frozen_model=False"):
         light(x)
+
+
+def test_hybrid_head_adds_a_linear_classifier_on_pooled_features(tmp_path):
+    side_only = FPT(num_classes=3, **TINY_FPT).eval()
+    hybrid = FPT(num_classes=3, head="side+pooled", **TINY_FPT).eval()
+    dim = 2 * 192  # class token and mean patch token of ViT-Tiny
+    assert count_parameters(hybrid).trainable == count_parameters(side_only).trainable + dim * 3 + 3
+    hybrid.lpm.load_state_dict(side_only.lpm.state_dict(), strict=False)
+    hybrid.load_state_dict(side_only.state_dict(), strict=False)  # same side network and fusion
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(hybrid(x), side_only(x))  # zero-initialised: starts as the side network alone
+    torch.nn.init.normal_(hybrid.pooled_head.fc.weight)
+    keys, values, _, pooled = hybrid.lpm.extract_all(x, True)
+    online = hybrid(x)
+    assert not torch.allclose(online, side_only(x))
+    side = hybrid.make_side_view(x)
+    torch.testing.assert_close(hybrid(side, image_side=side, keys=keys, values=values, pooled=pooled), online)
+    light = FPT(num_classes=3, head="side+pooled", frozen_model=False, **TINY_FPT).eval()
+    light.load_state_dict(hybrid.state_dict(), strict=True)  # trainable part (and BatchNorm statistics) only
+    torch.testing.assert_close(light.forward_features(side, keys, values, pooled), online)
+    with pytest.raises(ValueError, match="pooled features"):
+        light.forward_features(side, keys, values)
+    traced = convert_to_torchscript(hybrid, tmp_path / "h.ts", verify=False, use_trace=True, inputs=[x])
+    torch.testing.assert_close(traced(x), online, atol=1e-5, rtol=1e-5)
+
+
+def test_side_network_initialised_from_the_frozen_model(tmp_path):
+    from safetensors.torch import save_file
+
+    from fpt_monai.networks import create_vit_backbone
+
+    vit = create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=64)
+    weights = tmp_path / "w.safetensors"
+    save_file(vit.state_dict(), str(weights))
+    kwargs = {**TINY_FPT, "pretrained": str(weights)}
+    for frozen_model in (True, False):  # training from stored tokens reads the weight file once for this
+        net = FPT(num_classes=3, side_init="lpm", frozen_model=frozen_model, **kwargs)
+        assert count_parameters(net).trainable == count_parameters(FPT(num_classes=3, **TINY_FPT)).trainable
+        channels = torch.arange(24) * 192 // 24  # side width 24 of 192, evenly spaced
+        for i, layer in enumerate(range(6, 12)):  # FPT+: side block i from frozen block 6 + i
+            src = vit.blocks[layer]
+            torch.testing.assert_close(net.side.blocks[i].norm1.weight, src.norm1.weight[channels])
+            torch.testing.assert_close(net.side.blocks[i].mlp.fc1.weight, src.mlp.fc1.weight[::8, channels])
+        torch.testing.assert_close(net.side.norm.weight, vit.norm.weight[channels])
+        torch.testing.assert_close(net.side.cls_token[0, 0], vit.cls_token[0, 0, channels])
+    random = FPT(num_classes=3, **kwargs)
+    assert not torch.allclose(random.side.blocks[0].mlp.fc1.weight, vit.blocks[6].mlp.fc1.weight[::8, channels])
