@@ -126,6 +126,9 @@ class FPTCheckpointer:
         lr_scheduler: likewise.
         validator: the evaluator whose ``key_metric`` selects ``model.pt``; ``None`` saves no best model.
         key_metric: name of the validation metric (higher is better). Defaults to ``"val_auc"``.
+        tie_metric: validation metric (lower is better) that breaks ties of ``key_metric``, e.g. ``"val_loss"``: with
+            a small validation split several epochs often reach the same AUC (1.0), and the first of them is rarely
+            the best model. ``None`` keeps the first. Defaults to ``None``.
         resume: restore from ``last.pt`` when the trainer starts, if it exists. Defaults to ``True``.
     """
 
@@ -137,6 +140,7 @@ class FPTCheckpointer:
         lr_scheduler: object | None = None,
         validator: Engine | None = None,
         key_metric: str = "val_auc",
+        tie_metric: str | None = None,
         resume: bool = True,
     ) -> None:
         self.save_dir = Path(save_dir)
@@ -146,7 +150,9 @@ class FPTCheckpointer:
         self.validator = validator
         self.key_metric = key_metric
         self.resume = resume
+        self.tie_metric = tie_metric
         self.best_metric = -math.inf
+        self.best_tie = math.inf
         self.best_epoch = -1
         self.trainer: Engine | None = None
 
@@ -173,8 +179,20 @@ class FPTCheckpointer:
         if value is None:
             raise KeyError(f"validation metric {self.key_metric!r} not found; have {sorted(validator.state.metrics)}")
         value = float(value)
-        if not math.isnan(value) and value > self.best_metric:
+        tie = math.inf
+        if self.tie_metric is not None:
+            if self.tie_metric not in validator.state.metrics:
+                raise KeyError(
+                    f"validation metric {self.tie_metric!r} (tie_metric) not found; "
+                    f"have {sorted(validator.state.metrics)}"
+                )
+            tie = float(validator.state.metrics[self.tie_metric])
+            tie = math.inf if math.isnan(tie) else tie
+        if math.isnan(value):
+            return
+        if value > self.best_metric or (value == self.best_metric and tie < self.best_tie):
             self.best_metric = value
+            self.best_tie = tie
             self.best_epoch = self.trainer.state.epoch if self.trainer is not None else validator.state.epoch
             if _is_main_process():
                 atomic_torch_save(self._model.state_dict(), self.save_dir / "model.pt")
@@ -190,6 +208,7 @@ class FPTCheckpointer:
                 "epoch_length": engine.state.epoch_length,
             },
             "best_metric": self.best_metric,
+            "best_tie": self.best_tie,
             "best_epoch": self.best_epoch,
         }
         if self.optimizer is not None:
@@ -220,6 +239,7 @@ class FPTCheckpointer:
         if self.lr_scheduler is not None and "lr_scheduler" in state:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.best_metric = float(state["best_metric"])
+        self.best_tie = float(state.get("best_tie", math.inf))
         self.best_epoch = int(state["best_epoch"])
         trainer_state = state["trainer"]
         engine.state.epoch = int(trainer_state["epoch"])

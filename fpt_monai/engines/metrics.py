@@ -15,11 +15,12 @@ from sklearn import metrics as skm
 
 __all__ = ["METRIC_NAMES", "ClassificationMetric", "classification_metrics"]
 
-METRIC_NAMES = ("auc", "acc", "f1", "precision", "recall", "kappa")
+METRIC_NAMES = ("auc", "acc", "f1", "precision", "recall", "kappa", "loss")
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> dict[str, float]:
-    """AUC, accuracy, macro F1/precision/recall and quadratic-weighted kappa.
+    """AUC, accuracy, macro F1/precision/recall, quadratic-weighted kappa and the loss (mean negative
+    log-likelihood of the labels, i.e. the cross-entropy of the logits).
 
     Args:
         probs: ``[N, C]`` class probabilities (softmax of the logits).
@@ -50,6 +51,9 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: i
         "f1": float(skm.f1_score(labels, preds, **kw)),
         "precision": float(skm.precision_score(labels, preds, **kw)),
         "recall": float(skm.recall_score(labels, preds, **kw)),
+        "loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        if len(labels)
+        else float("nan"),
         "kappa": float(skm.cohen_kappa_score(labels, preds, labels=classes, weights="quadratic"))
         if len(np.unique(np.concatenate([labels, preds]))) > 1
         else 0.0,
@@ -60,7 +64,8 @@ class ClassificationMetric(EpochMetric):
     """One of :data:`METRIC_NAMES` over an epoch, from ``(probabilities [C], label)`` outputs.
 
     Args:
-        name: ``"auc"``, ``"acc"``, ``"f1"``, ``"precision"``, ``"recall"`` or ``"kappa"``.
+        name: ``"auc"``, ``"acc"``, ``"f1"``, ``"precision"``, ``"recall"``, ``"kappa"`` or ``"loss"`` (lower is
+            better).
         output_transform: maps the engine output to ``(probs, labels)``, e.g.
             ``monai.handlers.from_engine(["pred", "label"])`` after a softmax postprocessing.
     """

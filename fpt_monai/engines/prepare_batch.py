@@ -17,16 +17,17 @@ class FPTPrepareBatch(PrepareBatch):
     """Turn an FPT batch into ``(inputs, targets, args, kwargs)`` for ``SupervisedTrainer``/``SupervisedEvaluator``.
 
     - preload mode (the batch has ``keys``/``values`` from the feature store): the network gets the side view as
-      its positional input and ``image_side``, ``keys``, ``values`` as keyword arguments, so the frozen model is
-      never run (and the LPM-resolution image never decoded);
+      its positional input and ``image_side``, ``keys``, ``values`` (and ``pooled`` when stored) as keyword
+      arguments, so the frozen model is never run (and the LPM-resolution image never decoded);
+    - stored pooled features only (a linear probe): ``pooled`` is the positional input and the keyword argument;
     - online mode: the LPM-resolution ``image`` is the positional input, plus ``image_side`` when the batch has an
       (augmented) side view.
 
     Targets are ``label`` as ``long`` (absent in inference: ``None``).
 
     Args:
-        image_key, side_key, keys_key, values_key, label_key: batch keys. Defaults to ``"image"``,
-            ``"image_side"``, ``"keys"``, ``"values"``, ``"label"``.
+        image_key, side_key, keys_key, values_key, label_key, pooled_key: batch keys. Defaults to ``"image"``,
+            ``"image_side"``, ``"keys"``, ``"values"``, ``"label"``, ``"pooled"``.
     """
 
     def __init__(
@@ -36,12 +37,14 @@ class FPTPrepareBatch(PrepareBatch):
         keys_key: str = "keys",
         values_key: str = "values",
         label_key: str = "label",
+        pooled_key: str = "pooled",
     ) -> None:
         self.image_key = image_key
         self.side_key = side_key
         self.keys_key = keys_key
         self.values_key = values_key
         self.label_key = label_key
+        self.pooled_key = pooled_key
 
     def __call__(
         self,
@@ -65,7 +68,12 @@ class FPTPrepareBatch(PrepareBatch):
                 "keys": move(batchdata[self.keys_key]),
                 "values": move(batchdata[self.values_key]),
             }
+            if self.pooled_key in batchdata:
+                forward_kwargs["pooled"] = move(batchdata[self.pooled_key])
             return side, targets, (), forward_kwargs
+        if self.pooled_key in batchdata:
+            pooled = move(batchdata[self.pooled_key])
+            return pooled, targets, (), {"pooled": pooled}
         if self.image_key not in batchdata:
             raise KeyError(f"the batch has neither preloaded tokens nor the image {self.image_key!r}")
         forward_kwargs = {"image_side": move(batchdata[self.side_key])} if self.side_key in batchdata else {}

@@ -53,7 +53,15 @@ def test_method_presets_match_the_networks():
     assert _parser(REPO_ROOT / "configs" / "methods" / "fpt_plus.yaml")["side_img_size"] == 128
 
 
-BASELINES = ["full_finetune", "full_finetune_checkpointing", "linear_probe", "lora", "vpt", "adaptformer"]
+BASELINES = [
+    "full_finetune",
+    "full_finetune_checkpointing",
+    "linear_probe",
+    "linear_probe_online",
+    "lora",
+    "vpt",
+    "adaptformer",
+]
 
 
 @pytest.mark.parametrize("method", BASELINES)

@@ -29,7 +29,7 @@ def test_training_in_both_modes(tmp_path, tiny_bundle_data, mode):
     network = wf.parser.get_parsed_content("network")
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     wf.finalize()
-    assert set(metrics) == {"val_auc", "val_acc", "val_f1", "val_precision", "val_recall", "val_kappa"}
+    assert set(metrics) == {"val_auc", "val_acc", "val_f1", "val_precision", "val_recall", "val_kappa", "val_loss"}
     models = tmp_path / "models"
     assert {"model.pt", "last.pt", "model_final.pt"} <= set(os.listdir(models))
     last = torch.load(models / "last.pt", weights_only=True)

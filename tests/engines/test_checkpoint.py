@@ -80,3 +80,20 @@ def test_corrupt_last_checkpoint_is_a_clear_error(tmp_path):
     FPTCheckpointer(tmp_path, torch.nn.Linear(2, 2)).attach(trainer)
     with pytest.raises(RuntimeError, match=r"cannot resume from .*last\.pt.*Move it away"):
         trainer.run([0], max_epochs=1)
+
+
+def test_ties_of_the_key_metric_go_to_the_lower_validation_loss(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    validator = Engine(lambda e, b: None)
+    ck = FPTCheckpointer(tmp_path, net, validator=validator, tie_metric="val_loss")
+    ck.attach(Engine(lambda e, b: None))
+    # (auc, loss, saved): a tie at AUC 1.0 with a lower loss wins, a tie with a higher loss does not
+    for auc, loss, saved in ((1.0, 0.6, True), (1.0, 0.4, True), (1.0, 0.5, False), (0.9, 0.1, False)):
+        (tmp_path / "model.pt").unlink(missing_ok=True)
+        validator.state.metrics = {"val_auc": auc, "val_loss": loss}
+        ck.update_best(validator)
+        assert (tmp_path / "model.pt").exists() == saved, (auc, loss)
+    assert (ck.best_metric, ck.best_tie) == (1.0, 0.4)
+    validator.state.metrics = {"val_auc": 1.0}
+    with pytest.raises(KeyError, match="val_loss"):
+        ck.update_best(validator)
