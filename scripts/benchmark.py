@@ -36,7 +36,7 @@ METHODS = (
     "fpt",
     "full_finetune",
     "full_finetune_checkpointing",
-    "linear_probe",
+    "linear_probe_online",
     "lora",
     "vpt",
     "adaptformer",
@@ -62,7 +62,7 @@ def _build(method: str, args, frozen_model: bool):
         return N.ViTClassifier(**common)
     if method == "full_finetune_checkpointing":
         return N.ViTClassifier(grad_checkpointing=True, **common)
-    if method == "linear_probe":
+    if method == "linear_probe_online":
         return N.ViTClassifier(train_backbone=False, **common)
     if method == "lora":
         return N.LoRAViT(**common)
