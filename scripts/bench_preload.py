@@ -6,7 +6,9 @@ Measures, for one backbone / resolution / batch size / device:
    the same size and batch (target: >= 0.8x), and of the whole preload (decode + resize + extract + store writes);
 2. bytes per stored item (target for FPT+ ViT-B/16 @ 512 px: <= 3.8 MB, half the reference's fp32 file);
 3. store read throughput (with the per-item CRC32 check) vs the throughput of a training step from stored tokens
-   (forward, backward and AdamW step of the trainable part; target: reads >= 5x faster).
+   (forward, backward and AdamW step of the trainable part; target: reads >= 5x faster);
+4. the cost of also extracting the pooled features (final class token and mean patch token, for the linear probe
+   and the hybrid head): extra extraction time (target: small) and extra bytes per item (target: < 1 %).
 
 Usage::
 
@@ -68,6 +70,15 @@ def main() -> None:
 
     net = FPT(num_classes=2, variant=args.variant, backbone=args.backbone, pretrained=False, img_size=args.img_size)
     lpm = net.lpm.to(device)
+    pooled_lpm = FPT(
+        num_classes=2,
+        variant=args.variant,
+        backbone=args.backbone,
+        pretrained=False,
+        img_size=args.img_size,
+        head="side+pooled",
+    ).lpm.to(device)
+    pooled_lpm.load_state_dict(lpm.state_dict(), strict=False)  # the same weights, plus the tail it keeps
     bare = create_vit_backbone(args.backbone, pretrained=False, img_size=args.img_size).to(device).eval()
     x = torch.randn(B, 3, args.img_size, args.img_size, device=device)
     results: dict = {
@@ -83,12 +94,15 @@ def main() -> None:
         "token_shape": list(lpm.token_shape),
     }
     read_reps = max(args.reps, args.store_items // B)
-    steps = 3 * args.reps + 2 + 2 * read_reps
+    steps = 4 * args.reps + 2 + 2 * read_reps
     with tqdm(total=steps, desc="benchmark", unit="run") as bar:
         with torch.inference_mode():
             results["bare_timm_img_s"] = _rate(lambda: bare.forward_features(x), B, args.reps, device, bar)
             results["extractor_img_s"] = _rate(lambda: lpm(x), B, args.reps, device, bar)
+            results["extractor_pooled_img_s"] = _rate(lambda: pooled_lpm.forward_pooled(x), B, args.reps, device, bar)
         results["extractor_vs_bare"] = results["extractor_img_s"] / results["bare_timm_img_s"]
+        results["pooled_extra_time"] = results["extractor_img_s"] / results["extractor_pooled_img_s"] - 1
+        results["pooled_bytes_per_item"] = pooled_lpm.pooled_dim * torch.finfo(getattr(torch, args.dtype)).bits // 8
 
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -152,6 +166,7 @@ def main() -> None:
 
         results["train_step_items_s"] = _rate(step, B, args.reps, device, bar)
     results["read_vs_train_step"] = results["store_read_items_s"] / results["train_step_items_s"]
+    results["pooled_extra_bytes"] = results["pooled_bytes_per_item"] / results["bytes_per_item"]
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
@@ -176,6 +191,12 @@ def main() -> None:
     print(f"| store reads (no CRC32) | {results['store_read_items_s_no_crc']:.0f} items/s | |")
     print(f"| training step from stored tokens | {results['train_step_items_s']:.1f} items/s | |")
     print(f"| reads / training step | {results['read_vs_train_step']:.1f}x | >= 5x |")
+    print(f"| FrozenViTExtractor with pooled features | {results['extractor_pooled_img_s']:.2f} img/s | |")
+    print(f"| extra extraction time for pooled features | {100 * results['pooled_extra_time']:+.1f} % | small |")
+    print(
+        f"| pooled features per item | {results['pooled_bytes_per_item']:,} B "
+        f"({100 * results['pooled_extra_bytes']:.2f} % of the tokens) | < 1 % |"
+    )
 
 
 if __name__ == "__main__":

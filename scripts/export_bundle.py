@@ -3,7 +3,7 @@
 Runs, in separate processes, exactly what a user would type:
 
     python -m monai.bundle ckpt_export network_def --filepath <bundle>/models/model.ts ...      (TorchScript, traced)
-    python -m monai.bundle ckpt_export explainer   --filepath <bundle>/models/model_explain.ts ...  (+ heatmaps)
+    python -m monai.bundle ckpt_export explainer   --filepath <bundle>/models/model_explain.ts ...  (+ heatmaps; FPT)
     python -m monai.bundle onnx_export network_def --filepath <bundle>/models/model.onnx ...     (ONNX, dynamic batch)
 
 The TorchScript files embed ``metadata.json``, ``inference.json`` and the training's ``model_config.json``, so a
@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
     configs = [str(Path(c).resolve()) for c in args.config]
     extra = {} if args.pretrained is None else {"pretrained": str(Path(args.pretrained).resolve())}
     models = bundle_root / "models"
-    exports = [
-        ("ckpt_export", "network_def", models / "model.ts"),
-        ("ckpt_export", "explainer", models / "model_explain.ts"),
-    ]
+    model_config = json.loads((models / "model_config.json").read_text())
+    explain = model_config.get("network_name", "fpt") == "fpt"  # heatmaps are FPT's prompt attention
+    exports = [("ckpt_export", "network_def", models / "model.ts")]
+    if explain:
+        exports.append(("ckpt_export", "explainer", models / "model_explain.ts"))
     if not args.no_onnx:
         exports.append(("onnx_export", "network_def", models / "model.onnx"))
     for kind, net_id, path in tqdm(exports, desc="export", unit="model"):
@@ -105,14 +106,15 @@ def main(argv: list[str] | None = None) -> dict:
         if done.returncode:
             raise SystemExit(f"{kind} {net_id} failed:\n{done.stderr[-4000:]}")
 
-    model_config = json.loads((models / "model_config.json").read_text())
     size = int(model_config["img_size"])
     image = torch.randn(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = torch.softmax(pytorch_model(bundle_root, configs, extra)(image), dim=1)
         probs = {"torchscript": torch.softmax(torch.jit.load(str(models / "model.ts"))(image), dim=1)}
-        logits, heatmap = torch.jit.load(str(models / "model_explain.ts"))(image)
-        probs["torchscript_explainer"] = torch.softmax(logits, dim=1)
+        heatmap = None
+        if explain:
+            logits, heatmap = torch.jit.load(str(models / "model_explain.ts"))(image)
+            probs["torchscript_explainer"] = torch.softmax(logits, dim=1)
     if not args.no_onnx:
         import onnxruntime as ort
 
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": list(image.shape),
         "tolerance": args.tolerance,
         "max_abs_prob_diff": {name: float((p - reference).abs().max()) for name, p in probs.items()},
-        "heatmap_shape": list(heatmap.shape),
+        "heatmap_shape": None if heatmap is None else list(heatmap.shape),
         "files": {path.name: path.stat().st_size for _, _, path in exports},
     }
     (models / "export_check.json").write_text(json.dumps(report, indent=1))

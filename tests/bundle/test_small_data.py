@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import time
 
+import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
@@ -45,6 +48,7 @@ def _infer(root, data_dir, weights):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_linear_probe_trains_from_stored_pooled_features_and_classifies_images(tmp_path, tiny_bundle_data):
     data_dir, weights = tiny_bundle_data
     probe = make_workflow(
@@ -82,6 +86,29 @@ def test_linear_probe_trains_from_stored_pooled_features_and_classifies_images(t
     assert (config["network_name"], config["head"]) == ("fpt", "side+pooled")
     rows = _infer(tmp_path / "hybrid", data_dir, weights)
     assert rows and all(abs(sum(float(v) for k, v in r.items() if k.startswith("prob_")) - 1) < 1e-4 for r in rows)
+
+    # both export like every method: TorchScript (+ the heatmap explainer for FPT) and ONNX agree with PyTorch
+    for name, extra in (("hybrid", []), ("probe", ["--no-onnx"])):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "scripts/export_bundle.py",
+                "--bundle-root",
+                str(tmp_path / name),
+                "--pretrained",
+                str(weights),
+                *extra,
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        report = json.loads((tmp_path / name / "models" / "export_check.json").read_text())
+        assert max(report["max_abs_prob_diff"].values()) < 1e-4
+        assert ("torchscript_explainer" in report["max_abs_prob_diff"]) == (name == "hybrid")
+    assert "onnx" in json.loads((tmp_path / "hybrid" / "models" / "export_check.json").read_text())["max_abs_prob_diff"]
 
 
 def test_a_store_without_pooled_features_gets_them_added(tmp_path, tiny_bundle_data):
