@@ -277,15 +277,12 @@ def ensure_feature_store(
     model's pooled features, for a linear probe or FPT's hybrid head); a store built without them gets them added.
     """
     import gc
-    import warnings
 
     fields = (fields,) if isinstance(fields, str) else tuple(fields)
     kwargs = dict(extractor_kwargs)
     if POOLED in fields:
         kwargs["pooled"] = True
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        skeleton = FrozenViTExtractor(**{**kwargs, "pretrained": False})
+    skeleton = FrozenViTExtractor.skeleton(**kwargs)
     settings = store_settings(skeleton, mean, std, weights=weights_id(kwargs.get("pretrained", True)))
     if Path(store_dir, "manifest.json").is_file():
         store = FeatureStore.open(store_dir, settings, dtype, skeleton.token_shape)

@@ -12,7 +12,6 @@ Classification", IEEE TNNLS 2025 <https://arxiv.org/abs/2408.02426>.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -192,12 +191,8 @@ class FPT(nn.Module):
             pooled=head == "side+pooled",
             layer_norm_eps=lpm_layer_norm_eps,
         )
-        if frozen_model:
-            lpm = FrozenViTExtractor(**lpm_kwargs)
-        else:  # only the architecture is needed: build it on the meta device (no memory, no weight file read)
-            with torch.device("meta"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                lpm = FrozenViTExtractor(**lpm_kwargs)
+        # without the frozen model only its architecture is needed (no memory, no weight file read)
+        lpm = FrozenViTExtractor(**lpm_kwargs) if frozen_model else FrozenViTExtractor.skeleton(**lpm_kwargs)
         self.lpm: FrozenViTExtractor | None = lpm if frozen_model else None
         self._token_shape = lpm.token_shape
         lpm_dim, heads = lpm.embed_dim, lpm.num_heads

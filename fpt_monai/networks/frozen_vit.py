@@ -13,6 +13,7 @@ Classification", IEEE TNNLS 2025 <https://arxiv.org/abs/2408.02426>.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -139,6 +140,14 @@ class FrozenViTExtractor(nn.Module):
         self.num_tokens: int = vit.patch_embed.num_patches + vit.num_prefix_tokens
         self.num_selected: int = num_selected_tokens(self.num_tokens, self.token_ratio)
         self.pooled_dim: int = 2 * self.embed_dim
+
+    @classmethod
+    def skeleton(cls, **kwargs) -> FrozenViTExtractor:
+        """The architecture only, built on the meta device: no memory, no weight file read (``pretrained`` is
+        ignored). Enough for shapes and settings, e.g. when training from stored features."""
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls(**{**kwargs, "pretrained": False})
 
     @property
     def token_shape(self) -> tuple[int, int, int, int]:

@@ -22,22 +22,27 @@ def _tiny_vit(img_size=32, **kw):
     return create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=img_size, **{**SMALL, **kw})
 
 
-def _hf_model(layer_norm_eps=1e-6):
+def _hf_vit(seed, width, depth, heads, mlp, image_size, patch_size, layer_norm_eps):
+    """A Hugging Face ``ViTModel`` with eager attention (the reference implementation's frozen model)."""
     transformers = pytest.importorskip("transformers")
     cfg = transformers.ViTConfig(
-        hidden_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=128,
-        image_size=32,
-        patch_size=8,
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        image_size=image_size,
+        patch_size=patch_size,
         layer_norm_eps=layer_norm_eps,
         qkv_bias=True,
         hidden_act="gelu",
     )
     cfg._attn_implementation = "eager"
-    torch.manual_seed(1)
-    model = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    torch.manual_seed(seed)
+    return transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+
+
+def _hf_model(layer_norm_eps=1e-6):
+    model = _hf_vit(1, width=64, depth=4, heads=4, mlp=128, image_size=32, patch_size=8, layer_norm_eps=layer_norm_eps)
     with torch.no_grad():  # HF initialises biases and LayerNorms to constants; randomise everything
         for p in model.parameters():
             p.normal_(0, 0.2)
@@ -129,21 +134,7 @@ def _hf_vit_b16(layer_norm_eps, qk_scale):
     """A ViT-B/16 at 512 px (1025 tokens) in the reference's HF layout, HF initialisation, with the query and key
     projection weights multiplied by ``qk_scale`` so that the attention logits grow by ``qk_scale**2``: the attention
     maps become peaked like those of trained weights (mean of the row maxima ~0.5 for 4 instead of ~0.0025)."""
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.ViTConfig(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        image_size=512,
-        patch_size=16,
-        layer_norm_eps=layer_norm_eps,
-        qkv_bias=True,
-        hidden_act="gelu",
-    )
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    model = _hf_vit(0, 768, 12, 12, 3072, image_size=512, patch_size=16, layer_norm_eps=layer_norm_eps)
     with torch.no_grad():
         for layer in model.layers:
             layer.attention.q_proj.weight.mul_(qk_scale)

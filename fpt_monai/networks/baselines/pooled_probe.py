@@ -12,7 +12,6 @@ computes the features from the image, so it keeps the one-tensor forward of ever
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 import torch.nn as nn
@@ -75,12 +74,8 @@ class PooledLinearProbe(nn.Module):
             pooled=True,
             layer_norm_eps=layer_norm_eps,
         )
-        if frozen_model:
-            lpm = FrozenViTExtractor(**kwargs)
-        else:  # only the width is needed: build on the meta device (no memory, no weight file read)
-            with torch.device("meta"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                lpm = FrozenViTExtractor(**kwargs)
+        # without the frozen model only its width is needed (no memory, no weight file read)
+        lpm = FrozenViTExtractor(**kwargs) if frozen_model else FrozenViTExtractor.skeleton(**kwargs)
         self.lpm: FrozenViTExtractor | None = lpm if frozen_model else None
         self.pooled_dim = lpm.pooled_dim
         self.num_classes = int(num_classes)
