@@ -85,6 +85,12 @@ class ExportedFPT:
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.explainer = None
         if heatmaps:
+            network_name = self.model_config.get("network_name", "fpt")
+            if network_name != "fpt":
+                raise ModelFileError(
+                    f"{self.path}: heatmaps show FPT's prompt attention, but this model is a {network_name}; run "
+                    "without --heatmaps."
+                )
             explain_path = self.path.with_name(self.path.stem + "_explain" + self.path.suffix)
             if not explain_path.is_file():
                 raise ModelFileError(

@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from fpt_monai.data import FeatureStore, LoadPreloadedTokensd
+from fpt_monai.data import FeatureStore, LoadPreloadedTokensd, datalist_from_json
 
 from ..bundle_utils import make_workflow
 from ..conftest import REPO_ROOT
@@ -109,6 +109,17 @@ def test_linear_probe_trains_from_stored_pooled_features_and_classifies_images(t
         assert max(report["max_abs_prob_diff"].values()) < 1e-4
         assert ("torchscript_explainer" in report["max_abs_prob_diff"]) == (name == "hybrid")
     assert "onnx" in json.loads((tmp_path / "hybrid" / "models" / "export_check.json").read_text())["max_abs_prob_diff"]
+
+    # the Deploy app's model classifies with both; heatmaps exist for FPT only, and the probe says so
+    from fpt_monai.deploy import ExportedFPT, ModelFileError
+
+    image = datalist_from_json(data_dir / "datalist.json")["test"][0]["image"]
+    (hybrid_result,) = ExportedFPT(tmp_path / "hybrid" / "models" / "model.ts", heatmaps=True)([image])
+    assert hybrid_result["heatmap"] is not None and abs(sum(hybrid_result["probabilities"].values()) - 1) < 1e-5
+    (probe_result,) = ExportedFPT(tmp_path / "probe" / "models" / "model.ts")([image])
+    assert probe_result["heatmap"] is None and abs(sum(probe_result["probabilities"].values()) - 1) < 1e-5
+    with pytest.raises(ModelFileError, match="linear_probe; run without --heatmaps"):
+        ExportedFPT(tmp_path / "probe" / "models" / "model.ts", heatmaps=True)
 
 
 def test_a_store_without_pooled_features_gets_them_added(tmp_path, tiny_bundle_data):
