@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--backbone", default="vit_base_patch16_384")
     p.add_argument("--variant", default="fpt_plus", choices=["fpt_plus", "fpt"])
     p.add_argument("--img-size", type=int, default=512)
+    p.add_argument("--side-img-size", type=int, default=0, help="0: the variant's (a multiple of the patch size)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--store-items", type=int, default=64, help="items in the read benchmark's store")
@@ -68,7 +69,15 @@ def main() -> None:
     torch.manual_seed(0)
     B = args.batch_size
 
-    net = FPT(num_classes=2, variant=args.variant, backbone=args.backbone, pretrained=False, img_size=args.img_size)
+    side = args.side_img_size or None
+    net = FPT(
+        num_classes=2,
+        variant=args.variant,
+        backbone=args.backbone,
+        pretrained=False,
+        img_size=args.img_size,
+        side_img_size=side,
+    )
     lpm = net.lpm.to(device)
     pooled_lpm = FPT(
         num_classes=2,
