@@ -196,6 +196,10 @@ class FPTCheckpointer:
             self.best_epoch = self.trainer.state.epoch if self.trainer is not None else validator.state.epoch
             if _is_main_process():
                 atomic_torch_save(self._model.state_dict(), self.save_dir / "model.pt")
+                tie_note = f", {self.tie_metric} {tie:.4f}" if self.tie_metric is not None else ""
+                validator.logger.info(
+                    f"model.pt <- epoch {self.best_epoch}: {self.key_metric} {value:.4f}{tie_note} (the best so far)"
+                )
 
     def save_last(self, engine: Engine) -> None:
         if not _is_main_process():
