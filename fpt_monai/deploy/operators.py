@@ -19,6 +19,7 @@ from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
 from fpt_monai.atomic import atomic_write_text
 from fpt_monai.deploy.model import ExportedFPT
+from fpt_monai.safe_paths import output_path
 
 __all__ = ["FPTClassifierOperator", "NoMatchingSeriesError"]
 
@@ -121,10 +122,11 @@ class FPTClassifierOperator(Operator):
     def _save_heatmap(self, result: dict, sop_instance_uid: str) -> str:
         from fpt_monai.engines.heatmaps import save_heatmap
 
-        name = f"heatmaps/{sop_instance_uid}.png"
+        # the UID comes from the input file: never let it choose where the file goes
+        path = output_path(self.output_folder, sop_instance_uid, ".png", subfolder="heatmaps")
         config = self.model.model_config
-        save_heatmap(self.output_folder / name, result["image"], result["heatmap"], config["mean"], config["std"])
-        return name
+        save_heatmap(path, result["image"], result["heatmap"], config["mean"], config["std"])
+        return path.relative_to(self.output_folder).as_posix()
 
     @staticmethod
     def report_text(output: dict) -> str:

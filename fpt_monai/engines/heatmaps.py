@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
 from fpt_monai.atomic import atomic_write
+from fpt_monai.safe_paths import output_path
 
 __all__ = ["HeatmapWriter", "denormalize", "heatmap_overlay", "save_heatmap", "save_png"]
 
@@ -78,9 +78,8 @@ def save_heatmap(
     return Path(path)
 
 
-def _safe_name(item_id: str) -> str:
-    stem = item_id[: -len(".nii.gz")] if item_id.endswith(".nii.gz") else os.path.splitext(item_id)[0]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("_") or "image"
+def _stem(item_id: str) -> str:
+    return item_id[: -len(".nii.gz")] if item_id.endswith(".nii.gz") else os.path.splitext(item_id)[0]
 
 
 class HeatmapWriter:
@@ -122,5 +121,5 @@ class HeatmapWriter:
             _, heatmaps = self.explainer.eval()(images.to(device))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for item, heat in zip(items, heatmaps, strict=True):
-            path = self.output_dir / f"{_safe_name(str(item.get('id', len(self.written))))}.png"
+            path = output_path(self.output_dir, _stem(str(item.get("id", len(self.written)))), ".png")
             self.written.append(save_heatmap(path, item[self.image_key], heat, self.mean, self.std))

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from fpt_monai.data.demo import write_dicom
+
 from ..conftest import REPO_ROOT
 
 pytest.importorskip("holoscan", reason="the MONAI Deploy App SDK needs holoscan (extra fpt-monai[deploy])")
@@ -141,3 +143,25 @@ def test_rules_are_a_file_or_json_text(tmp_path):
         load_rules("{not json")
     with pytest.raises(ValueError, match='"selections" list'):
         load_rules('{"rules": []}')
+
+
+@pytest.mark.slow
+def test_a_malicious_sop_instance_uid_cannot_write_outside_the_output_folder(exported_tiny_bundle, tmp_path):
+    """The heatmap is named after the input's SOPInstanceUID: a UID of '../../..' must not choose where it goes."""
+    from .conftest import _stored
+
+    root, _, _ = exported_tiny_bundle
+    target = tmp_path / "victim"
+    evil = "../../../../../../../../../.." + str(target / "x")
+    study = tmp_path / "study"
+    write_dicom(study / "a.dcm", _stored(1, seed=5), study_uid="1.2.826.0.1.3680043.8.498.9", instance_uid=evil)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(study), "-o", str(out)]
+    cmd += ["-m", str(root / "models" / "model.ts"), "--heatmaps"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert not target.exists() and not list(tmp_path.glob("victim*"))  # nothing outside -o
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = json.loads((out / "output.json").read_text())["instances"]
+    assert record["sop_instance_uid"] == evil  # reported as it is, only the file name is sanitised
+    heatmap = (out / record["heatmap"]).resolve()
+    assert heatmap.is_file() and heatmap.parent == (out / "heatmaps").resolve()
