@@ -392,9 +392,10 @@ def logreg_runs(out: Path, folds: list[dict], seeds: list[int]) -> list[dict]:
     store = pooled_store(out, ids)
     if store is None:
         return []
+    features = {i: store.get_pooled(i).float().numpy() for i in ids}  # read once, shared by every fold
     rows = []
     for fold, dl in enumerate(folds):
-        x = {s: np.stack([store.get_pooled(str(i["id"])).float().numpy() for i in dl[s]]) for s in SPLITS}
+        x = {s: np.stack([features[str(i["id"])] for i in dl[s]]) for s in SPLITS}
         y = {s: np.array([int(i["label"]) for i in dl[s]]) for s in SPLITS}
         best = None
         for c in LOGREG_CS:

@@ -327,11 +327,14 @@ class FPT(nn.Module):
             keys, values: preloaded tokens ``[B, L, heads, k, head_dim]``; the frozen model is skipped.
             pooled: preloaded pooled features ``[B, 2 * D]`` (``head="side+pooled"``).
         """
-        if keys is None or values is None or (self.hybrid and pooled is None):
+        if keys is None or values is None:
             if self.lpm is None:
                 self.extract(image)  # raises the explanation
             assert self.lpm is not None
-            keys, values, _, pooled = self.lpm.extract_all(image, self.hybrid)
+            keys, values, _, computed = self.lpm.extract_all(image, self.hybrid)
+            pooled = computed if pooled is None else pooled
+        elif self.hybrid and pooled is None and self.lpm is not None:
+            pooled = self.lpm.pool(image)  # given tokens are kept; only the pooled features are computed
         if image_side is None:
             image_side = self.make_side_view(image)
         return self.forward_features(image_side, keys, values, pooled)

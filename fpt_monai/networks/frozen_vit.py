@@ -226,9 +226,12 @@ class FrozenViTExtractor(nn.Module):
                 else:
                     x = blk(x)
             if want_pooled:
-                x = vit.norm(x)
-                pooled = torch.cat([x[:, 0], x[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
+                pooled = self._pool_tokens(vit.norm(x))
         return torch.stack(keys, dim=1), torch.stack(values, dim=1), torch.stack(indices, dim=1), pooled
+
+    def _pool_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Final class token and mean patch token (prefix tokens: class and registers excluded) ``[B, 2 * D]``."""
+        return torch.cat([x[:, 0], x[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
 
     def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like :meth:`forward`, also returning the selected token indices ``[B, L, heads, k]`` (0 = class token)."""
@@ -249,8 +252,8 @@ class FrozenViTExtractor(nn.Module):
             raise RuntimeError("pooled features need the whole frozen model: build the extractor with pooled=True.")
         vit = self.vit
         with torch.no_grad():
-            x = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))))
-            return torch.cat([x[:, 0], x[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
+            x = vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x)))))
+            return self._pool_tokens(vit.norm(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the selected tokens, each ``[B, L, heads, k, head_dim]`` (batch first).

@@ -232,6 +232,12 @@ def test_hybrid_head_adds_a_linear_classifier_on_pooled_features(tmp_path):
     torch.testing.assert_close(light.forward_features(side, keys, values, pooled), online)
     with pytest.raises(ValueError, match="pooled features"):
         light.forward_features(side, keys, values)
+    # given tokens are used as they are; only the missing pooled features come from the image
+    torch.testing.assert_close(hybrid(x, keys=keys, values=values), online)
+    torch.testing.assert_close(
+        hybrid(x, keys=keys, values=torch.zeros_like(values)),
+        hybrid(x, keys=keys, values=torch.zeros_like(values), pooled=pooled),
+    )
     traced = convert_to_torchscript(hybrid, tmp_path / "h.ts", verify=False, use_trace=True, inputs=[x])
     torch.testing.assert_close(traced(x), online, atol=1e-5, rtol=1e-5)
 
