@@ -75,6 +75,46 @@ def _json_normal(obj):
     return json.loads(json.dumps(obj))
 
 
+def _read_manifest(path: Path) -> dict:
+    """The manifest at ``path``, checked field by field: any damage (a flipped byte that breaks the UTF-8 or the
+    JSON, a missing or mistyped key) is a :class:`CorruptStoreError` naming the file and the fix."""
+    fix = (
+        f"The store cannot be trusted: delete the folder {path.parent} and run the preload step again (the bundle "
+        "run or `python -m fpt_monai.data.preload`), which rebuilds it."
+    )
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: UnicodeDecodeError and JSONDecodeError
+        raise CorruptStoreError(
+            f"{path}: unreadable feature-store manifest ({type(err).__name__}: {err}). {fix}"
+        ) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+        raise CorruptStoreError(f"{path}: not an fpt_monai feature-store manifest. {fix}")
+    if manifest.get("version") != _VERSION:
+        raise CorruptStoreError(
+            f"{path}: feature-store version {manifest.get('version')!r}, this fpt_monai reads version {_VERSION}. {fix}"
+        )
+
+    def is_shape(value: object) -> bool:
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+    fields = manifest.get("fields", {})
+    problems = []
+    if manifest.get("dtype") not in STORE_DTYPES:
+        problems.append(f"dtype {manifest.get('dtype')!r} is not one of {STORE_DTYPES}")
+    if not is_shape(manifest.get("token_shape")):
+        problems.append(f"token_shape {manifest.get('token_shape')!r} is not a list of integers")
+    if not isinstance(manifest.get("settings"), dict):
+        problems.append("settings is missing or not an object")
+    if not isinstance(fields, dict) or not all(
+        isinstance(spec, dict) and is_shape(spec.get("shape")) for spec in fields.values()
+    ):
+        problems.append(f"fields {fields!r} is not an object of {{field: {{'shape': [...]}}}}")
+    if problems:
+        raise CorruptStoreError(f"{path}: damaged feature-store manifest ({'; '.join(problems)}). {fix}")
+    return manifest
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file, read in 16 MiB blocks."""
     h = hashlib.sha256()
@@ -101,14 +141,7 @@ class FeatureStore:
             raise FileNotFoundError(
                 f"{self.path} is not a feature store (no manifest.json); build it with the preload step first."
             )
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise CorruptStoreError(
-                f"{manifest_path}: unreadable manifest ({err}); delete the store and preload again."
-            ) from err
-        if manifest.get("format") != _FORMAT or manifest.get("version") != _VERSION:
-            raise CorruptStoreError(f"{manifest_path}: not a version-{_VERSION} fpt_monai feature store.")
+        manifest = _read_manifest(manifest_path)
         self.manifest = manifest
         self.settings: dict = manifest["settings"]
         self.dtype: str = manifest["dtype"]

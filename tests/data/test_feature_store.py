@@ -129,3 +129,49 @@ def test_pooled_field_is_declared_written_and_read(tmp_path):
         reopened.add_field("pooled", (8,))
     with pytest.raises(ValueError, match="do not fit"):
         reopened.write_field_shard("pooled", ["c.png"], torch.randn(1, 8))
+
+
+def _flip_manifest(path, edit):
+    manifest = path / "manifest.json"
+    manifest.write_bytes(edit(bytearray(manifest.read_bytes())))
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "edit, reason",
+    [
+        # a flipped high bit breaks the UTF-8 (was a bare UnicodeDecodeError without a file name)
+        (lambda raw: raw[:5] + bytes([raw[5] ^ 0x80]) + raw[6:], "UnicodeDecodeError"),
+        (lambda raw: raw[:-3], "JSONDecodeError"),  # truncated
+        (lambda raw: raw.replace(b'"dtype"', b'"dtypo"'), "dtype None is not one of"),
+        (lambda raw: raw.replace(b'"token_shape"', b'"token_shapf"'), "token_shape None is not a list"),
+        (lambda raw: raw.replace(b'"settings"', b'"settingz"'), "settings is missing"),
+        (lambda raw: raw.replace(b'"version": 1', b'"version": 7'), "feature-store version 7"),
+        (lambda raw: b"[]", "not an fpt_monai feature-store manifest"),
+    ],
+)
+def test_damaged_manifest_names_the_file_and_the_fix(tmp_path, edit, reason):
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    store.write_shard(["a"], *_tokens(1))
+    manifest = _flip_manifest(tmp_path / "s", edit)
+    for opener in (FeatureStore, FeatureStore.open, lambda p: FeatureStore.open_or_create(p, SETTINGS, SHAPE)):
+        with pytest.raises(CorruptStoreError) as info:
+            opener(tmp_path / "s")
+        text = str(info.value)
+        assert text.startswith(f"{manifest}: ") and reason in text, text
+        assert f"delete the folder {tmp_path / 's'} and run the preload step again" in text
+
+
+def test_damaged_manifest_is_our_last_line(tmp_path):
+    from fpt_monai.errors import error_line
+
+    FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    manifest = _flip_manifest(tmp_path / "s", lambda raw: raw[:5] + bytes([raw[5] ^ 0x80]) + raw[6:])
+    try:
+        try:
+            FeatureStore.open(tmp_path / "s")
+        except CorruptStoreError as err:  # as MONAI wraps errors raised in config expressions
+            raise RuntimeError("Failed to evaluate ConfigExpression: ...") from err
+    except RuntimeError as err:
+        line = error_line(err)
+    assert line.startswith(f"fpt_monai: error: {manifest}: unreadable feature-store manifest") and "\n" not in line
