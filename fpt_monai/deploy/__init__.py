@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from fpt_monai.deploy.dicom_input import DicomInputError, check_dicom_folder
+from fpt_monai.deploy.dicom_input import DicomInputError, InputFile, inventory_dicom_folder
 from fpt_monai.deploy.model import ExportedFPT, ModelFileError
 
-__all__ = ["DicomInputError", "ExportedFPT", "ModelFileError", "check_dicom_folder"]
+__all__ = ["DicomInputError", "ExportedFPT", "InputFile", "ModelFileError", "inventory_dicom_folder"]

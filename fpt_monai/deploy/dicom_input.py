@@ -1,62 +1,174 @@
 # Copyright (c) fpt_monai contributors
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
 # with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Check a DICOM input folder before the app runs: the SDK's loader skips unreadable files with a log line, which
-would turn a corrupt file into a silently smaller study. Here every file that claims to be DICOM must parse."""
+"""The Deploy app's pre-flight: every file of the input folder, triaged before the app runs.
+
+The SDK's DICOM loader skips what it cannot parse with one WARNING line, which would turn a corrupt file into a
+silently smaller study. Here every file gets a verdict that ends up in ``output.json``: an image instance to classify
+(grouped by study), skipped (not DICOM, a DICOMDIR, a non-image object such as SR, SEG, RT, PR or KO), or failed
+(unparseable, no UIDs, truncated pixel data). Non-image objects are recognised from their header, before any pixel
+check, so a 1-bit SEG is never called truncated.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["DicomInputError", "check_dicom_folder"]
+from fpt_monai.transforms.dicom_objects import frame_count, non_image_reason
+
+__all__ = [
+    "CLASSIFIED",
+    "FAILED",
+    "IMAGE",
+    "SKIPPED",
+    "DicomInputError",
+    "InputFile",
+    "inventory_dicom_folder",
+    "loader_blockers",
+    "relative_name",
+    "summarise",
+]
+
+IMAGE, CLASSIFIED, SKIPPED, FAILED = "image", "classified", "skipped", "failed"
+
+# Type 2 attributes the SDK's DICOM loader converts with int()/float(): an empty value makes it drop the instance
+_SDK_NUMERIC_KEYWORDS = ("SeriesNumber", "AcquisitionNumber", "ImagePositionPatient", "ImageOrientationPatient")
 
 
 class DicomInputError(ValueError):
-    """The input has no DICOM files, or some of them are corrupt."""
+    """The input holds no DICOM image at all (the message says what it holds instead)."""
+
+
+@dataclass
+class InputFile:
+    """The verdict on one input file.
+
+    Attributes:
+        path: the file.
+        status: ``"image"`` (to classify), ``"skipped"`` or ``"failed"``; the app turns images into
+            ``"classified"``, ``"skipped"`` (series not selected) or ``"failed"``.
+        reason: why it was skipped or failed.
+        study_instance_uid, series_instance_uid, sop_instance_uid, modality: from the header, when readable.
+        frames: the image's number of frames.
+        loader_fix: empty numeric attributes that the SDK's loader cannot parse (removed in its staged copy).
+    """
+
+    path: Path
+    status: str
+    reason: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    sop_instance_uid: str = ""
+    modality: str = ""
+    frames: int = 1
+    loader_fix: list[str] = field(default_factory=list)
+
+    def record(self, root: str | os.PathLike) -> dict:
+        """The ``output.json`` entry: the file relative to the input folder, without empty fields."""
+        out = {k: v for k, v in asdict(self).items() if v not in ("", [], None) and k not in ("path", "loader_fix")}
+        out["file"] = relative_name(self.path, Path(root))
+        if out.get("frames") == 1:
+            del out["frames"]
+        return {"file": out.pop("file"), **out}
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """``path`` relative to the input folder ``root`` (or to the folder of the one input file), POSIX style."""
+    try:
+        return path.relative_to(root if root.is_dir() else root.parent).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _has_dicom_magic(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(132)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def check_dicom_folder(folder: str | os.PathLike) -> list[Path]:
-    """The DICOM files under ``folder`` (recursively); raises :class:`DicomInputError` naming every corrupt one.
+def _expected_pixel_bytes(ds) -> int:
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    values = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * frame_count(ds)
+    return (values * bits + 7) // 8  # 1-bit data is packed: a byte holds 8 pixels
 
-    A file with the ``DICM`` marker must parse with pydicom, have its SOP class, SOP instance and study UIDs, and
-    (uncompressed) all of its pixel data; other files are ignored (logged).
-    """
+
+def loader_blockers(ds) -> list[str]:
+    """Attributes present but empty that the SDK's loader parses as numbers (it drops such an instance)."""
+    return [k for k in _SDK_NUMERIC_KEYWORDS if k in ds and ds[k].value in (None, "", [])]
+
+
+def _triage(path: Path) -> InputFile:
     import pydicom
 
-    folder = Path(folder)
-    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
-    dicom, corrupt = [], []
-    for path in files:
-        if not _has_dicom_magic(path):
-            logging.getLogger(__name__).info("ignoring %s: not a DICOM file (no DICM marker)", path)
-            continue
-        try:
-            ds = pydicom.dcmread(path)
-            missing = [key for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID") if key not in ds]
-            if missing:
-                raise ValueError(f"no {', '.join(missing)} (unparseable or not an instance)")
-            if "PixelData" in ds:
-                expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-                expected *= int(ds.get("NumberOfFrames", 1) or 1) * ((int(ds.BitsAllocated) + 7) // 8)
-                if not ds.file_meta.TransferSyntaxUID.is_compressed and len(ds.PixelData) < expected:
-                    raise ValueError(f"pixel data has {len(ds.PixelData)} bytes, {expected} expected (truncated)")
-        except Exception as err:  # any parse failure is a corrupt file; name it with its reason
-            corrupt.append(f"{path}: {type(err).__name__}: {err}")
-            continue
-        dicom.append(path)
-    if corrupt:
-        raise DicomInputError(
-            f"{len(corrupt)} corrupt DICOM file(s) in {folder}; remove or re-export them and run again:\n  "
-            + "\n  ".join(corrupt)
+    if not _has_dicom_magic(path):
+        return InputFile(path, SKIPPED, "not a DICOM file (no DICM marker)")
+    try:
+        ds = pydicom.dcmread(path, defer_size=1024)  # deferred: the pixels are checked by size, not loaded
+        uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+        item = InputFile(
+            path,
+            IMAGE,
+            study_instance_uid=uids["StudyInstanceUID"],
+            series_instance_uid=uids["SeriesInstanceUID"],
+            sop_instance_uid=uids["SOPInstanceUID"],
+            modality=str(ds.get("Modality", "") or ""),
         )
-    if not dicom:
-        raise DicomInputError(f"no DICOM files (with the DICM marker) under {folder}.")
-    return dicom
+        meta = getattr(ds, "file_meta", None) or {}
+        if not (ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")):
+            item.status, item.reason = FAILED, "no SOPClassUID: unparseable, or not a DICOM instance"
+            return item
+        reason = non_image_reason(ds)
+        if reason is not None:  # before any pixel check: SEG, SR, DICOMDIR... are not broken images
+            item.status, item.reason = SKIPPED, reason
+            return item
+        missing = [k for k, v in uids.items() if not v]
+        if missing:
+            item.status, item.reason = FAILED, f"no {', '.join(missing)}: not a usable image instance"
+            return item
+        item.frames = frame_count(ds)
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        if "PixelData" in ds and syntax is not None and not syntax.is_compressed:
+            expected, size = _expected_pixel_bytes(ds), len(ds.PixelData)
+            if size < expected:
+                item.status, item.reason = FAILED, f"pixel data has {size} bytes, {expected} expected (truncated)"
+                return item
+        item.loader_fix = loader_blockers(ds)
+        return item
+    except Exception as err:  # pydicom raises many types on malformed files: each is a failed file, named
+        return InputFile(path, FAILED, f"not a readable DICOM file ({type(err).__name__}: {err})")
+
+
+def inventory_dicom_folder(folder: str | os.PathLike) -> list[InputFile]:
+    """Triage every file under ``folder`` (recursively; or the one file ``folder`` names).
+
+    Raises:
+        DicomInputError: the folder does not exist, or holds no DICOM image instance (the message counts what it
+            holds instead).
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise DicomInputError(f"{folder}: the DICOM input does not exist. Pass the study folder with -i.")
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    inventory = [_triage(p) for p in files]
+    if not any(f.status == IMAGE for f in inventory):
+        failed = [f"{f.path}: {f.reason}" for f in inventory if f.status == FAILED]
+        listing = "".join(f"\n  {line}" for line in failed[:20]) + ("\n  ..." if len(failed) > 20 else "")
+        raise DicomInputError(
+            f"{folder}: no DICOM image to classify ({summarise(inventory) or 'no files'}). Pass a folder with DICOM "
+            f"image instances (files with the DICM marker); re-export or remove the failed files.{listing}"
+        )
+    return inventory
+
+
+def summarise(inventory: Sequence[InputFile]) -> str:
+    """``"3 image, 1 skipped, 2 failed"``: counts by status."""
+    counts: dict[str, int] = {}
+    for item in inventory:
+        counts[item.status] = counts.get(item.status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items())

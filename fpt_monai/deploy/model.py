@@ -99,32 +99,35 @@ class ExportedFPT:
                 )
             self.explainer = torch.jit.load(str(explain_path), map_location=self.device).eval()
 
-    def preprocess(self, file: str | os.PathLike) -> torch.Tensor:
-        """The bundle's inference preprocessing of one image file: the normalised LPM view ``[3, S, S]``."""
-        return self.preprocessing({"image": str(file)})["image"]
+    def preprocess(self, file: str | os.PathLike, frame: int | None = None) -> torch.Tensor:
+        """The bundle's inference preprocessing of one image file (``frame``: of a multi-frame image): the normalised
+        LPM view ``[3, S, S]``."""
+        item = {"image": str(file)} if frame is None else {"image": str(file), "frame": int(frame)}
+        return self.preprocessing(item)["image"]
 
-    def __call__(self, files: Sequence[str | os.PathLike]) -> list[dict]:
-        """Per file: ``{"file", "class", "probabilities" {name: p}, "image" (network input), "heatmap" or None}``."""
+    def predict(self, images: Sequence[torch.Tensor]) -> list[dict]:
+        """Per preprocessed image: ``{"class", "probabilities" {name: p}, "heatmap" (or None)}``."""
         results: list[dict] = []
-        for start in range(0, len(files), self.batch_size):
-            chunk = list(files[start : start + self.batch_size])
-            images = [self.preprocess(f) for f in chunk]
-            batch = torch.stack([torch.as_tensor(x) for x in images]).to(self.device)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch = torch.stack([torch.as_tensor(x) for x in chunk]).to(self.device)
             with torch.no_grad():
                 if self.explainer is not None:
                     logits, heatmaps = self.explainer(batch)
                 else:
                     logits, heatmaps = self.network(batch), None
             probs = torch.softmax(logits.float(), dim=1).cpu()
-            for n, file in enumerate(chunk):
-                p = probs[n].tolist()
+            for n in range(len(chunk)):
                 results.append(
                     {
-                        "file": str(file),
                         "class": self.class_names[int(probs[n].argmax())],
-                        "probabilities": dict(zip(self.class_names, p, strict=True)),
-                        "image": images[n],
+                        "probabilities": dict(zip(self.class_names, probs[n].tolist(), strict=True)),
                         "heatmap": None if heatmaps is None else heatmaps[n, 0].cpu(),
                     }
                 )
         return results
+
+    def __call__(self, files: Sequence[str | os.PathLike]) -> list[dict]:
+        """Per file: ``{"file", "class", "probabilities" {name: p}, "image" (network input), "heatmap" or None}``."""
+        images = [self.preprocess(f) for f in files]
+        return [{"file": str(f), "image": x, **r} for f, x, r in zip(files, images, self.predict(images), strict=True)]

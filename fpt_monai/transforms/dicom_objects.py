@@ -128,7 +128,8 @@ def frame_indices(num_frames: int, policy: str | int = "refuse", source: object 
         return [0]
     if policy == "refuse":
         raise MultiFrameError(
-            f"{source}: multi-frame image with {num_frames} frames; FPT classifies 2-D images. Choose a frame policy: "
-            "frames='first', 'middle', 'every' (one prediction per frame) or a frame index."
+            f"{source}: multi-frame image with {num_frames} frames; FPT classifies 2-D images. Choose a frame policy "
+            "(bundle inference `--frames`, the Deploy app `--frames`, the reader `frame=`): first, middle, every (one "
+            "prediction per frame) or a frame index."
         )
     return {"first": [0], "middle": [num_frames // 2], "every": list(range(num_frames))}[policy]
