@@ -23,7 +23,12 @@ from fpt_monai.engines.reports import (
     plot_roc,
     write_model_config,
 )
-from fpt_monai.engines.tracking import configure_mlflow, find_mlflow_handlers, log_mlflow_artifacts
+from fpt_monai.engines.tracking import (
+    configure_evaluation_mlflow,
+    configure_mlflow,
+    find_mlflow_handlers,
+    log_mlflow_artifacts,
+)
 from fpt_monai.engines.training import (
     GradientClipHandler,
     NonFiniteLossError,
@@ -47,6 +52,7 @@ __all__ = [
     "atomic_torch_save",
     "class_weights",
     "classification_metrics",
+    "configure_evaluation_mlflow",
     "configure_mlflow",
     "denormalize",
     "evaluate_checkpoints",

@@ -145,12 +145,13 @@ def evaluate_checkpoints(
     output_dir: str | os.PathLike,
     class_names: Sequence[str],
     handlers: Sequence | None = None,
+    split: str = "test",
 ) -> dict[str, dict[str, float]]:
     """Run ``evaluator`` once per checkpoint (e.g. ``{"best": models/model.pt, "final": models/model_final.pt}``)
     and write ``metrics.json``, ``metrics.csv``, ``predictions_<name>.csv``, ``roc_<name>.png`` and
     ``confusion_<name>.png`` to ``output_dir``. Missing checkpoint files are an error naming the file. With MLflow
-    tracking (an ``MLFlowHandler`` among ``handlers``), the files and the metrics (``test_<checkpoint>_<metric>``)
-    are logged to its run.
+    tracking (an ``MLFlowHandler`` among ``handlers``), the files and the metrics (``<split>_<checkpoint>_<metric>``,
+    e.g. ``test_best_auc``) are logged to its run.
 
     Returns:
         ``{checkpoint name: {metric: value}}``.
@@ -188,7 +189,7 @@ def evaluate_checkpoints(
         for name in results
         for kind, ext in (("predictions", "csv"), ("roc", "png"), ("confusion", "png"))
     ]
-    flat = {f"test_{name}_{k}": v for name, values in results.items() for k, v in values.items() if k != "n"}
+    flat = {f"{split}_{name}_{k}": v for name, values in results.items() for k, v in values.items() if k != "n"}
     log_mlflow_artifacts(handlers, files, flat)
     return results
 

@@ -5,17 +5,46 @@
 
 MONAI's bundle tracking appends an ``MLFlowHandler`` to ``train#handlers`` / ``validate#handlers``; it logs losses,
 metrics and the executed config. The bundle configs call :func:`configure_mlflow` in ``initialize`` so the same
-run also gets every hyper-parameter (at start) and the best/final checkpoints and the model card (at the end); the
-evaluation config logs its tables and plots through :func:`log_mlflow_artifacts`. Without tracking these do nothing.
+run also gets every hyper-parameter (at start) and the best/final checkpoints and the model card (at the end);
+training also writes ``models/mlflow_run.json`` (:func:`write_run_record`), which names its run. The evaluation
+config calls :func:`configure_evaluation_mlflow`: its run gets the training run's parameters, tags linking it to
+that run (:data:`TRAINING_RUN_TAG`, and ``mlflow.parentRunId`` when both runs share a store and an experiment), no
+``val_*`` metrics, and its tables, plots and ``<split>_<checkpoint>_<metric>`` metrics through
+:func:`log_mlflow_artifacts`. Without tracking these do nothing (training removes a stale run record).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["configure_mlflow", "find_mlflow_handlers", "log_mlflow_artifacts"]
+from fpt_monai.atomic import atomic_write_text
+
+__all__ = [
+    "RUN_RECORD_NAME",
+    "TRAINING_RUN_NAME_TAG",
+    "TRAINING_RUN_TAG",
+    "configure_evaluation_mlflow",
+    "configure_mlflow",
+    "find_mlflow_handlers",
+    "log_mlflow_artifacts",
+    "read_run_record",
+    "write_run_record",
+]
+
+logger = logging.getLogger(__name__)
+
+RUN_RECORD_NAME = "mlflow_run.json"
+"""The file (in the checkpoint folder, ``models/``) where training records its MLflow run."""
+TRAINING_RUN_TAG = "fpt.training_run_id"
+"""Tag of an evaluation run: the id of the training run whose checkpoints it evaluated."""
+TRAINING_RUN_NAME_TAG = "fpt.training_run_name"
+"""Tag of an evaluation run: the name of that training run."""
+_PARENT_RUN_TAG = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID: nests the run in the UI
 
 
 def find_mlflow_handlers(handlers: Iterable | None) -> list:
@@ -36,14 +65,210 @@ def _flat(params: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def configure_mlflow(handlers: Iterable | None, params: Mapping, artifacts: Sequence[str | os.PathLike] = ()) -> int:
+def _after_start(handler, callback: Callable[[], None]) -> None:
+    """Call ``callback`` at the end of ``handler.start`` (the run exists and its parameters are logged then).
+
+    ``dataset_logger`` is the last step of ``MLFlowHandler.start`` and is read when the event fires, not when the
+    handler is attached, so this works whenever the engine was built."""
+    previous = handler.dataset_logger
+
+    def dataset_logger(dataset_dict):
+        if previous is not None:
+            previous(dataset_dict)
+        else:
+            handler._default_dataset_log(dataset_dict)
+        callback()
+
+    handler.dataset_logger = dataset_logger
+
+
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _public_uri(uri: str) -> str:
+    """``uri`` without a user name or password (the record is written into the bundle)."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def write_run_record(handler, path: str | os.PathLike) -> dict:
+    """Write the MLflow run of ``handler`` (an ``MLFlowHandler`` whose run has started) to ``path``, atomically:
+    ``{"run_id", "run_name", "experiment_id", "experiment_name", "tracking_uri", "params"}``, the parameters as
+    the run holds them. Returns the record."""
+    run = handler.client.get_run(handler.cur_run.info.run_id)
+    record = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "experiment_name": handler.experiment_name,
+        "tracking_uri": _public_uri(str(getattr(handler.client, "tracking_uri", "") or "")),
+        "params": dict(run.data.params),
+    }
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+    return record
+
+
+def read_run_record(path: str | os.PathLike) -> dict | None:
+    """The training run record written by :func:`write_run_record`, or None when there is none (training ran
+    without ``--tracking mlflow``).
+
+    Raises:
+        ValueError: the file is not a run record.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{path}: not a training run record ({e}). Delete it or train again with --tracking mlflow."
+        ) from e
+    if not isinstance(record, dict) or not isinstance(record.get("run_id"), str) or not record["run_id"]:
+        raise ValueError(
+            f"{path}: no run_id in the training run record. Delete it or train again with --tracking mlflow."
+        )
+    if not isinstance(record.get("params", {}), dict):
+        raise ValueError(f"{path}: 'params' is not a mapping. Delete it or train again with --tracking mlflow.")
+    return record
+
+
+def configure_mlflow(
+    handlers: Iterable | None,
+    params: Mapping,
+    artifacts: Sequence[str | os.PathLike] = (),
+    run_record: str | os.PathLike | None = None,
+) -> int:
     """Add ``params`` (flattened, logged when the run starts) and ``artifacts`` (files logged at the end, if they
-    exist then) to every MLflow handler in ``handlers``. Returns how many handlers were configured."""
+    exist then) to every MLflow handler in ``handlers``.
+
+    Args:
+        handlers: the training handlers (``@train#handlers``).
+        params: the hyper-parameters, nested mappings flattened to ``a.b`` names.
+        artifacts: files logged when training completes.
+        run_record: where to write the training run (:func:`write_run_record`) once it has started, so that
+            evaluation can link to it. Without tracking a record left there by an earlier training is removed
+            (on rank 0), as it no longer describes the checkpoints.
+
+    Returns:
+        how many handlers were configured.
+    """
     found = find_mlflow_handlers(handlers)
     for handler in found:
         handler.experiment_param = {**(handler.experiment_param or {}), **_flat(params)}
         handler.artifacts = tuple(a for a in handler.artifacts if a) + tuple(str(a) for a in artifacts)
+    if run_record is not None:
+        if found:
+            _after_start(found[0], lambda h=found[0]: write_run_record(h, run_record))
+        elif _is_rank0() and Path(run_record).is_file():
+            Path(run_record).unlink()
+            logger.info("%s: removed; it named the MLflow run of an earlier, tracked training.", run_record)
     return len(found)
+
+
+def _skip_epoch_log(engine) -> None:
+    """Epoch logger of the evaluation run: the evaluator's metrics carry the validation names (``val_auc``);
+    :func:`log_mlflow_artifacts` logs them per checkpoint, named for the split."""
+
+
+def _link_run(handler, record: Mapping, split: str, nest: bool) -> None:
+    run = handler.cur_run
+    if run.info.run_id == record["run_id"]:
+        logger.warning(
+            "evaluation re-attached to the training run %s (it is not finished); give evaluation its own --run_name.",
+            record["run_id"],
+        )
+        return
+    tags = {
+        TRAINING_RUN_TAG: record["run_id"],
+        TRAINING_RUN_NAME_TAG: str(record.get("run_name") or ""),
+        "fpt.training_experiment_id": str(record.get("experiment_id") or ""),
+        "fpt.eval_split": split,
+    }
+    if nest and run.info.experiment_id == record.get("experiment_id"):
+        tags[_PARENT_RUN_TAG] = record["run_id"]
+    import mlflow
+
+    handler.client.log_batch(run.info.run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+
+
+def configure_evaluation_mlflow(
+    handlers: Iterable | None,
+    run_record: str | os.PathLike,
+    split: str = "test",
+    params: Mapping | None = None,
+) -> dict | None:
+    """Link the evaluation's MLflow run to the training run of the checkpoints it evaluates.
+
+    With a training run record (``models/mlflow_run.json``, written by training with ``--tracking mlflow``) the
+    evaluation run gets the training run's parameters (read from the tracking store when it holds the training
+    run, else from the record), an ``eval_split`` parameter, the tags :data:`TRAINING_RUN_TAG`,
+    :data:`TRAINING_RUN_NAME_TAG`, ``fpt.training_experiment_id`` and ``fpt.eval_split``, and
+    ``mlflow.parentRunId`` (shown nested under the training run) when the training run is in the same store and
+    experiment. Without a record it gets ``params`` and a log line says it is not linked. In both cases the
+    evaluator's per-epoch ``val_*`` metrics are not logged: evaluation logs ``<split>_<checkpoint>_<metric>``.
+
+    Args:
+        handlers: the evaluation handlers (``@validate#handlers``); nothing is done without an MLflow handler.
+        run_record: the training run record, ``<ckpt_dir>/mlflow_run.json``.
+        split: the evaluated split (``@eval_split``).
+        params: the evaluation config's hyper-parameters (``@hyper_params``): logged without a record, compared
+            with the training run's parameters (a warning names those that differ) with one.
+
+    Returns:
+        the training run record, or None when there is none.
+    """
+    found = find_mlflow_handlers(handlers)
+    if not found:
+        return None
+    own = _flat(params or {})
+    record, nest = read_run_record(run_record), False
+    if record is None:
+        logger.info(
+            "%s: no training run recorded (training ran without --tracking mlflow); the evaluation run is not "
+            "linked to a training run and logs this config's parameters.",
+            run_record,
+        )
+        logged = own
+    else:
+        logged, nest = {str(k): str(v) for k, v in record.get("params", {}).items()}, False
+        from mlflow.exceptions import MlflowException
+
+        try:
+            logged, nest = dict(found[0].client.get_run(record["run_id"]).data.params), True
+        except MlflowException as e:
+            logger.info(
+                "training run %s is not in this tracking store (%s); its parameters come from %s.",
+                record["run_id"],
+                str(e).splitlines()[0][:200],
+                run_record,
+            )
+        differ = sorted(k for k in own.keys() & logged.keys() if own[k] != logged[k])
+        if differ:
+            logger.warning(
+                "evaluation config differs from training run %s in %s; the run logs the training values.",
+                record["run_id"],
+                ", ".join(f"{k} ({logged[k]!r} in training, {own[k]!r} here)" for k in differ),
+            )
+        logger.info(
+            "evaluation run linked to training run %s (%s): tag %s%s.",
+            record["run_id"],
+            record.get("run_name"),
+            TRAINING_RUN_TAG,
+            f" and {_PARENT_RUN_TAG}" if nest else "",
+        )
+    logged = {**logged, "eval_split": split}
+    for handler in found:
+        handler.experiment_param = {**(handler.experiment_param or {}), **logged}
+        handler.epoch_logger = _skip_epoch_log
+        if record is not None:
+            _after_start(handler, lambda h=handler: _link_run(h, record, split, nest))
+    return record
 
 
 def log_mlflow_artifacts(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import socket
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+
+from fpt_monai.engines.tracking import TRAINING_RUN_NAME_TAG, TRAINING_RUN_TAG, read_run_record
 
 from .conftest import TRAIN_CONFIG, run_workflow
 
@@ -70,6 +74,30 @@ def _run(config, bundle_root, data_dir, weights, **extra):
     run_workflow(config, bundle_root, data_dir, weights, tracking="mlflow", **extra)
 
 
+def _assert_evaluation_metrics(evaluation):
+    metrics = set(evaluation.data.metrics)
+    assert {"test_best_auc", "test_best_acc", "test_final_auc", "test_final_kappa"} <= metrics
+    assert all(m.startswith("test_") for m in metrics), sorted(metrics)  # no val_* from the evaluator's handler
+
+
+def _runs(uri, experiment="monai_experiment"):
+    client = MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def _assert_linked(training, evaluation, nested=True):
+    """The evaluation run names the training run and holds every training parameter with the same value."""
+    tags = evaluation.data.tags
+    assert tags[TRAINING_RUN_TAG] == training.info.run_id
+    assert tags[TRAINING_RUN_NAME_TAG] == training.info.run_name and tags["fpt.eval_split"] == "test"
+    assert tags.get("mlflow.parentRunId") == (training.info.run_id if nested else None)
+    params = evaluation.data.params
+    assert len(training.data.params) > 20  # the hyper-parameters, not only max_epochs/epoch_length
+    assert {k: params.get(k) for k in training.data.params} == training.data.params
+    assert params["eval_split"] == "test"
+    _assert_evaluation_metrics(evaluation)
+
+
 def test_training_and_evaluation_logged_to_a_server(tmp_path, tiny_bundle_data, mlflow_server):
     data_dir, weights = tiny_bundle_data
     tracking = {"tracking_uri": mlflow_server, "experiment_name": "fpt_test", "run_name": "tiny_run"}
@@ -104,6 +132,68 @@ def test_training_and_evaluation_logged_to_a_server(tmp_path, tiny_bundle_data, 
     artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
     assert {"roc_best.png", "confusion_best.png", "metrics.csv", "predictions_final.csv"} <= artifacts
     assert "test_best_acc" in evaluation.data.metrics
+    _assert_linked(runs["tiny_run"], evaluation)
+    record = read_run_record(tmp_path / "models" / "mlflow_run.json")
+    assert record["run_id"] == run.info.run_id and record["params"] == run.data.params
+
+
+def test_evaluation_links_to_training_in_the_default_store(tmp_path, tiny_bundle_data):
+    """The `make demo` way: no tracking options, both runs in <bundle>/eval/mlruns.db, generated run names."""
+    data_dir, weights = tiny_bundle_data
+    _run(TRAIN_CONFIG, tmp_path, data_dir, weights, epochs=1)
+    record = json.loads((tmp_path / "models" / "mlflow_run.json").read_text())
+    _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, data_dir, weights, epochs=1)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    runs = _runs(client.tracking_uri)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    training = client.get_run(record["run_id"])
+    (evaluation,) = [r for r in runs if r.info.run_id != training.info.run_id]
+    assert "val_auc" in training.data.metrics and training.data.params["max_epochs"] == "1"
+    _assert_linked(training, evaluation)
+
+
+def test_evaluation_in_another_store_reads_the_training_parameters_from_the_record(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    train_uri, eval_uri = (f"sqlite:///{tmp_path / name}.db" for name in ("train", "eval"))
+    _run(TRAIN_CONFIG, tmp_path, data_dir, weights, epochs=1, tracking_uri=train_uri, run_name="t")
+    _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, data_dir, weights, epochs=1, tracking_uri=eval_uri, run_name="e")
+    (training,) = _runs(train_uri)
+    (evaluation,) = _runs(eval_uri)
+    _assert_linked(training, evaluation, nested=False)  # no parent: that run is not in this store
+
+
+def test_evaluation_without_a_tracked_training_is_not_linked(tmp_path, tiny_bundle_data, caplog):
+    data_dir, weights = tiny_bundle_data
+    stale = tmp_path / "models" / "mlflow_run.json"
+    stale.parent.mkdir()
+    stale.write_text(json.dumps({"run_id": "0123456789abcdef", "params": {"learning_rate": "1"}}))
+    run_workflow(TRAIN_CONFIG, tmp_path, data_dir, weights, epochs=1)  # no tracking: the stale record goes
+    assert not stale.exists()
+    with caplog.at_level(logging.INFO, logger="fpt_monai.engines.tracking"):
+        _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, data_dir, weights, epochs=1, run_name="e")
+    assert "no training run recorded" in caplog.text and "not linked" in caplog.text
+    (evaluation,) = _runs(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    assert TRAINING_RUN_TAG not in evaluation.data.tags and "mlflow.parentRunId" not in evaluation.data.tags
+    params = evaluation.data.params  # this config's hyper-parameters stand in for the training run's
+    assert params["learning_rate"] == "0.0001" and params["eval_split"] == "test" and "trainable_parameters" in params
+    _assert_evaluation_metrics(evaluation)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("{not json", "not a training run record"),
+        ('{"params": {}}', "no run_id"),
+        ('{"run_id": "a", "params": 1}', "params"),
+    ],
+)
+def test_unreadable_run_record_is_a_clear_error(tmp_path, text, reason):
+    path = tmp_path / "mlflow_run.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=reason) as info:
+        read_run_record(path)
+    assert str(path) in str(info.value) and "--tracking mlflow" in str(info.value)
+    assert read_run_record(tmp_path / "missing.json") is None
 
 
 def test_default_tracking_store_is_sqlite_under_the_output_dir(tmp_path, tiny_bundle_data):
