@@ -23,6 +23,9 @@ def test_evaluate_best_and_final(tmp_path, tiny_bundle_data, mode):
     _run(TRAIN_CONFIG, tmp_path, data_dir, weights, mode=mode)
     config = json.loads((tmp_path / "models" / "model_config.json").read_text())
     assert config["class_names"] == ["normal", "abnormal"] and len(config["mean"]) == 3
+    record = tmp_path / "models" / "mlflow_run.json"
+    assert not record.exists()  # only a tracked training names its MLflow run
+    record.write_text("not json")  # an untracked evaluation does not read it
     _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, data_dir, weights, mode=mode)
     out = tmp_path / "eval"
     metrics = json.loads((out / "metrics.json").read_text())

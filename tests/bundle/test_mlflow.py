@@ -179,6 +179,18 @@ def test_evaluation_without_a_tracked_training_is_not_linked(tmp_path, tiny_bund
     _assert_evaluation_metrics(evaluation)
 
 
+def test_evaluation_metrics_are_named_for_the_evaluated_split(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    _run(TRAIN_CONFIG, tmp_path, data_dir, weights, epochs=1, run_name="t")
+    _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, data_dir, weights, epochs=1, run_name="e", eval_split="validation")
+    runs = {r.info.run_name: r for r in _runs(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")}
+    evaluation = runs["e"]
+    assert evaluation.data.tags[TRAINING_RUN_TAG] == runs["t"].info.run_id
+    assert evaluation.data.tags["fpt.eval_split"] == evaluation.data.params["eval_split"] == "validation"
+    metrics = set(evaluation.data.metrics)
+    assert "validation_best_auc" in metrics and all(m.startswith("validation_") for m in metrics), sorted(metrics)
+
+
 @pytest.mark.parametrize(
     "text, reason",
     [
