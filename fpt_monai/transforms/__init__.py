@@ -7,17 +7,20 @@
 from __future__ import annotations
 
 from fpt_monai.transforms.io import (
+    DICOM_PHOTOMETRIC_INTERPRETATIONS,
     IMAGE_SUFFIXES,
     ImageReadError,
     LoadMedicalImage,
     LoadMedicalImaged,
     image_format,
+    image_frame_count,
     read_image,
 )
 from fpt_monai.transforms.pipeline import FPT_MODES, fpt_transforms
 from fpt_monai.transforms.views import LPMViewd, SideViewd, random_resized_crop_box
 
 __all__ = [
+    "DICOM_PHOTOMETRIC_INTERPRETATIONS",
     "FPT_MODES",
     "IMAGE_SUFFIXES",
     "ImageReadError",
@@ -27,6 +30,7 @@ __all__ = [
     "SideViewd",
     "fpt_transforms",
     "image_format",
+    "image_frame_count",
     "random_resized_crop_box",
     "read_image",
 ]

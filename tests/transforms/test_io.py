@@ -93,16 +93,18 @@ def test_nifti_2d_and_3d(tmp_path):
 def test_multiframe_dicom_needs_a_frame(tmp_path):
     import pydicom
 
+    from fpt_monai.transforms.dicom_objects import MultiFrameError
+
     path = write_dicom(tmp_path / "mf.dcm", np.zeros((8, 8), np.uint16))
     ds = pydicom.dcmread(path)
     frames = np.stack([np.full((8, 8), v, np.uint16) for v in (10, 20, 30)])
     ds.NumberOfFrames = 3
     ds.PixelData = frames.tobytes()
     ds.save_as(path)
-    with pytest.raises(ImageReadError, match=r"mf\.dcm: multi-frame DICOM with 3 frames.*frame="):
+    with pytest.raises(MultiFrameError, match=r"mf\.dcm: multi-frame image with 3 frames.*frame index"):
         read_image(path)
     assert read_image(path, frame=1, window=(20.0, 10.0), channels=1)[0, 0, 0] == pytest.approx(0.5, abs=0.06)
-    with pytest.raises(ImageReadError, match="frame 5 out of range"):
+    with pytest.raises(MultiFrameError, match=r"mf\.dcm: frame 5 out of range"):
         read_image(path, frame=5)
 
 
@@ -142,7 +144,7 @@ def test_missing_file_and_wrong_channels(tmp_path):
     ds = pydicom.dcmread(dcm)
     del ds.PixelData
     ds.save_as(dcm)
-    with pytest.raises(ImageReadError, match="without pixel data"):
+    with pytest.raises(ImageReadError, match=r"no_pixels\.dcm: DICOM image without pixel data"):
         read_image(dcm)
 
 
@@ -151,6 +153,7 @@ def test_dict_transform_returns_meta_tensor(tmp_path):
     out = LoadMedicalImaged("image")({"image": str(tmp_path / "a.png"), "label": 1})
     assert isinstance(out["image"], torch.Tensor) and out["image"].shape == (3, 8, 10)
     assert out["image"].meta["filename_or_obj"].endswith("a.png") and out["label"] == 1
+    assert out["image"].meta["frame"] == 0
 
 
 def test_isic_jpegs_from_shared():
