@@ -159,11 +159,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stage(items: list[InputFile], folder: Path) -> dict[str, InputFile]:
-    """Give the SDK loader one study: links to the original files, or copies without the empty numeric attributes
-    that make it drop an instance. Returns the staged path of each item."""
+    """Give the SDK loader one study: links to the original files, or copies without the attributes that would make
+    it drop an instance (``InputFile.loader_fix``). Returns the pre-flight's item of each staged path."""
     import pydicom
-
-    from fpt_monai.deploy.dicom_input import loader_blockers
 
     folder.mkdir(parents=True)
     staged = {}
@@ -171,7 +169,7 @@ def _stage(items: list[InputFile], folder: Path) -> dict[str, InputFile]:
         target = folder / f"{n:06d}.dcm"
         if item.loader_fix:
             ds = pydicom.dcmread(item.path)
-            for keyword in loader_blockers(ds):
+            for keyword in item.loader_fix:
                 del ds[keyword]
             ds.save_as(target)
         else:

@@ -53,7 +53,9 @@ class InputFile:
         reason: why it was skipped or failed.
         study_instance_uid, series_instance_uid, sop_instance_uid, modality: from the header, when readable.
         frames: the image's number of frames.
-        loader_fix: empty numeric attributes that the SDK's loader cannot parse (removed in its staged copy).
+        loader_fix: attributes removed from the copy the SDK's loader reads: empty numeric ones it cannot parse,
+            and an ``ImagePositionPatient`` shared with another instance of the series (it keeps one per position).
+        position: ``ImagePositionPatient`` as text, when present.
     """
 
     path: Path
@@ -65,10 +67,12 @@ class InputFile:
     modality: str = ""
     frames: int = 1
     loader_fix: list[str] = field(default_factory=list)
+    position: str = ""
 
     def record(self, root: str | os.PathLike) -> dict:
         """The ``output.json`` entry: the file relative to the input folder, without empty fields."""
-        out = {k: v for k, v in asdict(self).items() if v not in ("", [], None) and k not in ("path", "loader_fix")}
+        internal = ("path", "loader_fix", "position")
+        out = {k: v for k, v in asdict(self).items() if v not in ("", [], None) and k not in internal}
         out["file"] = relative_name(self.path, Path(root))
         if out.get("frames") == 1:
             del out["frames"]
@@ -131,6 +135,9 @@ def _triage(path: Path) -> InputFile:
         if missing:
             item.status, item.reason = FAILED, f"no {', '.join(missing)}: not a usable image instance"
             return item
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            item.status, item.reason = FAILED, "an image without pixel data (truncated or broken file)"
+            return item
         item.frames = frame_count(ds)
         syntax = ds.file_meta.get("TransferSyntaxUID")
         if "PixelData" in ds and syntax is not None and not syntax.is_compressed:
@@ -139,9 +146,24 @@ def _triage(path: Path) -> InputFile:
                 item.status, item.reason = FAILED, f"pixel data has {size} bytes, {expected} expected (truncated)"
                 return item
         item.loader_fix = loader_blockers(ds)
+        if "ImagePositionPatient" not in item.loader_fix and ds.get("ImagePositionPatient"):
+            item.position = "\\".join(str(v) for v in ds.ImagePositionPatient)
         return item
     except Exception as err:  # pydicom raises many types on malformed files: each is a failed file, named
         return InputFile(path, FAILED, f"not a readable DICOM file ({type(err).__name__}: {err})")
+
+
+def _mark_shared_positions(inventory: Sequence[InputFile]) -> None:
+    # The SDK's loader keeps one instance per ImagePositionPatient in a series (slices of a volume); 2-D images
+    # such as DX views often share one, and each must be classified.
+    groups: dict[tuple[str, str, str], list[InputFile]] = {}
+    for item in inventory:
+        if item.status == IMAGE and item.position:
+            groups.setdefault((item.study_instance_uid, item.series_instance_uid, item.position), []).append(item)
+    for group in groups.values():
+        if len(group) > 1:
+            for item in group:
+                item.loader_fix.append("ImagePositionPatient")
 
 
 def inventory_dicom_folder(folder: str | os.PathLike) -> list[InputFile]:
@@ -156,6 +178,7 @@ def inventory_dicom_folder(folder: str | os.PathLike) -> list[InputFile]:
         raise DicomInputError(f"{folder}: the DICOM input does not exist. Pass the study folder with -i.")
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
     inventory = [_triage(p) for p in files]
+    _mark_shared_positions(inventory)
     if not any(f.status == IMAGE for f in inventory):
         failed = [f"{f.path}: {f.reason}" for f in inventory if f.status == FAILED]
         listing = "".join(f"\n  {line}" for line in failed[:20]) + ("\n  ..." if len(failed) > 20 else "")

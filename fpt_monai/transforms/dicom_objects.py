@@ -88,6 +88,8 @@ def non_image_reason(ds) -> str | None:
         return f"a non-image object (Modality {modality})"
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         label = UID(sop_class).name if sop_class else "no SOP class"
+        if "Image Storage" in label:  # an image without its pixels is a broken image, not another kind of object
+            return None
         return f"no pixel data ({label})"
     return None
 

@@ -34,19 +34,25 @@ def test_cli_classifies_the_selected_series_and_writes_json_sr_and_heatmaps(
     output = json.loads((out / "output.json").read_text())
     meta = json.loads((REPO_ROOT / "bundle/configs/metadata.json").read_text())
     assert output["model"] == {"name": meta["name"], "version": meta["version"], "file": "model.ts"}
-    assert output["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.1"
-    instances = {r["file"]: r for r in output["instances"]}
-    assert set(instances) == {"m1.dcm", "m2.dcm"}  # the CT series is not selected
+    assert output["status"] == "complete" and output["counts"] == {"classified": 2, "skipped": 1, "failed": 0}
+    (study,) = output["studies"]
+    assert study["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.1"
+    instances = {r["file"]: r for r in study["instances"]}
+    assert set(instances) == {"dx/m1.dcm", "dx/m2.dcm"}  # the CT series is not selected: reported as skipped
+    files = {f["file"]: f for f in output["files"]}
+    assert files["ct/ct.dcm"]["status"] == "skipped" and "not selected by the rules" in files["ct/ct.dcm"]["reason"]
+    assert "Modality='CT'" in files["ct/ct.dcm"]["reason"]
+    assert files["dx/m1.dcm"]["status"] == files["dx/m2.dcm"]["status"] == "classified"
     import pydicom
 
     for name, record in instances.items():
-        ds = pydicom.dcmread(dicom_study / "dx" / name)
+        ds = pydicom.dcmread(dicom_study / name)
         assert record["sop_instance_uid"] == ds.SOPInstanceUID
         assert record["series_instance_uid"] == "1.2.826.0.1.3680043.8.498.2"
         assert abs(sum(record["probabilities"].values()) - 1) < 1e-5
         assert record["class"] == max(record["probabilities"], key=record["probabilities"].get)
     # MONOCHROME1 with slope 2 is the same picture as MONOCHROME2 with an offset: the same probabilities
-    p1, p2 = instances["m1.dcm"]["probabilities"], instances["m2.dcm"]["probabilities"]
+    p1, p2 = instances["dx/m1.dcm"]["probabilities"], instances["dx/m2.dcm"]["probabilities"]
     assert p1 == pytest.approx(p2, abs=1e-4)
     # the probabilities are the PyTorch model's on the bundle's preprocessing of the same file
     from fpt_monai.networks import FPT
@@ -64,11 +70,13 @@ def test_cli_classifies_the_selected_series_and_writes_json_sr_and_heatmaps(
 
     # the Structured Report: a Basic Text SR in the source study whose text carries the result
     (sr_file,) = out.glob("*.dcm")
+    assert study["sr_file"] == sr_file.name
     sr = pydicom.dcmread(sr_file)
     assert sr.Modality == "SR" and sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.11"
-    assert sr.StudyInstanceUID == output["study_instance_uid"] and sr.PatientID == "P1"
+    assert sr.StudyInstanceUID == study["study_instance_uid"] and sr.PatientID == "P1"
     text = sr.ContentSequence[0].TextValue
-    assert f": {output['class']}." in text and instances["m1.dcm"]["sop_instance_uid"] in text
+    assert f": {study['class']}." in text and instances["dx/m1.dcm"]["sop_instance_uid"] in text
+    assert done.stdout.splitlines()[-1] == "2 classified, 1 skipped (see output.json)"
 
     # heatmaps: the input's size, not constant
     from PIL import Image
@@ -94,22 +102,31 @@ def test_no_matching_series_fails_clearly_and_writes_nothing(exported_tiny_bundl
     assert list(out.iterdir()) == []
 
 
-def test_corrupt_dicom_fails_before_the_app_runs_and_writes_nothing(exported_tiny_bundle, dicom_study, tmp_path):
-    from fpt_monai.deploy import DicomInputError
-    from fpt_monai.deploy.app import run
-
+@pytest.mark.slow
+def test_corrupt_files_are_reported_the_rest_classified_and_the_exit_code_says_so(
+    exported_tiny_bundle, dicom_study, tmp_path
+):
+    """Corrupt files fail with their reason in output.json, the good ones are classified, no SR is written (the
+    study is incomplete), the exit code is 2 and the last line names the first failed file."""
     root = exported_tiny_bundle[0]
     good = (dicom_study / "dx" / "m2.dcm").read_bytes()
     (dicom_study / "dx" / "cut.dcm").write_bytes(good[: len(good) // 2])
     (dicom_study / "dx" / "junk.dcm").write_bytes(good[:132] + b"\xff" * 64)
-    (dicom_study / "notes.txt").write_text("not DICOM: ignored")
+    (dicom_study / "notes.txt").write_text("not DICOM: skipped")
     out = tmp_path / "out"
-    with pytest.raises(DicomInputError) as info:
-        run(dicom_study, out, root / "models")
-    message = str(info.value)
-    assert "2 corrupt DICOM" in message and "cut.dcm" in message and "junk.dcm" in message
-    assert "truncated" in message and "notes.txt" not in message
-    assert not out.exists() or list(out.iterdir()) == []
+    cmd = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(dicom_study), "-o", str(out), "-m", str(root / "models")]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"fpt_monai: error: {dicom_study / 'dx' / 'cut.dcm'}: pixel data has") and "truncated" in last
+    assert "2 of 6 input file(s) failed" in last and str(out / "output.json") in last and "Fix or remove" in last
+    output = json.loads((out / "output.json").read_text())
+    assert output["status"] == "incomplete" and output["counts"] == {"classified": 3, "skipped": 1, "failed": 2}
+    files = {f["file"]: f for f in output["files"]}
+    assert files["dx/cut.dcm"]["status"] == files["dx/junk.dcm"]["status"] == "failed"
+    assert files["notes.txt"] == {"file": "notes.txt", "status": "skipped", "reason": "not a DICOM file (no DICM marker)"}
+    assert len(output["studies"][0]["instances"]) == 3 and "sr_file" not in output["studies"][0]
+    assert not list(out.glob("*.dcm")) and not list(out.glob(".fpt_deploy_staging*"))
 
 
 def test_model_errors_name_the_file_and_the_fix(exported_tiny_bundle, tmp_path):
@@ -161,7 +178,7 @@ def test_a_malicious_sop_instance_uid_cannot_write_outside_the_output_folder(exp
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert not target.exists() and not list(tmp_path.glob("victim*"))  # nothing outside -o
     assert done.returncode == 0, done.stderr[-3000:]
-    (record,) = json.loads((out / "output.json").read_text())["instances"]
+    (record,) = json.loads((out / "output.json").read_text())["studies"][0]["instances"]
     assert record["sop_instance_uid"] == evil  # reported as it is, only the file name is sanitised
     heatmap = (out / record["heatmap"]).resolve()
     assert heatmap.is_file() and heatmap.parent == (out / "heatmaps").resolve()
