@@ -118,13 +118,15 @@ def test_corrupt_files_are_reported_the_rest_classified_and_the_exit_code_says_s
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"fpt_monai: error: {dicom_study / 'dx' / 'cut.dcm'}: pixel data has") and "truncated" in last
+    cut = dicom_study / "dx" / "cut.dcm"
+    assert last.startswith(f"fpt_monai: error: {cut}: pixel data has") and "truncated" in last
     assert "2 of 6 input file(s) failed" in last and str(out / "output.json") in last and "Fix or remove" in last
     output = json.loads((out / "output.json").read_text())
     assert output["status"] == "incomplete" and output["counts"] == {"classified": 3, "skipped": 1, "failed": 2}
     files = {f["file"]: f for f in output["files"]}
     assert files["dx/cut.dcm"]["status"] == files["dx/junk.dcm"]["status"] == "failed"
-    assert files["notes.txt"] == {"file": "notes.txt", "status": "skipped", "reason": "not a DICOM file (no DICM marker)"}
+    skipped = {"file": "notes.txt", "status": "skipped", "reason": "not a DICOM file (no DICM marker)"}
+    assert files["notes.txt"] == skipped
     assert len(output["studies"][0]["instances"]) == 3 and "sr_file" not in output["studies"][0]
     assert not list(out.glob("*.dcm")) and not list(out.glob(".fpt_deploy_staging*"))
 
