@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fpt_monai.data.demo import write_dicom
@@ -71,12 +71,12 @@ def mutated(draw, seed: bytes) -> bytes:
     return bytes(data)
 
 
-def _read_or_clear_error(suffix: str, content: bytes) -> None:
+def _read_or_clear_error(suffix: str, content: bytes, frame: int | str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"fuzz{suffix}"
         path.write_bytes(content)
         try:
-            arr = read_image(path)
+            arr = read_image(path, frame=frame)
         except ImageReadError as err:
             assert str(path) in str(err)  # the message names the file
             return
@@ -124,3 +124,65 @@ def test_mutated_monochrome1_dicom(content):
 @given(st.binary(max_size=600), st.sampled_from([".png", ".dcm", ".nii", ".nii.gz", ".jpg"]))
 def test_random_bytes_give_image_read_error(content, suffix):
     _read_or_clear_error(suffix, content)
+
+
+# real files of each kind (grey, RLE and JPEG colour, YBR_FULL_422, small RGB, two frames, palette) whose pixel-
+# description header values are replaced by valid, wrong and nonsensical ones
+HEADER_SEEDS = (
+    "MR_small.dcm",
+    "SC_rgb_rle.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "SC_ybr_full_422_uncompressed.dcm",
+    "SC_rgb_small_odd.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "examples_palette.dcm",
+)
+_DELETE = object()
+HEADER_VALUES = {
+    "PhotometricInterpretation": st.sampled_from(
+        ["MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"]
+        + ["YBR_PARTIAL_420", "YBR_PARTIAL_422", "HSV", "ARGB", "CMYK", "", "rgb", "FOO"]
+    ),
+    "BitsAllocated": st.sampled_from([0, 1, 7, 8, 12, 16, 32, 64, 65535]),
+    "SamplesPerPixel": st.integers(0, 5),
+    "NumberOfFrames": st.integers(-2, 40),
+    "PlanarConfiguration": st.integers(0, 3),
+}
+
+
+@st.composite
+def header_mutation(draw) -> tuple[str, dict]:
+    name = draw(st.sampled_from(HEADER_SEEDS))
+    keys = draw(st.sets(st.sampled_from(sorted(HEADER_VALUES)), min_size=1))
+    return name, {k: draw(st.just(_DELETE) | HEADER_VALUES[k]) for k in sorted(keys)}
+
+
+def _mutated_header(name: str, changes: dict) -> bytes | None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} is not bundled with this pydicom install")
+    ds = pydicom.dcmread(path)
+    for key, value in changes.items():
+        if value is _DELETE:
+            if key in ds:
+                delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    buf = io.BytesIO()
+    try:
+        ds.save_as(buf)
+    except Exception:  # pydicom refuses to write some values: not a file a reader can meet
+        return None
+    return buf.getvalue()
+
+
+@pytest.mark.timeout(300)
+@FUZZ
+@given(header_mutation(), st.sampled_from([None, "first", "middle", 1]))
+def test_mutated_pixel_description_headers(mutation, frame):
+    content = _mutated_header(*mutation)
+    assume(content is not None)
+    _read_or_clear_error(".dcm", content, frame=frame)
