@@ -235,9 +235,8 @@ def _palette_to_rgb(arr: np.ndarray, ds, path: Path) -> np.ndarray:
     return np.clip(rgb.astype(np.float32) / float(2**bits - 1), 0.0, 1.0)
 
 
-def _read_dicom(
-    path: Path, frame: int | str, window: Sequence[float] | None
-) -> tuple[np.ndarray, int]:  # (image [C, H, W], frame read)
+def _read_dicom(path: Path, frame: int | str, window: Sequence[float] | None) -> tuple[np.ndarray, int]:
+    """The image ``[C, H, W]`` in [0, 1] and the frame read, under the policy ``frame``."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     from fpt_monai.transforms.dicom_objects import frame_count, frame_indices, non_image_reason
@@ -250,7 +249,8 @@ def _read_dicom(
             f"{path}: {reason}; a DICOM object with no image to classify. Remove it from the datalist or the "
             "input folder."
         )
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):  # an image SOP class
+    # an image SOP class without its pixels is a broken image, not another kind of object
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(f"{path}: DICOM image without pixel data (a broken export?). Re-export or remove it.")
     index = frame_indices(frame_count(ds), frame, path)[0]
     photometric, samples = _check_photometric(ds, path)
