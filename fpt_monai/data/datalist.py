@@ -23,6 +23,7 @@ from fpt_monai.transforms.io import image_format
 
 __all__ = [
     "SPLITS",
+    "DatalistError",
     "check_datalist",
     "datalist_from_csv",
     "datalist_from_image_folder",
@@ -55,35 +56,71 @@ def _empty() -> dict:
     return {split: [] for split in SPLITS}
 
 
-def check_datalist(datalist: Mapping, num_classes: int | None = None) -> None:
-    """Validate items (``image``, integer ``label``, unique ``id``) and, if given, labels in ``[0, num_classes)``
-    and a ``classes`` list of ``num_classes`` names.
+class DatalistError(ValueError):
+    """A datalist that cannot be used as it is: a bad item, a label out of range, an empty split."""
+
+
+_SPLIT_USE = {
+    "training": "there is nothing to train on",
+    "validation": "training chooses models/model.pt on it, and evaluation and inference need that file",
+    "test": "evaluation has nothing to measure",
+}
+
+
+def check_datalist(
+    datalist: Mapping,
+    num_classes: int | None = None,
+    required_splits: Sequence[str] = (),
+    source: str | os.PathLike | None = None,
+) -> None:
+    """Validate items (``image``, integer ``label``, unique ``id``) and, if given, labels in ``[0, num_classes)``,
+    a ``classes`` list of ``num_classes`` names and non-empty ``required_splits``.
+
+    Args:
+        datalist: ``training``/``validation``/``test`` lists of items (and optionally ``classes``).
+        num_classes: the number of classes the model has; ``None`` skips the label range check.
+        required_splits: splits that must hold at least one item (checked after every other check, so that the run
+            stops before it writes anything, e.g. ``("training", "validation")`` for training).
+        source: the datalist file, named in the errors.
 
     Raises:
-        ValueError: naming the offending items and how to fix them.
+        DatalistError: naming the datalist file, the offending items or split, and how to fix them.
     """
+    where = f" in {source}" if source is not None else ""
+    head = f"{source}: " if source is not None else ""
     classes = datalist.get("classes")
     if num_classes is not None and classes is not None and len(classes) != num_classes:
-        raise ValueError(
-            f"the datalist has {len(classes)} classes {list(classes)} but num_classes={num_classes}; set "
+        raise DatalistError(
+            f"{head}the datalist has {len(classes)} classes {list(classes)} but num_classes={num_classes}. Set "
             f"num_classes to {len(classes)} (or fix the datalist's 'classes')."
         )
     seen: dict[str, str] = {}
     for split in SPLITS:
         for item in datalist.get(split, []):
             if "image" not in item or "label" not in item or "id" not in item:
-                raise ValueError(f"datalist item {item} in {split!r} needs 'image', 'label' and 'id'.")
+                raise DatalistError(f"{head}item {item} in {split!r} needs 'image', 'label' and 'id'.")
             label = item["label"]
             if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-                raise ValueError(f"{item['image']}: label {label!r} is not an integer class index.")
+                raise DatalistError(
+                    f"{item['image']}: label {label!r}{where} is not an integer class index. Use 0..n-1 "
+                    "(the position of the class name in 'classes')."
+                )
             if num_classes is not None and not 0 <= int(label) < num_classes:
-                raise ValueError(
-                    f"{item['image']}: label {label} is out of range for num_classes={num_classes} "
+                raise DatalistError(
+                    f"{item['image']}: label {label}{where} is out of range for num_classes={num_classes} "
                     f"(valid: 0..{num_classes - 1}). Fix the label or set num_classes."
                 )
             if item["id"] in seen:
-                raise ValueError(f"duplicate item id {item['id']!r} in {seen[item['id']]!r} and {split!r}.")
+                raise DatalistError(f"{head}duplicate item id {item['id']!r} in {seen[item['id']]!r} and {split!r}.")
             seen[item["id"]] = split
+    for split in required_splits:
+        split = _split_name(split, "required_splits")
+        if not datalist.get(split):
+            raise DatalistError(
+                f"{head}the {split} split is empty (unreadable images dropped with --skip_unreadable count as "
+                f"absent); {_SPLIT_USE[split]}. Add {split} items to the datalist"
+                + (" (e.g. 10-20% of the labelled images, stratified by class)." if split == "validation" else ".")
+            )
 
 
 def _rel_id(path: Path, root: Path) -> str:
@@ -131,7 +168,7 @@ def datalist_from_image_folder(root: str | os.PathLike, class_names: Sequence[st
                     if image_format(path):
                         out[split].append({"image": str(path.resolve()), "label": label, "id": _rel_id(path, root)})
     out["classes"] = classes
-    check_datalist(out, len(classes))
+    check_datalist(out, len(classes), source=root)
     return out
 
 
@@ -193,7 +230,7 @@ def datalist_from_csv(
         out[split].append({"image": str(path.resolve()), "label": label, "id": item_id})
     if class_names is not None:
         out["classes"] = list(class_names)
-    check_datalist(out, len(class_names) if class_names is not None else None)
+    check_datalist(out, len(class_names) if class_names is not None else None, source=csv_path)
     return out
 
 
@@ -207,15 +244,20 @@ def datalist_from_json(path: str | os.PathLike, base_dir: str | os.PathLike | No
     base = Path(base_dir) if base_dir is not None else path.parent
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the datalist JSON ({err}).") from err
+    except FileNotFoundError as err:
+        raise DatalistError(
+            f"{path}: no such datalist file. Point dataset_dir at the folder that holds datalist.json (write one with "
+            "fpt_monai.data.write_datalist)."
+        ) from err
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise DatalistError(f"{path}: cannot read the datalist JSON ({err}). Fix or rewrite the file.") from err
     if not isinstance(data, dict) or not any(k in data for k in SPLITS):
-        raise ValueError(f"{path}: a datalist needs at least one of the keys {SPLITS}.")
+        raise DatalistError(f"{path}: a datalist needs at least one of the keys {SPLITS}.")
     out = _empty()
     for split in SPLITS:
         for item in data.get(split, []):
             if not isinstance(item, dict) or "image" not in item:
-                raise ValueError(f"{path}: item {item!r} in {split!r} has no 'image'.")
+                raise DatalistError(f"{path}: item {item!r} in {split!r} has no 'image'.")
             image = Path(item["image"])
             image = image if image.is_absolute() else base / image
             new = {**item, "image": str(image.resolve())}
@@ -223,7 +265,7 @@ def datalist_from_json(path: str | os.PathLike, base_dir: str | os.PathLike | No
             out[split].append(new)
     if "classes" in data:
         out["classes"] = list(data["classes"])
-    check_datalist(out, len(out["classes"]) if "classes" in out else None)
+    check_datalist(out, len(out["classes"]) if "classes" in out else None, source=path)
     return out
 
 
@@ -317,7 +359,7 @@ def datalist_from_medmnist(
             out[split].append({"image": str(file.resolve()), "label": int(label), "id": f"{prefix}/{file.name}"})
     num_classes = int(max(int(data[f"{p}_labels"].max()) for p in _NPZ_SPLITS)) + 1
     out["classes"] = class_names if class_names is not None else [str(i) for i in range(num_classes)]
-    check_datalist(out, len(out["classes"]))
+    check_datalist(out, len(out["classes"]), source=npz)
     return out
 
 

@@ -45,6 +45,10 @@ def weights_id(pretrained: bool | str) -> str:
         return "timm-hub"
     if pretrained is False or pretrained is None:
         return "random"
+    if not Path(pretrained).is_file():  # checked here: hashing comes before the backbone would name the file
+        raise FileNotFoundError(
+            f"{pretrained}: no such weight file. Pass an existing file (--pretrained), or true (timm hub weights)."
+        )
     return f"sha256:{file_sha256(pretrained)}"
 
 

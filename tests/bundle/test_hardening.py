@@ -121,3 +121,62 @@ def test_unreadable_images_fail_fast_with_the_list_or_are_skipped(tiny_bundle_da
     )
     wf.run()
     assert (tmp_path / "b" / "models" / "model_final.pt").is_file()
+
+
+def _datalist_copy(data_dir, dest, edit):
+    """The tiny dataset at ``dest`` (images linked, not copied) with ``edit`` applied to its datalist JSON."""
+    import json
+
+    dest.mkdir(parents=True)
+    (dest / "images").symlink_to(data_dir / "images")
+    dl = json.loads((data_dir / "datalist.json").read_text())
+    edit(dl, dest)
+    (dest / "datalist.json").write_text(json.dumps(dl))
+    return dest
+
+
+def _corrupt_first_training_image(dl, dest):
+    import shutil as sh
+
+    image = dl["training"][0]["image"]
+    (dest / "broken").mkdir()
+    sh.copy(dest / image, dest / "broken" / "x.png")
+    (dest / "broken" / "x.png").write_bytes((dest / "broken" / "x.png").read_bytes()[:100])
+    dl["training"][0]["image"] = "broken/x.png"
+    return str(dest / "broken" / "x.png")
+
+
+FAILURES = {
+    # case: (datalist edit returning the file the last line must name, extra overrides)
+    "corrupt image": (_corrupt_first_training_image, {}),
+    "label out of range": (lambda dl, dest: dl["training"][1].update(label=5) or "label 5 in", {}),
+    "missing weights": (
+        lambda dl, dest: "/nonexistent/vit.safetensors",
+        {"pretrained": "/nonexistent/vit.safetensors"},
+    ),
+    "empty validation split": (lambda dl, dest: dl.update(validation=[]) or "the validation split is empty", {}),
+    "empty training split": (lambda dl, dest: dl.update(training=[]) or "the training split is empty", {}),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_a_failed_run_ends_with_our_line(tiny_bundle_data, tmp_path, case):
+    """The last line on stderr names the file and the reason (MONAI's wrapper used to be last, the message 60-360
+    lines up); the traceback is still above it. Empty splits stop the run before anything is written."""
+    data_dir, weights = tiny_bundle_data
+    edit, extra = FAILURES[case]
+    named = []
+    data = _datalist_copy(data_dir, tmp_path / "data", lambda dl, dest: named.append(edit(dl, dest)))
+    bundle = tmp_path / "bundle"
+    done = subprocess.run(
+        _cli(bundle, data, weights, epochs=1, **extra), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0
+    assert lines[-1].startswith("fpt_monai: error: "), done.stderr[-3000:]
+    assert named[0] in lines[-1] and "Unexpected error" not in lines[-1], lines[-1]
+    if case == "label out of range" or case.startswith("empty"):
+        assert str(data / "datalist.json") in lines[-1]
+    assert "Traceback (most recent call last)" in done.stderr and "Failed to evaluate" in done.stderr
+    if case.startswith("empty"):
+        assert not bundle.exists()  # no model_config.json, no feature store
