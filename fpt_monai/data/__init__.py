@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fpt_monai.data.datalist import (
     SPLITS,
+    DatalistError,
     check_datalist,
     datalist_from_csv,
     datalist_from_image_folder,
@@ -26,7 +27,13 @@ from fpt_monai.data.feature_store import (
     MissingItemsError,
     StoreMismatchError,
 )
-from fpt_monai.data.image_check import UnreadableImagesError, check_images
+from fpt_monai.data.image_check import (
+    InferenceImages,
+    SkippedImagesError,
+    UnreadableImagesError,
+    check_images,
+    check_inference_images,
+)
 from fpt_monai.data.normalization import DATASET_STATS, backbone_stats, compute_mean_std, resolve_normalization
 from fpt_monai.data.preload import (
     PreloadReport,
@@ -38,9 +45,13 @@ from fpt_monai.data.preload import (
 from fpt_monai.data.tokens import LoadPreloadedTokensd
 
 __all__ = [
+    "InferenceImages",
+    "SkippedImagesError",
     "UnreadableImagesError",
     "check_images",
+    "check_inference_images",
     "DATASET_STATS",
+    "DatalistError",
     "DEMO_CLASSES",
     "SPLITS",
     "POOLED",

@@ -149,3 +149,65 @@ def test_inference_writes_heatmaps_at_the_original_size(trained, tmp_path):
     for png in pngs:
         heat = np.asarray(Image.open(png))
         assert heat.shape == (96, 96, 3) and heat.std() > 1
+
+
+def _bundle_with_a_corrupt_image(trained, tmp_path):
+    """A copy of the trained bundle's models and a folder of the test images plus one truncated PNG."""
+    import shutil
+
+    root, data_dir, weights = trained
+    bundle = tmp_path / "bundle"
+    shutil.copytree(root / "models", bundle / "models")
+    images = tmp_path / "images"
+    shutil.copytree(data_dir / "images" / "test", images)
+    good = sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file())
+    broken = images / "normal" / "broken.png"
+    broken.write_bytes(next(images.rglob("*.png")).read_bytes()[:80])
+    return bundle, images, weights, good, broken
+
+
+def test_unreadable_files_stop_inference_up_front_or_are_skipped_and_listed(trained, tmp_path):
+    bundle, images, weights, good, broken = _bundle_with_a_corrupt_image(trained, tmp_path)
+    listed = bundle / "eval" / "unreadable.csv"
+
+    wf = _inference(bundle, images, weights)
+    with pytest.raises(Exception) as info:  # before the model runs: every unreadable file, not the first one
+        wf.initialize()
+    text = error_text(info.value)
+    assert f"{listed}: 1 of {len(good) + 1} images cannot be read" in text and str(broken) in text
+    assert "--skip_unreadable true" in text
+    assert not (bundle / "eval" / "predictions.csv").exists()
+    rows = list(csv.DictReader(open(listed)))
+    assert [(r["id"], r["image"]) for r in rows] == [("normal/broken.png", str(broken))] and rows[0]["reason"]
+
+    wf = _inference(bundle, images, weights, skip_unreadable="true")
+    wf.initialize()
+    with pytest.raises(Exception) as info:  # the readable files are classified, then the run fails
+        wf.run()
+    text = error_text(info.value)
+    assert f"{listed}: 1 of {len(good) + 1} images were skipped as unreadable" in text and "--allow_skipped" in text
+    predicted = [r["id"] for r in csv.DictReader(open(bundle / "eval" / "predictions.csv"))]
+    assert sorted(predicted) == good
+
+    wf = _inference(bundle, images, weights, skip_unreadable="true", allow_skipped="true")
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    assert listed.is_file()
+
+    broken.unlink()  # all readable again: the old list goes
+    wf = _inference(bundle, images, weights)
+    wf.initialize()
+    assert not listed.exists()
+
+
+def test_skipped_files_end_the_cli_run_with_our_line(trained, tmp_path):
+    bundle, images, weights, good, _ = _bundle_with_a_corrupt_image(trained, tmp_path)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", INFER_CONFIG, "--meta_file", META]
+    cmd += ["--bundle_root", str(bundle), "--dataset_dir", str(images), "--pretrained", str(weights)]
+    cmd += ["--num_workers", "0", "--skip_unreadable", "true"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and "Traceback (most recent call last)" in done.stderr
+    assert lines[-1].startswith(f"fpt_monai: error: {bundle / 'eval' / 'unreadable.csv'}: 1 of "), lines[-1]
+    assert len(list(csv.DictReader(open(bundle / "eval" / "predictions.csv")))) == len(good)
