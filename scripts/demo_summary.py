@@ -31,4 +31,7 @@ def main(bundle_root: str) -> None:
 
 
 if __name__ == "__main__":
+    from fpt_monai.errors import install_excepthook
+
+    install_excepthook()  # our one-line error after the traceback
     main(sys.argv[1] if len(sys.argv) > 1 else "outputs/demo_bundle")

@@ -644,4 +644,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from fpt_monai.errors import install_excepthook
+
+    install_excepthook()  # our one-line error after the traceback
     main()

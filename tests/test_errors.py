@@ -88,14 +88,10 @@ def test_excepthook_prints_the_traceback_then_our_line(monkeypatch, capsys):
     assert calls[-1] is KeyboardInterrupt and capsys.readouterr().err == ""  # Ctrl-C as before
 
 
-def test_a_script_ends_with_our_line():
-    code = (
-        "import fpt_monai.excepthook\n"
-        "from fpt_monai.data import datalist_from_json\n"
-        "datalist_from_json('/no/such/datalist.json')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+def test_our_cli_ends_with_our_line(tmp_path):
+    cmd = [sys.executable, "-m", "fpt_monai.data.preload", "--datalist", "/no/such/datalist.json"]
+    done = subprocess.run(cmd + ["--store", str(tmp_path / "store")], cwd=REPO_ROOT, capture_output=True, text=True)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 1
-    assert lines[-1].startswith(PREFIX + "/no/such/datalist.json: no such datalist file. Point dataset_dir")
+    assert lines[-1].startswith(PREFIX + "/no/such/datalist.json: no such datalist file. Check the path"), lines[-1]
     assert "Traceback (most recent call last)" in done.stderr

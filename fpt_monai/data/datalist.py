@@ -246,8 +246,8 @@ def datalist_from_json(path: str | os.PathLike, base_dir: str | os.PathLike | No
         data = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise DatalistError(
-            f"{path}: no such datalist file. Point dataset_dir at the folder that holds datalist.json (write one with "
-            "fpt_monai.data.write_datalist)."
+            f"{path}: no such datalist file. Check the path (the bundle reads <dataset_dir>/datalist.json); "
+            "fpt_monai.data.write_datalist writes one."
         ) from err
     except (OSError, ValueError) as err:  # ValueError: JSONDecodeError and UnicodeDecodeError
         raise DatalistError(f"{path}: cannot read the datalist JSON ({err}). Fix or rewrite the file.") from err

@@ -216,4 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from fpt_monai.errors import install_excepthook
+
+    install_excepthook()  # our one-line error after the traceback
     main()

@@ -409,4 +409,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    from fpt_monai.errors import install_excepthook
+
+    install_excepthook()  # our one-line error after the traceback
     sys.exit(main())
