@@ -207,6 +207,8 @@ def check_inference_images(
             unreadable.append({"id": str(item.get("id", item["image"])), "image": str(item["image"]), "reason": why})
             continue
         out.extend(dict(item) if frame is None else {**item, "frame": frame} for frame in chosen)
+    if any("frame" in item for item in out):  # one batch must not mix items with and without a frame
+        out = [{**item, "frame": item.get("frame", 0)} for item in out]
     report = Path(report_file) if report_file is not None else None
     if report is not None:
         if unreadable:

@@ -83,9 +83,10 @@ def _stem(item_id: str) -> str:
 
 
 class HeatmapWriter:
-    """Write ``<output_dir>/heatmaps/<id>.png`` for every image an inference evaluator sees: the fine-grained
-    prompts' attention over the frozen model's selected tokens (:class:`~fpt_monai.networks.FPTExplainer`), blended
-    over the image at its original size. Costs one more pass of the frozen model per batch.
+    """Write ``<output_dir>/heatmaps/<id>.png`` (``<id>_frame<k>.png`` for a frame of a multi-frame image) for every
+    image an inference evaluator sees: the fine-grained prompts' attention over the frozen model's selected tokens
+    (:class:`~fpt_monai.networks.FPTExplainer`), blended over the image at its original size. Costs one more pass of
+    the frozen model per batch.
 
     Args:
         network: the evaluator's FPT (with its frozen model).
@@ -121,5 +122,8 @@ class HeatmapWriter:
             _, heatmaps = self.explainer.eval()(images.to(device))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for item, heat in zip(items, heatmaps, strict=True):
-            path = output_path(self.output_dir, _stem(str(item.get("id", len(self.written)))), ".png")
+            stem = _stem(str(item.get("id", len(self.written))))
+            if item.get("frame") is not None:  # one heatmap per frame of a multi-frame image (frames="every")
+                stem += f"_frame{int(torch.as_tensor(item['frame']).reshape(-1)[0])}"
+            path = output_path(self.output_dir, stem, ".png")
             self.written.append(save_heatmap(path, item[self.image_key], heat, self.mean, self.std))

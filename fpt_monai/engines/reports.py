@@ -32,19 +32,21 @@ __all__ = [
 
 
 class PredictionCollector:
-    """Collect ``pred`` (probabilities), ``label`` and the item ``id`` of every sample an evaluator sees."""
+    """Collect ``pred`` (probabilities), ``label``, the item ``id`` and, for a frame of a multi-frame image, its
+    ``frame`` of every sample an evaluator sees."""
 
     def __init__(self) -> None:
         self.probs: list[np.ndarray] = []
         self.labels: list[int] = []
         self.ids: list[str] = []
+        self.frames: list[int | None] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.reset())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def reset(self) -> None:
-        self.probs, self.labels, self.ids = [], [], []
+        self.probs, self.labels, self.ids, self.frames = [], [], [], []
 
     def __call__(self, engine: Engine) -> None:
         outputs, batch = engine.state.output, engine.state.batch
@@ -53,11 +55,14 @@ class PredictionCollector:
             label = out.get("label")
             self.labels.append(int(torch.as_tensor(label).reshape(-1)[0]) if label is not None else -1)
             self.ids.append(str(item.get("id", len(self.ids))))
+            frame = item.get("frame")
+            self.frames.append(int(torch.as_tensor(frame).reshape(-1)[0]) if frame is not None else None)
 
 
 class PredictionWriter(PredictionCollector):
     """Write per-image class probabilities and the predicted class name when the engine completes:
-    ``predictions.csv`` (``id, prediction, prob_<class>...``) and ``predictions.json``, atomically.
+    ``predictions.csv`` (``id, prediction, prob_<class>...``) and ``predictions.json``, atomically. When the items
+    are frames of multi-frame images (bundle inference with ``frames``), a ``frame`` column follows ``id``.
 
     Args:
         output_dir: where the files go.
@@ -76,21 +81,27 @@ class PredictionWriter(PredictionCollector):
     def write(self, engine: Engine | None = None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         records = []
-        for item_id, p in zip(self.ids, self.probs, strict=True):
+        with_frames = any(f is not None for f in self.frames)  # the column only where frames were chosen
+        for item_id, frame, p in zip(self.ids, self.frames, self.probs, strict=True):
             if len(p) != len(self.class_names):
                 raise ValueError(f"the model gives {len(p)} outputs but there are {len(self.class_names)} class names.")
             records.append(
                 {
                     "id": item_id,
+                    **({"frame": frame} if with_frames else {}),
                     "prediction": self.class_names[int(np.argmax(p))],
                     "probabilities": {c: float(v) for c, v in zip(self.class_names, p, strict=True)},
                 }
             )
         table = io.StringIO()
         writer = csv.writer(table)
-        writer.writerow(["id", "prediction", *[f"prob_{c}" for c in self.class_names]])
+        frame_column = ["frame"] if with_frames else []
+        writer.writerow(["id", *frame_column, "prediction", *[f"prob_{c}" for c in self.class_names]])
         for r in records:
-            writer.writerow([r["id"], r["prediction"], *[f"{v:.6f}" for v in r["probabilities"].values()]])
+            frame_value = [r["frame"]] if with_frames else []
+            writer.writerow(
+                [r["id"], *frame_value, r["prediction"], *[f"{v:.6f}" for v in r["probabilities"].values()]]
+            )
         atomic_write_text(self.output_dir / "predictions.csv", table.getvalue())
         atomic_write_text(self.output_dir / "predictions.json", json.dumps(records, indent=1))
 

@@ -211,3 +211,65 @@ def test_skipped_files_end_the_cli_run_with_our_line(trained, tmp_path):
     assert done.returncode != 0 and "Traceback (most recent call last)" in done.stderr
     assert lines[-1].startswith(f"fpt_monai: error: {bundle / 'eval' / 'unreadable.csv'}: 1 of "), lines[-1]
     assert len(list(csv.DictReader(open(bundle / "eval" / "predictions.csv")))) == len(good)
+
+
+def _multiframe_folder(trained, tmp_path):
+    """A copy of the trained bundle's models and a folder of one 3-frame DICOM clip (frames of different brightness,
+    written with pydicom) and one single-frame PNG."""
+    import shutil
+
+    import pydicom
+
+    from fpt_monai.data import write_dicom
+
+    root, data_dir, weights = trained
+    bundle = tmp_path / "bundle"
+    shutil.copytree(root / "models", bundle / "models")
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(next((data_dir / "images" / "test").rglob("*.png")), images / "still.png")
+    clip = write_dicom(images / "clip.dcm", np.zeros((96, 96), np.uint16))
+    ds = pydicom.dcmread(clip)
+    ramp = np.linspace(0, 1, 96)[None, :] * np.linspace(0, 1, 96)[:, None]
+    frames = np.stack([(ramp * scale * 4095).astype(np.uint16) for scale in (0.2, 0.6, 1.0)])
+    frames[2, :48] = 0  # not just brighter: a different picture
+    ds.NumberOfFrames = 3
+    ds.PixelData = frames.tobytes()
+    for key in ("WindowCenter", "WindowWidth"):
+        if key in ds:
+            del ds[key]
+    ds.save_as(clip)
+    return bundle, images, weights
+
+
+def test_multiframe_policies(trained, tmp_path):
+    bundle, images, weights = _multiframe_folder(trained, tmp_path)
+
+    wf = _inference(bundle, images, weights)  # refuse: the clip is named, with the policies to choose from
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    text = error_text(info.value)
+    assert "clip.dcm" in text and "multi-frame image with 3 frames" in text and "--frames" in text
+
+    def predictions(frames):
+        wf = _inference(bundle, images, weights, frames=frames)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        return list(csv.DictReader(open(bundle / "eval" / "predictions.csv")))
+
+    every = predictions("every")
+    assert [(r["id"], r["frame"]) for r in every] == [
+        ("clip.dcm", "0"),
+        ("clip.dcm", "1"),
+        ("clip.dcm", "2"),
+        ("still.png", "0"),
+    ]
+    probs = {r["frame"]: r["prob_normal"] for r in every if r["id"] == "clip.dcm"}
+    assert len(set(probs.values())) == 3  # three different frames were read
+    for policy, frame in (("first", "0"), ("middle", "1"), (2, "2")):
+        rows = predictions(policy)
+        assert [(r["id"], r["frame"]) for r in rows] == [("clip.dcm", frame), ("still.png", "0")], policy
+        assert rows[0]["prob_normal"] == probs[frame]  # the same frame gives the same prediction
+    records = json.loads((bundle / "eval" / "predictions.json").read_text())
+    assert records[0]["frame"] == 2
