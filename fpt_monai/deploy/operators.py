@@ -23,6 +23,7 @@ from fpt_monai.atomic import atomic_write_text
 from fpt_monai.deploy.dicom_input import CLASSIFIED, FAILED, SKIPPED, InputFile
 from fpt_monai.deploy.model import ExportedFPT
 from fpt_monai.safe_paths import output_path
+from fpt_monai.transforms import ImageReadError
 from fpt_monai.transforms.dicom_objects import frame_count, frame_indices
 
 __all__ = ["FPTClassifierOperator", "NoMatchingSeriesError"]
@@ -34,6 +35,15 @@ class NoMatchingSeriesError(RuntimeError):
 
 def _series_label(series) -> str:
     return f"Modality={series.Modality!r} SeriesDescription={getattr(series, 'SeriesDescription', '')!r}"
+
+
+def _reason(err: BaseException) -> str:
+    """The reader's message, not MONAI's ``applying transform <...>`` wrapper around it."""
+    chain = [err]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    ours = [e for e in chain if isinstance(e, ImageReadError)]
+    return str(ours[0] if ours else chain[-1]) or type(chain[-1]).__name__
 
 
 def _mean(probabilities: list[dict[str, float]]) -> dict[str, float]:
@@ -122,7 +132,7 @@ class FPTClassifierOperator(Operator):
                 picked = [None] if num_frames == 1 else frames  # a single-frame file is read as it is
                 tensors = [(k, self.model.preprocess(native.filename, k)) for k in picked]
             except Exception as err:  # any unreadable instance is reported with its reason, never dropped
-                reason = str(err).replace(str(native.filename), original).removeprefix(f"{original}: ")
+                reason = _reason(err).replace(str(native.filename), original).removeprefix(f"{original}: ")
                 verdicts[original] = {"status": FAILED, "reason": reason}
                 self.logger.warning("failed to classify %s", reason)
                 continue
