@@ -291,9 +291,15 @@ def run(
 
 
 def _error_line(err: BaseException) -> str:
-    """Details first, then ``fpt_monai: error: <file>: <reason>. <fix>`` as the last line."""
-    first, *details = str(err).splitlines() or [type(err).__name__]
-    return "\n".join([*details, f"fpt_monai: error: {first}"])
+    """Details first, then ``fpt_monai: error: <file>: <reason>. <fix>`` as the last line (our errors put the file,
+    the reason and the fix in their first line and a listing below it)."""
+    from fpt_monai.errors import PREFIX, error_line, find_error, is_ours
+
+    cause = find_error(err)
+    if not is_ours(cause):
+        return error_line(err)
+    first, *details = str(cause).splitlines() or [type(cause).__name__]
+    return "\n".join([*details, f"{PREFIX}{first}"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("incomplete run", exc_info=True)
         print(_error_line(err), file=sys.stderr)
         return 2
-    except Exception as err:  # one clear last line for the operator of the pipeline; the traceback at DEBUG
-        log.debug("failed", exc_info=True)
+    except Exception as err:  # one clear last line for the operator of the pipeline
+        from fpt_monai.errors import find_error, is_ours
+
+        # ours name the file and the fix: their traceback only at DEBUG; anything else shows where it happened
+        log.log(logging.DEBUG if is_ours(find_error(err)) else logging.ERROR, "failed", exc_info=True)
         print(_error_line(err), file=sys.stderr)
         return 1
     for study in output["studies"]:
