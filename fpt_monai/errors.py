@@ -92,31 +92,45 @@ def _message(exc: BaseException) -> str:
         text = repr(exc.args[0])  # KeyError's str() is already the repr of its key
     else:
         text = str(exc)
-    if _WORKER_TRACEBACK in text:  # re-raised from a DataLoader worker: keep the original message only
-        text = text.rsplit("\n", 1)[-1] if text.strip() else text
-        name = type(exc).__name__ + ": "
-        text = text.split(name, 1)[1] if name in text else text
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if len(lines) > _MAX_LINES:
         lines = [*lines[: _MAX_LINES - 2], f"... ({len(lines) - _MAX_LINES + 1} more lines above) ...", lines[-1]]
     return " ".join(lines)
 
 
+def _worker_error(text: str) -> tuple[str, str] | None:
+    """``(type name, message)`` of the most specific error in the traceback text that torch's DataLoader puts in the
+    error it re-raises from a worker: the first of fpt_monai, else the first of the chain (its root cause)."""
+    found = []
+    for line in text.split(_WORKER_TRACEBACK, 1)[1].splitlines():
+        name, sep, message = line.partition(": ")
+        if sep and not line[:1].isspace() and name.replace(".", "").replace("_", "").isalnum():
+            found.append((name, message.strip()))
+    ours = [pair for pair in found if _in_package(pair[0], _PACKAGE)]
+    return (ours or found or [None])[0]
+
+
 def error_line(exc: BaseException) -> str:
     """One line for the end of a failed run: ``fpt_monai: error: <message>``.
 
-    The message is the one of :func:`find_error`. Ours name the file, the reason and the fix; any other gets its
-    exception type and a hint that the traceback shows where it happened (an ``OSError`` names its file first). Multi-line messages are joined (and
-    shortened past a few lines).
+    The message is the one of :func:`find_error` (for an error re-raised from a DataLoader worker, the one of ours in
+    the worker's traceback). Ours name the file, the reason and the fix; any other gets its exception type and a hint
+    that the traceback shows where it happened (an ``OSError`` names its file first). Multi-line messages are joined
+    (and shortened past a few lines).
 
     Args:
         exc: the exception that ended the run.
     """
     error = find_error(exc)
-    message = _message(error)
-    if is_ours(error) and message:
+    message, name = _message(error), type(error).__name__
+    worker = _worker_error(str(error)) if _WORKER_TRACEBACK in str(error) else None
+    if worker is not None:  # re-raised from a DataLoader worker: the chain is only text
+        name, message = worker[0].rsplit(".", 1)[-1], worker[1]
+        if _in_package(worker[0], _PACKAGE) and message:
+            return PREFIX + message
+    elif is_ours(error) and message:
         return PREFIX + message
-    text = f"{message.rstrip('.')} ({type(error).__name__})" if message else type(error).__name__
+    text = f"{message.rstrip('.')} ({name})" if message else name
     return f"{PREFIX}{text}. {_UNEXPECTED}"
 
 

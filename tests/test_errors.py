@@ -95,3 +95,18 @@ def test_our_cli_ends_with_our_line(tmp_path):
     assert done.returncode == 1
     assert lines[-1].startswith(PREFIX + "/no/such/datalist.json: no such datalist file. Check the path"), lines[-1]
     assert "Traceback (most recent call last)" in done.stderr
+
+
+def test_errors_from_dataloader_workers_are_found_in_their_text(tmp_path):
+    from monai.data import DataLoader, Dataset
+
+    from fpt_monai.transforms import LoadMedicalImaged
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    loader = DataLoader(Dataset([{"image": str(broken)}], transform=LoadMedicalImaged("image")), num_workers=1)
+    with pytest.raises(Exception) as info:
+        next(iter(loader))
+    assert "Original Traceback" in str(info.value)  # torch keeps the worker's chain only as text
+    line = error_line(_wrapped(info.value))
+    assert line.startswith(f"{PREFIX}{broken}: ") and "Unexpected" not in line, line
