@@ -184,3 +184,25 @@ def test_a_malicious_sop_instance_uid_cannot_write_outside_the_output_folder(exp
     assert record["sop_instance_uid"] == evil  # reported as it is, only the file name is sanitised
     heatmap = (out / record["heatmap"]).resolve()
     assert heatmap.is_file() and heatmap.parent == (out / "heatmaps").resolve()
+
+
+def test_cli_errors_end_with_one_line_naming_the_input_and_write_nothing(exported_tiny_bundle, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    models = exported_tiny_bundle[0] / "models"
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    (folder / "report.dcm").write_bytes(open(get_testdata_file("reportsi.dcm"), "rb").read())
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(folder), "-o", str(out), "-m", str(models)]
+    done = subprocess.run(base, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"fpt_monai: error: {folder}: no DICOM image to classify (1 skipped). Pass a folder with DICOM image "
+        "instances (files with the DICM marker); re-export or remove the failed files."
+    )
+    assert not out.exists() or list(out.iterdir()) == []
+    done = subprocess.run([*base, "--frames", "all"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("fpt_monai: error: unknown multi-frame policy 'all'")
