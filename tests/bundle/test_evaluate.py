@@ -54,3 +54,19 @@ def test_evaluate_without_training_names_the_checkpoint(tmp_path, tiny_bundle_da
         _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, data_dir, weights, mode="online")
     text = error_text(info.value)
     assert "model.pt" in text and "train first" in text
+
+
+def test_evaluate_an_empty_split_names_the_datalist_before_writing(tmp_path, tiny_bundle_data):
+    import shutil
+
+    data_dir, weights = tiny_bundle_data
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    datalist = json.loads((data / "datalist.json").read_text())
+    datalist["test"] = []
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    with pytest.raises(Exception) as info:
+        _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path / "bundle", data, weights, mode="online")
+    text = error_text(info.value)
+    assert str(data / "datalist.json") in text and "the test split is empty" in text
+    assert not (tmp_path / "bundle" / "eval").exists()
