@@ -88,7 +88,7 @@ def test_wrong_num_classes_and_missing_dataset(tmp_path, tiny_bundle_data):
     wf = _workflow(tmp_path, data_dir, weights, num_classes=3)
     with pytest.raises(Exception) as info:
         wf.initialize()
-    assert "set num_classes to 2" in error_text(info.value)
+    assert "Set num_classes to 2" in error_text(info.value)
     wf = _workflow(tmp_path, tmp_path / "no_such_dataset", weights)
     with pytest.raises(Exception) as info:
         wf.initialize()
