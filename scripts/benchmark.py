@@ -14,6 +14,7 @@ size and device:
 Usage::
 
     python scripts/benchmark.py --backbone vit_base_patch16_384 --img-size 512 --batch-size 16 --device cuda
+    python scripts/benchmark.py ... --attention eager   # timm without fused attention: the papers' denominator
 
 Writes ``<out-dir>/benchmark.{md,csv,json,png}`` and prints the Markdown table.
 """
@@ -99,7 +100,8 @@ def worker(method: str, args) -> dict:
     labels = torch.randint(0, args.num_classes, (B,), device=device)
     if fpt:
         side = torch.randn(B, 3, net.side_img_size, net.side_img_size, device=device)
-        keys = torch.randn(B, *net.token_shape, device=device).half()
+        # made in fp16 directly: an fp32 temporary would count in the peak memory (a store batch is read as fp16)
+        keys = torch.randn(B, *net.token_shape, device=device, dtype=torch.float16)
         values = torch.randn_like(keys)
         inputs = (side,)
         kwargs = {"image_side": side, "keys": keys, "values": values}
@@ -130,6 +132,8 @@ def worker(method: str, args) -> dict:
     step_s = (time.perf_counter() - start) / args.steps
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_peak_mb() - base_rss
 
+    if args.no_inference:
+        return _row(method, count, peak_mb, step_s, None, net, fpt, B)
     # inference: the one-tensor forward at the LPM resolution (FPT with its frozen model)
     infer_net = (
         FPT(
@@ -155,6 +159,14 @@ def worker(method: str, args) -> dict:
         if cuda:
             torch.cuda.synchronize(device)
     infer_img_s = B * args.steps / (time.perf_counter() - start)
+    return _row(method, count, peak_mb, step_s, infer_img_s, net, fpt, B)
+
+
+def _row(method: str, count, peak_mb: float, step_s: float, infer_img_s, net, fpt: bool, batch: int) -> dict:
+    import math
+
+    from timm.layers import use_fused_attn
+
     return {
         "method": method,
         "trainable": count.trainable,
@@ -162,9 +174,10 @@ def worker(method: str, args) -> dict:
         "trainable_pct": count.ratio,
         "peak_train_memory_mb": peak_mb,
         "step_s": step_s,
-        "train_img_s": B / step_s,
+        "train_img_s": batch / step_s,
         "infer_img_s": infer_img_s,
-        "store_bytes_per_image": 2 * int(torch.tensor(net.token_shape).prod()) * 2 if fpt else None,
+        "store_bytes_per_image": 2 * math.prod(net.token_shape) * 2 if fpt else None,
+        "timm_fused_attention": bool(use_fused_attn()),  # what --attention set, as timm in the worker saw it
     }
 
 
@@ -205,6 +218,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default=None)
     p.add_argument("--out-dir", default="outputs/benchmark")
+    p.add_argument(
+        "--attention",
+        choices=("sdpa", "eager"),
+        default="sdpa",
+        help="timm attention of the baselines: fused SDPA, or eager (TIMM_FUSED_ATTN=0, the papers' protocol)",
+    )
+    p.add_argument("--no-inference", action="store_true", help="measure training only")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device is None:
@@ -228,7 +248,11 @@ def main() -> None:
             [sys.executable, __file__, *argv, "--device", args.device, "--worker", method],
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            env={
+                **os.environ,
+                "PYTHONWARNINGS": "ignore",
+                "TIMM_FUSED_ATTN": "0" if args.attention == "eager" else "1",
+            },
         )
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -246,7 +270,7 @@ def main() -> None:
     header = (
         f"{args.backbone} @ {args.img_size} px, batch {args.batch_size}, {args.num_classes} classes, "
         f"{args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}, "
-        f"{torch.get_num_threads()} threads), fp32 unless noted, torch {torch.__version__}"
+        f"{torch.get_num_threads()} threads), fp32 unless noted, {args.attention} attention, torch {torch.__version__}"
     )
     lines = [
         header,
@@ -261,7 +285,7 @@ def main() -> None:
             + (f"{r['memory_pct']:.2f}" if r["memory_pct"] is not None else "-")
             + f" | {r['step_s']:.3f} | {r['train_img_s']:.2f} | "
             + (f"{r['speedup_vs_full']:.1f}" if r["speedup_vs_full"] is not None else "-")
-            + f" | {r['infer_img_s']:.2f} | "
+            + (f" | {r['infer_img_s']:.2f} | " if r["infer_img_s"] is not None else " | - | ")
             + (f"{r['store_bytes_per_image']:,}" if r["store_bytes_per_image"] else "-")
             + " |"
         )

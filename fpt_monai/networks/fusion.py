@@ -125,19 +125,23 @@ class FusionModule(nn.Module):
         return torch.softmax(q.unsqueeze(0) @ keys.transpose(-2, -1) * self.head_dim**-0.5, dim=-1)
 
     def forward(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Fine-grained prompts ``[B, L, P, side_dim]`` from keys/values ``[B, L, H, k, head_dim]``."""
+        """Fine-grained prompts ``[B, L, P, side_dim]`` from keys/values ``[B, L, H, k, head_dim]``.
+
+        Half-precision tokens (as read from the feature store) are never copied to fp32 for the whole batch: on CUDA
+        the attention runs in their dtype (the prompts are cast, fp32 softmax inside the fused kernel); on CPU a
+        layer-by-layer kernel upcasts one layer at a time and keeps only the fp16 tokens and the ``[B, L, H, P, k]``
+        probabilities for backward.
+        """
         B = keys.shape[0]
         q = self.queries()
-        keys = keys.to(q.dtype)
-        values = values.to(q.dtype)
         L, H, P = q.shape[0], q.shape[1], q.shape[2]
-        k, hs = keys.shape[3], keys.shape[4]
-        # 4-D attention over (batch x layer): the same maths, and what every kernel and the ONNX exporter support
-        ctx = F.scaled_dot_product_attention(
-            q.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(B * L, H, P, hs),
-            keys.reshape(B * L, H, k, hs),
-            values.reshape(B * L, H, k, hs),
-        )
+        hs = keys.shape[4]
+        if keys.dtype != q.dtype and keys.is_cuda:
+            ctx = self._sdpa(q.to(keys.dtype), keys, values.to(keys.dtype)).to(q.dtype)
+        elif keys.dtype != q.dtype and torch.is_grad_enabled() and q.requires_grad and not torch.jit.is_tracing():
+            ctx = _LayerwisePromptAttention.apply(q, keys, values, self.head_dim**-0.5)
+        else:
+            ctx = self._sdpa(q, keys.to(q.dtype), values.to(q.dtype))
         ctx = ctx.reshape(B, L, H, P, hs).transpose(2, 3).reshape(B, L, P, self.lpm_dim)
         if self.residual == "pre_proj":
             out = self.out_proj(ctx + self.prompts)
@@ -148,3 +152,49 @@ class FusionModule(nn.Module):
                 return self.dropout(out) + self.prompts
             out = out + self.prompts
         return self.dropout(out)
+
+    @staticmethod
+    def _sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Prompt attention ``[B, L, H, P, head_dim]`` as 4-D SDPA over (batch x layer): the same maths, and what
+        every kernel and the ONNX exporter support."""
+        B, L, H, k, hs = keys.shape
+        P = q.shape[2]
+        ctx = F.scaled_dot_product_attention(
+            q.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(B * L, H, P, hs),
+            keys.reshape(B * L, H, k, hs),
+            values.reshape(B * L, H, k, hs),
+        )
+        return ctx.reshape(B, L, H, P, hs)
+
+
+class _LayerwisePromptAttention(torch.autograd.Function):
+    """``softmax(q K^T * scale) V`` for batch-shared prompts ``q [L, H, P, d]`` and constant half-precision tokens
+    ``K, V [B, L, H, k, d]``: each layer's tokens are upcast only while that layer is computed, and backward keeps the
+    half tensors and the probabilities ``[B, L, H, P, k]`` (P = 16 prompts against d = 64 per token: a quarter of the
+    elements of K) instead of fp32 copies of K and V."""
+
+    @staticmethod
+    def forward(ctx, q, keys, values, scale):  # type: ignore[override]
+        dtype = q.dtype
+        probs = keys.new_empty(keys.shape[:3] + (q.shape[2], keys.shape[3]), dtype=dtype)
+        out = keys.new_empty(keys.shape[:3] + (q.shape[2], keys.shape[4]), dtype=dtype)
+        for layer in range(keys.shape[1]):
+            scores = torch.matmul(q[layer], keys[:, layer].to(dtype).transpose(-2, -1)).mul_(scale)
+            torch.softmax(scores, dim=-1, out=probs[:, layer])
+            torch.matmul(probs[:, layer], values[:, layer].to(dtype), out=out[:, layer])
+        ctx.save_for_backward(keys, values, probs)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        keys, values, probs = ctx.saved_tensors
+        dtype = probs.dtype
+        grad_q = grad_out.new_empty(probs.shape[1:4] + (keys.shape[4],))
+        for layer in range(keys.shape[1]):
+            p = probs[:, layer]
+            dp = torch.matmul(grad_out[:, layer], values[:, layer].to(dtype).transpose(-2, -1))
+            ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+            # the prompts are shared by the batch: sum the per-sample gradients
+            grad_q[layer] = torch.matmul(ds, keys[:, layer].to(dtype)).sum(dim=0).mul_(ctx.scale)
+        return grad_q, None, None, None

@@ -117,6 +117,37 @@ def test_low_precision_tokens_are_accepted():
     torch.testing.assert_close(out16, m(keys.half().float(), keys.half().float()))
 
 
+@pytest.mark.parametrize("variant", [FPT_PLUS, FPT])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_tokens_train_like_fp32_copies_without_keeping_them(variant, dtype):
+    """Training from half-precision store tokens: outputs and every gradient equal those of the fp32 copies (the old
+    path), and backward keeps the half tokens themselves, not fp32 copies."""
+    torch.manual_seed(0)
+    cfg = {**variant, "num_layers": 3, "dropout": 0.0}
+    m = FusionModule(**cfg).train()
+    with torch.no_grad():
+        m.prompts.normal_(0, 0.5)  # peaked attention, not the uniform one at init
+    keys = (torch.randn(4, 3, 12, 40, 64) * 2).to(dtype)
+    values = torch.randn(4, 3, 12, 40, 64).to(dtype)
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = m(keys, values)
+    grads = torch.autograd.grad(out.square().sum(), list(m.parameters()))
+    assert any(t is keys for t in saved) and any(t is values for t in saved)
+    token_bytes = keys.numel() * keys.element_size()
+    assert all(t.numel() < keys.numel() or t.dtype == dtype for t in saved)  # no fp32 token copies kept
+    assert sum(t.numel() * t.element_size() for t in saved if t.ndim == 5 and t.dtype == torch.float32) < token_bytes
+
+    ref = m(keys.float(), values.float())  # the old path: fp32 copies, SDPA
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(m.parameters()))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # inference and export keep the one SDPA path
+        torch.testing.assert_close(m.eval()(keys, values), m(keys.float(), values.float()))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
