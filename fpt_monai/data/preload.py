@@ -30,7 +30,9 @@ from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.transforms.pipeline import fpt_transforms
 
 __all__ = [
+    "PRECISIONS",
     "PreloadReport",
+    "check_precision",
     "ensure_feature_store",
     "preload",
     "store_settings",
@@ -52,11 +54,32 @@ def weights_id(pretrained: bool | str) -> str:
     return f"sha256:{file_sha256(pretrained)}"
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device | str | None = None) -> torch.dtype | None:
+    """The autocast dtype of a preload precision (``None`` for fp32).
+
+    Raises:
+        ValueError: an unknown precision, or fp16 on a CPU (use bf16 there).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "fp16" and device is not None and torch.device(device).type == "cpu":
+        raise ValueError("precision 'fp16' needs a GPU: CPU autocast runs in bf16; use precision 'bf16' there.")
+    return PRECISIONS[precision]
+
+
 def store_settings(
-    extractor: FrozenViTExtractor, mean: Sequence[float], std: Sequence[float], weights: str | None = None
+    extractor: FrozenViTExtractor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    weights: str | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Everything that determines the stored tokens (compared when a store is opened); ``weights`` overrides the
-    identity of the extractor's weights (for an extractor built on the meta device)."""
+    identity of the extractor's weights (for an extractor built on the meta device); ``precision`` is the frozen
+    model's compute precision."""
     settings = {
         "backbone": extractor.backbone,
         "weights": weights if weights is not None else weights_id(extractor.pretrained),
@@ -72,6 +95,8 @@ def store_settings(
     }
     if extractor.layer_norm_eps_set:  # recorded only when set, so stores made before the option stay valid
         settings["layer_norm_eps"] = extractor.layer_norm_eps
+    if precision != "fp32":  # likewise: an fp32 store's settings are those of the stores made before the option
+        settings["precision"] = precision
     return settings
 
 
@@ -98,6 +123,7 @@ def preload(
     progress: bool = True,
     shard_prefix: str = "r000",
     fields: Sequence[str] = (TOKENS,),
+    precision: str = "fp32",
 ) -> PreloadReport:
     """Extract and store the tokens (and, if asked, the pooled features) of every item not yet in the store at
     ``store_dir``.
@@ -120,6 +146,9 @@ def preload(
         shard_prefix: shard name prefix (one per writer process).
         fields: what every item must have: ``"tokens"`` (always stored) and optionally ``"pooled"`` (needs an
             extractor built with ``pooled=True``).
+        precision: the frozen model's compute precision: ``"fp32"`` (default), ``"bf16"`` (autocast on CUDA and
+            CPUs) or ``"fp16"`` (CUDA). The token importance is computed from fp32 scores in every precision; the
+            precision is recorded in the store's settings (docs/benchmarks.md measures what it changes).
 
     Under ``torch.distributed`` (e.g. ``torchrun``) every rank calls this with the same items: rank 0 opens or
     creates the store, each rank extracts every ``world_size``-th missing item into its own shards (``r<rank>-*``),
@@ -127,6 +156,7 @@ def preload(
     """
     if dtype not in STORE_DTYPES:
         raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {dtype!r}.")
+    check_precision(precision, device)
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be positive.")
     fields = tuple(dict.fromkeys((TOKENS, *fields)))
@@ -137,7 +167,7 @@ def preload(
     ids = [str(item["id"]) for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("items repeat ids; build the datalist with fpt_monai.data (ids are relative paths).")
-    settings = store_settings(extractor, mean, std)
+    settings = store_settings(extractor, mean, std, precision=precision)
     rank, world = _dist_rank_world()
     if world > 1:  # rank 0 creates the store (and clears leftovers) before any rank writes; each rank writes its own
         if rank == 0:
@@ -173,6 +203,7 @@ def preload(
         len(items),
         skipped,
         fields,
+        precision,
     )
     if world == 1:
         return report
@@ -207,6 +238,7 @@ def _preload_pending(
     total,
     skipped,
     fields,
+    precision="fp32",
 ) -> PreloadReport:
     if not pending:
         return PreloadReport(store, 0, skipped)
@@ -223,6 +255,7 @@ def _preload_pending(
         pin_memory=device.type == "cuda",
     )
     store_dtype = getattr(torch, dtype)
+    autocast_dtype = check_precision(precision, device)
     want_pooled = POOLED in fields
     # one buffer per field: ids and rows still to be committed (an item may lack only some of its fields)
     buffers: dict[str, tuple[list[str], list[torch.Tensor]]] = {f: ([], []) for f in fields}
@@ -239,11 +272,14 @@ def _preload_pending(
     with torch.inference_mode():
         for batch in loader:
             image = batch["image"].to(device, non_blocking=True)
-            if want_pooled:
-                keys, values, pooled = extractor.forward_pooled(image)
-                outputs = {TOKENS: torch.stack([keys, values], dim=1), POOLED: pooled}
-            else:
-                outputs = {TOKENS: torch.stack(extractor(image), dim=1)}
+            with torch.autocast(
+                device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+            ):
+                if want_pooled:
+                    keys, values, pooled = extractor.forward_pooled(image)
+                    outputs = {TOKENS: torch.stack([keys, values], dim=1), POOLED: pooled.float()}
+                else:
+                    outputs = {TOKENS: torch.stack(extractor(image), dim=1)}
             for field, data in outputs.items():
                 need = [i for i, item_id in enumerate(batch["id"]) if not store.has(item_id, field)]
                 ids, rows = buffers[field]
@@ -271,6 +307,7 @@ def ensure_feature_store(
     device: str | torch.device | None = None,
     progress: bool = True,
     fields: Sequence[str] = (TOKENS,),
+    precision: str = "fp32",
 ) -> FeatureStore:
     """Return the feature store at ``store_dir`` holding ``fields`` of every item, preloading what is missing.
 
@@ -279,6 +316,7 @@ def ensure_feature_store(
     ``extractor_kwargs`` (:class:`FrozenViTExtractor` arguments), the missing items are preloaded, and the model is
     released before returning, so training never holds it in memory. ``fields`` may add ``"pooled"`` (the frozen
     model's pooled features, for a linear probe or FPT's hybrid head); a store built without them gets them added.
+    ``precision`` is the frozen model's compute precision (:func:`preload`).
     """
     import gc
 
@@ -287,7 +325,10 @@ def ensure_feature_store(
     if POOLED in fields:
         kwargs["pooled"] = True
     skeleton = FrozenViTExtractor.skeleton(**kwargs)
-    settings = store_settings(skeleton, mean, std, weights=weights_id(kwargs.get("pretrained", True)))
+    check_precision(precision)
+    settings = store_settings(
+        skeleton, mean, std, weights=weights_id(kwargs.get("pretrained", True)), precision=precision
+    )
     if Path(store_dir, "manifest.json").is_file():
         store = FeatureStore.open(store_dir, settings, dtype, skeleton.token_shape)
         if all(
@@ -307,6 +348,7 @@ def ensure_feature_store(
         device=device,
         progress=progress,
         fields=fields,
+        precision=precision,
     )
     del extractor
     gc.collect()
@@ -329,7 +371,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--token-importance", default="global", choices=["global", "class_token"])
     p.add_argument("--pos-interp", default="legacy", choices=["legacy", "timm"])
     p.add_argument("--normalization", default="auto", help="dataset name, auto, backbone, or JSON [mean, std]")
-    p.add_argument("--dtype", default="float16", choices=list(STORE_DTYPES))
+    p.add_argument("--dtype", default="float16", choices=list(STORE_DTYPES), help="stored dtype")
+    p.add_argument(
+        "--precision", default="fp32", choices=list(PRECISIONS), help="frozen model's compute precision (autocast)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=128)
@@ -391,6 +436,7 @@ def _main(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         fields=(TOKENS, POOLED) if args.pooled else (TOKENS,),
+        precision=args.precision,
     )
     if _dist_rank_world()[0] != 0:
         return 0

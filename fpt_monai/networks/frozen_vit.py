@@ -18,12 +18,18 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fpt_monai.networks.backbone import POS_INTERP_MODES, create_vit_backbone
 from fpt_monai.networks.layers import parse_layers
 from fpt_monai.networks.token_selection import TOKEN_IMPORTANCE_MODES, num_selected_tokens, select_important_tokens
 
 __all__ = ["FrozenViTExtractor"]
+
+
+def _autocast_active(device_type: str) -> bool:
+    """Whether autocast (bf16/fp16) is on for ``device_type``: the extractor then takes its reduced-precision path."""
+    return torch.is_autocast_enabled(device_type)
 
 
 class FrozenViTExtractor(nn.Module):
@@ -170,6 +176,8 @@ class FrozenViTExtractor(nn.Module):
         q, k = attn.q_norm(q), attn.k_norm(k)
         q = q * attn.scale
         chunk = self.query_chunk_size if self.query_chunk_size > 0 else N
+        if q.dtype != torch.float32 or _autocast_active(x.device.type):
+            return self._reduced_precision_attention(blk, x, y, q, k, v, need_output, chunk)
         importance = torch.zeros(B, attn.num_heads, N, device=x.device, dtype=torch.float32)
         outs = []
         for start in range(0, N, chunk):
@@ -189,6 +197,42 @@ class FrozenViTExtractor(nn.Module):
             importance = importance / N
         if need_output:
             out = torch.cat(outs, dim=2).transpose(1, 2).reshape(B, N, attn.attn_dim)
+            out = attn.norm(out)
+            if attn.gate is not None:
+                out = out * attn.gate(y).sigmoid()
+            x = x + blk.drop_path1(blk.ls1(attn.proj(out)))
+            x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+        return x, k, v, importance
+
+    def _reduced_precision_attention(
+        self,
+        blk: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        need_output: bool,
+        chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """bf16/fp16 (autocast) variant: the block output through the fused attention kernel, the importance
+        separately from fp32 scores in query chunks (half-precision scores would turn near-ties into flips)."""
+        attn = blk.attn
+        B, N, _ = x.shape
+        qf, kf = q.float(), k.float()
+        importance = torch.zeros(B, attn.num_heads, N, device=x.device, dtype=torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            for start in range(0, N, chunk):
+                probs = torch.softmax(qf[:, :, start : start + chunk] @ kf.transpose(-2, -1), dim=-1)
+                if self.importance_mode == "global":
+                    importance += probs.sum(dim=-2)
+                elif start == 0:
+                    importance = probs[:, :, 0]
+        if self.importance_mode == "global":
+            importance = importance / N
+        if need_output:
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # q is already scaled
+            out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)
             out = attn.norm(out)
             if attn.gate is not None:
                 out = out * attn.gate(y).sigmoid()

@@ -196,3 +196,24 @@ def test_pooled_features_are_added_to_an_existing_store_without_recomputing_toke
     assert (again.computed, again.skipped) == (0, 6)
     with pytest.raises(ValueError, match="pooled=True"):
         preload(items, _extractor(weights), tmp_path / "t", MEAN, STD, progress=False, fields=("pooled",))
+
+
+def test_reduced_precision_preload_is_recorded_and_not_mixed_with_fp32(demo, tmp_path):
+    root, dl, weights = demo
+    ext = _extractor(weights)
+    items = _all(dl)[:4]
+    fp32 = preload(items, ext, tmp_path / "fp32", MEAN, STD, batch_size=2, progress=False).store
+    bf16 = preload(items, ext, tmp_path / "bf16", MEAN, STD, batch_size=2, progress=False, precision="bf16").store
+    manifest = json.loads((tmp_path / "bf16" / "manifest.json").read_text())
+    assert manifest["settings"]["precision"] == "bf16"
+    assert "precision" not in json.loads((tmp_path / "fp32" / "manifest.json").read_text())["settings"]
+    for item in items:  # stored as fp16 whatever the compute precision
+        (k32, _), (k16, _) = fp32.get(item["id"]), bf16.get(item["id"])
+        assert k16.shape == k32.shape and k16.dtype == torch.float16 and bool(torch.isfinite(k16.float()).all())
+    # a store is built in one precision: continuing it in another is refused, naming the setting
+    with pytest.raises(StoreMismatchError, match="precision"):
+        preload(items, ext, tmp_path / "bf16", MEAN, STD, progress=False)
+    with pytest.raises(ValueError, match="fp16' needs a GPU"):
+        preload(items, ext, tmp_path / "fp16", MEAN, STD, progress=False, device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+        preload(items, ext, tmp_path / "x", MEAN, STD, progress=False, precision="int8")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpt_monai.networks import FrozenViTExtractor
+from fpt_monai.networks import FrozenViTExtractor, frozen_vit
 
 from ..conftest import TINY
 
@@ -132,3 +132,38 @@ def test_pooled_features_are_the_final_class_and_mean_patch_tokens():
     assert len(early.vit.blocks) == 10 and len(lpm.vit.blocks) == 12
     with pytest.raises(RuntimeError, match="pooled=True"):
         early.forward_pooled(x)
+
+
+@pytest.mark.parametrize("mode", ["global", "class_token"])
+def test_the_reduced_precision_path_computes_the_same_tokens(mode, monkeypatch):
+    """Under autocast the block output comes from the fused kernel and the importance from separate fp32 scores in
+    query chunks: on fp32 inputs that path must select exactly the reference's tokens."""
+    ext = FrozenViTExtractor(**TINY, pretrained=False, layers="2,7,11", token_ratio=0.3, token_importance=mode)
+    ext.query_chunk_size = 7
+    with torch.no_grad():  # peaked attention, as in trained models: random weights make near-uniform importance ties
+        for blk in ext.vit.blocks:
+            blk.attn.qkv.weight[: 2 * ext.vit.embed_dim] *= 4
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref_k, ref_v, ref_i = _reference_tokens(ext, x, ext.layers, ext.num_selected, mode)
+    calls = []
+    original = FrozenViTExtractor._reduced_precision_attention
+    monkeypatch.setattr(frozen_vit, "_autocast_active", lambda device_type: True)  # the autocast path, in fp32
+    monkeypatch.setattr(
+        FrozenViTExtractor, "_reduced_precision_attention", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    keys, values, idx = ext.select(x)
+    assert len(calls) == 3
+    assert torch.equal(idx, ref_i)
+    torch.testing.assert_close(keys, ref_k, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(values, ref_v, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_extraction_keeps_fp32_importance():
+    ext = FrozenViTExtractor(**TINY, pretrained=False, layers="6-11", token_ratio=0.3)
+    x = torch.randn(2, 3, 64, 64)
+    k32, v32, _ = ext.select(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        k16, v16, idx = ext.select(x)
+    assert k16.dtype == torch.bfloat16 and k16.shape == k32.shape and idx.shape == (2, 6, 3, 5)
+    assert bool(torch.isfinite(k16.float()).all()) and bool(torch.isfinite(v16.float()).all())
