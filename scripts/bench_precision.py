@@ -44,7 +44,7 @@ def _images(args) -> list[Path]:
     else:
         root = Path(tempfile.mkdtemp(prefix="bench_precision_"))
         make_demo_dataset(root, per_class=(args.num_images + 1) // 2, size=args.img_size)
-        files = sorted((root / "images").rglob("*.png"))
+        files = sorted(p for p in (root / "images").rglob("*") if p.name.lower().endswith(IMAGE_SUFFIXES))
     if not files:
         raise SystemExit(f"no images under {args.images}")
     return files[: args.num_images]

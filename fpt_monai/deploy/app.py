@@ -205,7 +205,8 @@ def run(
         NoMatchingSeriesError: no series matches the rules (nothing is written).
         IncompleteRunError: some files failed; ``output.json`` (with every file's verdict) is written, no SR.
     """
-    input_path, output_path = Path(input_path), Path(output_path)
+    # absolute: the SDK loader reports the files it read by path, and they are matched back to the originals
+    input_path, output_path = Path(input_path).absolute(), Path(output_path).absolute()
     frame_indices(1, frames)  # an unknown policy fails here, before the model loads
     rules_text = load_rules(rules)
     model = ExportedFPT(model_path, device=device, heatmaps=heatmaps)
