@@ -32,6 +32,18 @@ def _autocast_active(device_type: str) -> bool:
     return torch.is_autocast_enabled(device_type)
 
 
+def _finish_block(blk: nn.Module, x: torch.Tensor, y: torch.Tensor, heads_out: torch.Tensor) -> torch.Tensor:
+    """The rest of a timm block after its attention heads ``[B, H, N, head_dim]``: head merge, attention norm and
+    gate, projection, residuals and MLP (``y`` is the block's normalised input, which the gate reads)."""
+    attn = blk.attn
+    B, _, N, _ = heads_out.shape
+    out = attn.norm(heads_out.transpose(1, 2).reshape(B, N, attn.attn_dim))
+    if attn.gate is not None:
+        out = out * attn.gate(y).sigmoid()
+    x = x + blk.drop_path1(blk.ls1(attn.proj(out)))
+    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+
 class FrozenViTExtractor(nn.Module):
     """Frozen timm Vision Transformer that extracts the keys and values of its top-k tokens.
 
@@ -196,12 +208,7 @@ class FrozenViTExtractor(nn.Module):
         if self.importance_mode == "global":
             importance = importance / N
         if need_output:
-            out = torch.cat(outs, dim=2).transpose(1, 2).reshape(B, N, attn.attn_dim)
-            out = attn.norm(out)
-            if attn.gate is not None:
-                out = out * attn.gate(y).sigmoid()
-            x = x + blk.drop_path1(blk.ls1(attn.proj(out)))
-            x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+            x = _finish_block(blk, x, y, torch.cat(outs, dim=2))
         return x, k, v, importance
 
     def _reduced_precision_attention(
@@ -231,13 +238,7 @@ class FrozenViTExtractor(nn.Module):
         if self.importance_mode == "global":
             importance = importance / N
         if need_output:
-            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # q is already scaled
-            out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)
-            out = attn.norm(out)
-            if attn.gate is not None:
-                out = out * attn.gate(y).sigmoid()
-            x = x + blk.drop_path1(blk.ls1(attn.proj(out)))
-            x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+            x = _finish_block(blk, x, y, F.scaled_dot_product_attention(q, k, v, scale=1.0))  # q is already scaled
         return x, k, v, importance
 
     def extract_all(
