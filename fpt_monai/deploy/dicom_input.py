@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fpt_monai.transforms.dicom_objects import frame_count, non_image_reason
+from fpt_monai.transforms.dicom_objects import frame_count, has_pixel_data, non_image_reason
+from fpt_monai.transforms.io import has_dicom_marker
 
 __all__ = [
     "CLASSIFIED",
@@ -87,15 +88,6 @@ def relative_name(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _has_dicom_magic(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
-
-
 def _expected_pixel_bytes(ds) -> int:
     bits = int(ds.get("BitsAllocated", 8) or 8)
     values = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * frame_count(ds)
@@ -110,7 +102,7 @@ def loader_blockers(ds) -> list[str]:
 def _triage(path: Path) -> InputFile:
     import pydicom
 
-    if not _has_dicom_magic(path):
+    if not has_dicom_marker(path):
         return InputFile(path, SKIPPED, "not a DICOM file (no DICM marker)")
     try:
         ds = pydicom.dcmread(path, defer_size=1024)  # deferred: the pixels are checked by size, not loaded
@@ -135,7 +127,7 @@ def _triage(path: Path) -> InputFile:
         if missing:
             item.status, item.reason = FAILED, f"no {', '.join(missing)}: not a usable image instance"
             return item
-        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if not has_pixel_data(ds):
             item.status, item.reason = FAILED, "an image without pixel data (truncated or broken file)"
             return item
         item.frames = frame_count(ds)

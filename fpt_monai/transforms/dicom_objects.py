@@ -19,6 +19,7 @@ __all__ = [
     "MultiFrameError",
     "frame_count",
     "frame_indices",
+    "has_pixel_data",
     "non_image_reason",
 ]
 
@@ -64,6 +65,11 @@ def _non_image_class(sop_class: str) -> str | None:
     return None
 
 
+def has_pixel_data(ds) -> bool:
+    """Whether a dataset holds pixel data (integer, float or double float)."""
+    return any(k in ds for k in _PIXEL_KEYWORDS)
+
+
 def non_image_reason(ds) -> str | None:
     """Why a DICOM dataset is not an image to classify, or ``None`` for an image.
 
@@ -86,7 +92,7 @@ def non_image_reason(ds) -> str | None:
     modality = str(ds.get("Modality", "") or "").upper()
     if modality in _NON_IMAGE_MODALITIES:
         return f"a non-image object (Modality {modality})"
-    if not any(k in ds for k in _PIXEL_KEYWORDS):
+    if not has_pixel_data(ds):
         label = UID(sop_class).name if sop_class else "no SOP class"
         if "Image Storage" in label:  # an image without its pixels is a broken image, not another kind of object
             return None

@@ -28,6 +28,7 @@ __all__ = [
     "LoadMedicalImage",
     "LoadMedicalImaged",
     "image_format",
+    "has_dicom_marker",
     "image_frame_count",
     "read_image",
 ]
@@ -42,7 +43,8 @@ class ImageReadError(ValueError):
     """An image that cannot be used: unreadable, unsupported, or of the wrong shape. The message names the file."""
 
 
-def _is_dicom(path: Path) -> bool:
+def has_dicom_marker(path: str | os.PathLike) -> bool:
+    """Whether a file carries the DICOM Part 10 marker (``DICM`` after the 128-byte preamble)."""
     try:
         with open(path, "rb") as f:
             f.seek(128)
@@ -61,7 +63,7 @@ def image_format(path: str | os.PathLike) -> str | None:
         return "dicom"
     if name.endswith(PIL_SUFFIXES):
         return "pil"
-    if p.suffix == "" and _is_dicom(p):
+    if p.suffix == "" and has_dicom_marker(p):
         return "dicom"
     return None
 
@@ -239,7 +241,7 @@ def _read_dicom(path: Path, frame: int | str, window: Sequence[float] | None) ->
     """The image ``[C, H, W]`` in [0, 1] and the frame read, under the policy ``frame``."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    from fpt_monai.transforms.dicom_objects import frame_count, frame_indices, non_image_reason
+    from fpt_monai.transforms.dicom_objects import frame_count, frame_indices, has_pixel_data, non_image_reason
 
     # the pixel data stays on disk until decoded: non-image objects are recognised from the header alone
     ds = _read_dicom_dataset(path, defer_size=1024)
@@ -250,7 +252,7 @@ def _read_dicom(path: Path, frame: int | str, window: Sequence[float] | None) ->
             "input folder."
         )
     # an image SOP class without its pixels is a broken image, not another kind of object
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not has_pixel_data(ds):
         raise ImageReadError(f"{path}: DICOM image without pixel data (a broken export?). Re-export or remove it.")
     index = frame_indices(frame_count(ds), frame, path)[0]
     photometric, samples = _check_photometric(ds, path)
