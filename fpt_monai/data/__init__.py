@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 from fpt_monai.data.datalist import (
+    DEFAULT_SPLIT_FRACTIONS,
+    GROUP_KEY,
     SPLITS,
     DatalistError,
     check_datalist,
@@ -14,6 +16,7 @@ from fpt_monai.data.datalist import (
     datalist_from_json,
     datalist_from_medmnist,
     inference_items,
+    make_splits,
     write_datalist,
 )
 from fpt_monai.data.demo import DEMO_CLASSES, make_demo_dataset, synthetic_image, write_dicom
@@ -52,7 +55,9 @@ __all__ = [
     "check_inference_images",
     "DATASET_STATS",
     "DatalistError",
+    "DEFAULT_SPLIT_FRACTIONS",
     "DEMO_CLASSES",
+    "GROUP_KEY",
     "SPLITS",
     "POOLED",
     "STORE_DTYPES",
@@ -74,6 +79,7 @@ __all__ = [
     "ensure_feature_store",
     "inference_items",
     "make_demo_dataset",
+    "make_splits",
     "preload",
     "resolve_normalization",
     "store_settings",

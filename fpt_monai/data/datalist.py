@@ -4,15 +4,22 @@
 """MONAI datalists from the usual sources: an ImageFolder tree, a CSV, a datalist JSON, MedMNIST ``.npz`` files.
 
 A datalist is ``{"training": [...], "validation": [...], "test": [...], "classes": [...]}`` whose items are
-``{"image": path, "label": int, "id": str}``. Ids are unique and stable: the path relative to the dataset root (never
-the bare file stem, which collides across classes and splits in the reference implementation's preload cache).
+``{"image": path, "label": int, "id": str}`` (and ``"patient"`` when the source names one). Ids are unique and stable:
+the path relative to the dataset root (never the bare file stem, which collides across classes and splits in the
+reference implementation's preload cache). Sources without splits are split by :func:`make_splits` (stratified by
+class, grouped by patient, seeded). The command line writes ``datalist.json``::
+
+    python -m fpt_monai.data.datalist /data/my_dataset            # /data/my_dataset/<class>/<image>
+    python -m fpt_monai.data.datalist labels.csv --group-column patient_id --split 0.7,0.15,0.15
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +29,8 @@ from fpt_monai.atomic import atomic_write_text
 from fpt_monai.transforms.io import image_format
 
 __all__ = [
+    "DEFAULT_SPLIT_FRACTIONS",
+    "GROUP_KEY",
     "SPLITS",
     "DatalistError",
     "check_datalist",
@@ -30,10 +39,16 @@ __all__ = [
     "datalist_from_json",
     "datalist_from_medmnist",
     "inference_items",
+    "main",
+    "make_splits",
     "write_datalist",
 ]
 
 SPLITS = ("training", "validation", "test")
+# what a source without splits gets when the caller asks for a split without giving fractions (the command line)
+DEFAULT_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+# the item key that holds a patient (or any group) id: items that share it are kept in one split
+GROUP_KEY = "patient"
 _SPLIT_ALIASES = {
     "train": "training",
     "training": "training",
@@ -123,6 +138,180 @@ def check_datalist(
             )
 
 
+def _check_fractions(fractions: Sequence[float], where: str) -> tuple[float, ...]:
+    """The split fractions as floats that sum to exactly 1 (they may be off by 0.001, e.g. ``0.333`` three times)."""
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError) as err:
+        raise DatalistError(f"{where}split fractions {fractions!r} are not numbers; e.g. (0.6, 0.2, 0.2).") from err
+    if len(values) not in (2, 3):
+        raise DatalistError(
+            f"{where}{len(values)} split fractions {list(values)}; give 3 (training, validation, test), e.g. "
+            "(0.6, 0.2, 0.2), or 2 (training, validation), e.g. (0.8, 0.2)."
+        )
+    if not all(0.0 < f < 1.0 for f in values):
+        raise DatalistError(f"{where}split fractions {list(values)} must each lie between 0 and 1 (exclusive).")
+    if abs(sum(values) - 1.0) > 1e-3:
+        raise DatalistError(
+            f"{where}split fractions {list(values)} sum to {sum(values):g}, not 1; e.g. (0.6, 0.2, 0.2) or (0.8, 0.2)."
+        )
+    return tuple(f / sum(values) for f in values)
+
+
+def _class_name(label: int, class_names: Sequence[str] | None) -> str:
+    return repr(class_names[label]) if class_names is not None else f"label {label}"
+
+
+def make_splits(
+    items: Sequence[Mapping],
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    seed: int = 0,
+    group_key: str | None = GROUP_KEY,
+    class_names: Sequence[str] | None = None,
+    source: str | os.PathLike | None = None,
+) -> dict:
+    """Split items into training/validation(/test): stratified by class, grouped by patient, seeded.
+
+    Every class is split on its own, so each split holds its fraction of every class: within one item of
+    ``fraction * count`` when the items are not grouped. Items that share a ``group_key`` value (a patient) go to
+    the same split; groups are placed largest first, each into the split that most lacks its classes. Every class
+    gets at least one item (one patient) in every split: where rounding would leave a split without a class, one item
+    (the smallest group) of that class moves there from a split that has several.
+
+    The result depends only on the items and the seed, not on their order (items are sorted by ``id`` first), and
+    each split is sorted by ``id``.
+
+    Args:
+        items: ``{"image", "label", "id"}`` dicts (integer labels, unique ids), optionally with ``group_key``.
+        fractions: 3 fractions (training, validation, test) or 2 (training, validation; ``test`` is then empty),
+            each in (0, 1), summing to 1. Defaults to ``(0.6, 0.2, 0.2)``.
+        seed: the random seed of the assignment. Defaults to 0.
+        group_key: the item key with the patient (group) id; when items carry it, every item must, and no group is
+            split. ``None`` splits items one by one. Defaults to ``"patient"``.
+        class_names: names of the classes in label order: every class must have items, and ``classes`` is added to
+            the result. ``None``: the labels present are the classes (at least two).
+        source: the file or folder the items come from, named in the errors.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}`` (and ``"classes"`` when ``class_names`` is
+        given); the items are copies.
+
+    Raises:
+        DatalistError: bad fractions, bad or duplicate items, fewer than two classes, items with and without a
+            group, or a class with fewer items (patients) than splits.
+
+    Examples::
+
+        >>> items = [{"image": f"{i}.png", "label": i % 2, "id": f"{i}.png"} for i in range(20)]
+        >>> dl = make_splits(items, (0.6, 0.2, 0.2), seed=0, class_names=["benign", "malignant"])
+        >>> [len(dl[s]) for s in ("training", "validation", "test")]
+        [12, 4, 4]
+    """
+    head = f"{source}: " if source is not None else ""
+    fractions = _check_fractions(fractions, head)
+    splits = SPLITS[: len(fractions)]
+    items = sorted((dict(item) for item in items), key=lambda item: str(item.get("id", "")))
+    if not items:
+        raise DatalistError(f"{head}no items to split.")
+    seen: set[str] = set()
+    for item in items:
+        if "image" not in item or "label" not in item or "id" not in item:
+            raise DatalistError(f"{head}item {item} needs 'image', 'label' and 'id'.")
+        if str(item["id"]) in seen:
+            raise DatalistError(f"{head}duplicate item id {item['id']!r}; ids must be unique (the relative path).")
+        seen.add(str(item["id"]))
+    check_datalist({"training": items}, len(class_names) if class_names is not None else None, source=source)
+    labels = sorted({int(item["label"]) for item in items})
+    num_classes = len(class_names) if class_names is not None else max(labels) + 1
+    present = list(range(num_classes)) if class_names is not None else labels
+    if len(present) < 2:
+        raise DatalistError(
+            f"{head}all {len(items)} items have {_class_name(labels[0], class_names)}; a classifier needs at least "
+            "two classes. Add the images of the other classes."
+        )
+
+    grouped = group_key is not None and any(group_key in item for item in items)
+    groups: dict[str, list[dict]] = {}
+    for item in items:
+        if grouped:
+            value = str(item.get(group_key, "")).strip()
+            if not value:
+                raise DatalistError(
+                    f"{head}item {item['id']!r} has no {group_key!r} while others have one; give every item its "
+                    f"{group_key} id (or none, to split image by image)."
+                )
+        else:
+            value = str(item["id"])
+        groups.setdefault(value, []).append(item)
+    names = sorted(groups)
+    counts = {g: np.bincount([int(i["label"]) for i in groups[g]], minlength=num_classes) for g in names}
+    unit = "patients" if grouped else "items"
+    fewer = (
+        "split into training and validation only (fractions (0.8, 0.2), --split 0.8,0.2), " if len(splits) > 2 else ""
+    )
+    for label in present:
+        n_items = sum(int(counts[g][label]) for g in names)
+        n_groups = sum(1 for g in names if counts[g][label])
+        if n_groups < len(splits):
+            of = f" of {n_groups} {group_key}s" if grouped else ""
+            raise DatalistError(
+                f"{head}class {_class_name(label, class_names)} has {n_items} images{of}: too few for at least one "
+                f"in each of the {len(splits)} splits ({', '.join(splits)}). Add images of this class, {fewer}or "
+                "leave the class out."
+            )
+
+    # scikit-learn's group splitters make k equal folds (StratifiedGroupKFold) or ignore the labels
+    # (GroupShuffleSplit), hence this greedy assignment to unequal fractions. Largest groups first (they are the
+    # hardest to place), in a seeded random order within one size.
+    rng = np.random.default_rng(seed)
+    order = [names[i] for i in rng.permutation(len(names))]
+    order.sort(key=lambda g: -len(groups[g]))
+    total = sum(counts.values())
+    target = np.outer(fractions, total)  # [split, class]: the wanted number of items
+    assigned = np.zeros_like(target)
+    where: dict[str, int] = {}
+    for g in order:
+        # the split whose missing items best match this group's classes; equal need: the earlier split
+        s = int(np.argmax((target - assigned) @ counts[g]))
+        where[g] = s
+        assigned[s] += counts[g]
+
+    # a class that rounding left out of a split gets one item (the smallest group) from a split that has several
+    for s in range(len(splits)):
+        for label in present:
+            if assigned[s, label]:
+                continue
+            holders = {t: [g for g in names if where[g] == t and counts[g][label]] for t in range(len(splits))}
+            candidates = [
+                g
+                for t in range(len(splits))
+                if len(holders[t]) > 1
+                for g in holders[t]
+                if all(sum(1 for h in names if where[h] == t and counts[h][c]) > 1 for c in np.flatnonzero(counts[g]))
+            ]
+            if not candidates:
+                raise DatalistError(
+                    f"{head}cannot give the {splits[s]} split an image of class {_class_name(label, class_names)} "
+                    f"without leaving another split without one of its classes ({unit} with several classes). Add "
+                    f"images of this class, {fewer}or leave the class out."
+                )
+            moved = min(
+                candidates, key=lambda g: (len(groups[g]), -(assigned[where[g], label] - target[where[g], label]), g)
+            )
+            assigned[where[moved]] -= counts[moved]
+            assigned[s] += counts[moved]
+            where[moved] = s
+
+    out = _empty()
+    for g in names:
+        out[splits[where[g]]].extend(groups[g])
+    for split in splits:
+        out[split].sort(key=lambda item: str(item["id"]))
+    if class_names is not None:
+        out["classes"] = list(class_names)
+    return out
+
+
 def _rel_id(path: Path, root: Path) -> str:
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
@@ -130,43 +319,104 @@ def _rel_id(path: Path, root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def datalist_from_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None = None) -> dict:
-    """Datalist from ``root/<split>/<class>/<image>`` (the reference repository's layout).
+def _is_image_file(path: Path, under: Path) -> bool:
+    return path.is_file() and not any(p.startswith(".") for p in path.relative_to(under).parts) and image_format(path)
+
+
+def _folder_layout(root: Path) -> tuple[dict[Path, str], list[Path]]:
+    """``(split folders -> split, class folders)`` at the top of ``root``; exactly one of them is non-empty.
+
+    Raises:
+        DatalistError: no such folder, no folders, images at the top, or split folders beside other folders.
+    """
+    if not root.is_dir():
+        raise DatalistError(f"{root}: dataset folder does not exist.")
+    folders = [c for c in sorted(root.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+    loose = [c.name for c in sorted(root.iterdir()) if _is_image_file(c, root)]
+    if loose:
+        raise DatalistError(
+            f"{root}: images directly in the dataset folder ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}"
+            "); put each in the folder of its class (root/<class>/<image>)."
+        )
+    split_dirs = {c: _SPLIT_ALIASES[c.name.lower()] for c in folders if c.name.lower() in _SPLIT_ALIASES}
+    class_dirs = [c for c in folders if c not in split_dirs]
+    if split_dirs and class_dirs:
+        raise DatalistError(
+            f"{root}: split folders {[c.name for c in split_dirs]} beside other folders {[c.name for c in class_dirs]}."
+            " Either put every class folder inside train/ val/ test/ (root/<split>/<class>/<image>), or have only "
+            "class folders (root/<class>/<image>) and let them be split."
+        )
+    if not folders:
+        raise DatalistError(
+            f"{root}: no class folders; expected root/<class>/<image> (split by make_splits) or root/<split>/<class>/"
+            "<image> with split folders train/ val/ test/."
+        )
+    return split_dirs, class_dirs
+
+
+def datalist_from_image_folder(
+    root: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    split_fractions: Sequence[float] | None = None,
+    seed: int = 0,
+) -> dict:
+    """Datalist from ``root/<split>/<class>/<image>`` (the reference repository's layout, its splits kept) or from
+    ``root/<class>/<image>`` (split by :func:`make_splits`, stratified by class).
 
     Split folders: ``train``, ``val`` (or ``valid``/``validation``) and ``test``; class index = position in the
     sorted union of class folder names across splits (or in ``class_names``), so all splits agree. Files are kept
-    when their suffix is a supported image type (or they are DICOM files without suffix); hidden files are ignored.
+    when their suffix is a supported image type (or they are DICOM files without suffix), in class folders and their
+    sub-folders; hidden files are ignored.
+
+    Args:
+        root: the dataset folder.
+        class_names: names of the classes in index order; defaults to the sorted class folder names.
+        split_fractions: training/validation(/test) fractions for a tree without split folders, e.g.
+            ``(0.6, 0.2, 0.2)``; required for such a tree, refused for a tree with split folders.
+        seed: the seed of the split.
 
     Raises:
-        ValueError: no split folders, an image outside a class folder, or a class folder not in ``class_names``.
+        DatalistError: a missing folder, images outside class folders, split folders beside class folders, a class
+            folder not in ``class_names``, a class-folder tree without ``split_fractions`` (or a split tree with
+            them), or a class too small to split.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root}: dataset folder does not exist.")
-    split_dirs = {}
-    for child in sorted(root.iterdir()):
-        if child.is_dir() and child.name.lower() in _SPLIT_ALIASES:
-            split_dirs[child] = _SPLIT_ALIASES[child.name.lower()]
-    if not split_dirs:
-        raise ValueError(f"{root}: expected split folders train/ val/ test/ with one folder per class inside.")
-    found = sorted({c.name for d in split_dirs for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")})
+    split_dirs, class_dirs = _folder_layout(root)
+    if split_dirs and split_fractions is not None:
+        raise DatalistError(
+            f"{root}: has split folders {[c.name for c in split_dirs]}, whose splits are kept; drop split_fractions "
+            "(--split), or move the class folders out of the split folders to split them anew."
+        )
+    if not split_dirs and split_fractions is None:
+        raise DatalistError(
+            f"{root}: class folders without train/ val/ test/ split folders; pass split_fractions=(0.6, 0.2, 0.2) to "
+            f"split them, stratified by class (command line: python -m fpt_monai.data.datalist {root})."
+        )
+    pools = split_dirs if split_dirs else {root: "training"}
+    found = sorted({c.name for d in pools for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")})
     classes = list(class_names) if class_names is not None else found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise ValueError(f"{root}: class folders {unknown} are not in class_names {classes}.")
+        raise DatalistError(f"{root}: class folders {unknown} are not in class_names {classes}.")
+    if not split_dirs and len(found) == 1:
+        raise DatalistError(
+            f"{root}: one class folder {found[0]!r}; a classifier needs at least two. Is the dataset one level down "
+            f"({root / found[0]}/<class>/<image>)?"
+        )
     out = _empty()
-    for split_dir, split in split_dirs.items():
+    for split_dir, split in pools.items():
         for entry in sorted(split_dir.iterdir()):
-            if entry.is_file() and not entry.name.startswith(".") and image_format(entry):
-                raise ValueError(f"{entry}: image directly in a split folder; put it in a class folder.")
+            if _is_image_file(entry, split_dir):
+                raise DatalistError(f"{entry}: image directly in a split folder; put it in a class folder.")
         for label, name in enumerate(classes):
             class_dir = split_dir / name
             if not class_dir.is_dir():
                 continue
             for path in sorted(class_dir.rglob("*")):
-                if path.is_file() and not any(p.startswith(".") for p in path.relative_to(class_dir).parts):
-                    if image_format(path):
-                        out[split].append({"image": str(path.resolve()), "label": label, "id": _rel_id(path, root)})
+                if _is_image_file(path, class_dir):
+                    out[split].append({"image": str(path.resolve()), "label": label, "id": _rel_id(path, root)})
+    if split_fractions is not None:
+        out = make_splits(out["training"], split_fractions, seed=seed, class_names=classes, source=root)
     out["classes"] = classes
     check_datalist(out, len(classes), source=root)
     return out
@@ -181,8 +431,11 @@ def datalist_from_csv(
     path_format: str = "{}",
     class_names: Sequence[str] | None = None,
     default_split: str = "training",
+    group_column: str | None = None,
+    split_fractions: Sequence[float] | None = None,
+    seed: int = 0,
 ) -> dict:
-    """Datalist from a CSV with an image path, a label and optionally a split per row.
+    """Datalist from a CSV with an image path, a label and optionally a split and a patient id per row.
 
     Args:
         csv_path: the CSV file (with a header row).
@@ -190,13 +443,22 @@ def datalist_from_csv(
         path_column: column with the image path (or an identifier turned into a path by ``path_format``).
         label_column: column with the label: an integer index, or a class name when ``class_names`` is given or
             the column is not numeric (then classes are the sorted unique names).
-        split_column: column with train/val/test; ``None`` (or a CSV without it) puts every row in ``default_split``.
+        split_column: column with train/val/test; ``None`` (or a CSV without it) puts every row in ``default_split``,
+            or splits the rows by ``split_fractions``.
         path_format: format string applied to the path column, e.g. ``"images/{}.jpg"`` for ISIC-style ids.
         class_names: names of the classes in index order.
-        default_split: split for rows without a split column.
+        default_split: split for rows without a split column (when ``split_fractions`` is not given).
+        group_column: column with the patient (or any group) id, stored as the items' ``"patient"``: a split by
+            ``split_fractions`` keeps each patient in one split, and a split column that puts one patient in two
+            splits is refused. Defaults to ``None`` (no patients).
+        split_fractions: training/validation(/test) fractions, e.g. ``(0.6, 0.2, 0.2)``, to split rows that have no
+            split column with :func:`make_splits` (stratified by class, grouped by patient).
+        seed: the seed of that split.
 
     Raises:
-        ValueError: missing columns, unknown class names or splits, duplicate paths (naming the CSV rows).
+        ValueError: missing columns, unknown class names or splits, duplicate paths (naming the CSV rows);
+            :class:`DatalistError` for a missing patient id, a patient in two splits, ``split_fractions`` with a
+            split column, or a class too small to split.
     """
     csv_path = Path(csv_path)
     root = Path(image_root) if image_root is not None else csv_path.parent
@@ -205,15 +467,21 @@ def datalist_from_csv(
     if not rows:
         raise ValueError(f"{csv_path}: no rows.")
     columns = set(rows[0])
-    for col in (path_column, label_column):
-        if col not in columns:
+    for col in (path_column, label_column, group_column):
+        if col is not None and col not in columns:
             raise ValueError(f"{csv_path}: no column {col!r} (columns: {sorted(columns)}).")
     use_split = split_column is not None and split_column in columns
+    if use_split and split_fractions is not None:
+        raise DatalistError(
+            f"{csv_path}: has a split column {split_column!r}, whose splits are kept; drop split_fractions (--split), "
+            "or pass split_column=None (--split-column '') to split the rows anew."
+        )
     raw = [r[label_column].strip() for r in rows]
     if class_names is None and not all(v.lstrip("-").isdigit() for v in raw):
         class_names = sorted(set(raw))
     out = _empty()
     seen: dict[str, int] = {}
+    patient_split: dict[str, tuple[str, int]] = {}
     for line, (row, value) in enumerate(zip(rows, raw, strict=True), start=2):
         if class_names is not None and not value.lstrip("-").isdigit():
             if value not in class_names:
@@ -227,7 +495,25 @@ def datalist_from_csv(
             raise ValueError(f"{csv_path} lines {seen[item_id]} and {line}: the same image {item_id!r} twice.")
         seen[item_id] = line
         split = _split_name(row[split_column], f"{csv_path} line {line}") if use_split else default_split
-        out[split].append({"image": str(path.resolve()), "label": label, "id": item_id})
+        item = {"image": str(path.resolve()), "label": label, "id": item_id}
+        if group_column is not None:
+            patient = (row[group_column] or "").strip()
+            if not patient:
+                raise DatalistError(
+                    f"{csv_path} line {line}: no {group_column!r}; every row needs its patient id (or leave out "
+                    "the patient column)."
+                )
+            first = patient_split.setdefault(patient, (split, line))
+            if first[0] != split:
+                raise DatalistError(
+                    f"{csv_path} lines {first[1]} and {line}: patient {patient!r} is in {first[0]} and {split}, so the "
+                    "model would be tested on a patient it was trained on. Put all rows of a patient in one split, "
+                    "or drop the split column and split by patient (split_fractions, --split)."
+                )
+            item[GROUP_KEY] = patient
+        out[split].append(item)
+    if split_fractions is not None:
+        out = make_splits(out[default_split], split_fractions, seed=seed, class_names=class_names, source=csv_path)
     if class_names is not None:
         out["classes"] = list(class_names)
     check_datalist(out, len(class_names) if class_names is not None else None, source=csv_path)
@@ -388,3 +674,224 @@ def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict
     if not items:
         raise ValueError(f"{source}: no supported image files (PNG/JPEG/BMP/TIFF/DICOM/NIfTI) found.")
     return items
+
+
+# ------------------------------------------------------------------------------------------------- command line
+_EPILOG = """examples:
+  # /data/my_dataset/<class>/<image>: a 60/20/20 split stratified by class -> /data/my_dataset/datalist.json
+  python -m fpt_monai.data.datalist /data/my_dataset
+  # a CSV (path,label[,split][,patient_id]): 70/15/15 by patient, so that no patient is in two splits
+  python -m fpt_monai.data.datalist /data/cxr/labels.csv --group-column patient_id --split 0.7,0.15,0.15
+  # ISIC-style ids in the CSV: the image of row "ISIC_0001" is images/ISIC_0001.jpg
+  python -m fpt_monai.data.datalist labels.csv --path-column isic_id --path-format "images/{}.jpg"
+  # a MedMNIST file: its splits as PNG files and the datalist -> ./breastmnist/
+  python -m fpt_monai.data.datalist breastmnist.npz
+
+A tree with split folders (train/ val/ test/) or a CSV with a split column keeps its splits. Then train with
+  python -m monai.bundle run training --config_file bundle/configs/train.yaml --dataset_dir <folder of datalist.json>
+"""
+_CSV_OPTIONS = {  # CLI option -> datalist_from_csv argument (their defaults there apply when not given)
+    "path_column": "--path-column",
+    "label_column": "--label-column",
+    "split_column": "--split-column",
+    "image_root": "--image-root",
+    "path_format": "--path-format",
+}
+
+
+def _fractions_arg(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers like 0.6,0.2,0.2") from err
+    return tuple(v / 100 for v in values) if values and abs(sum(values) - 100) < 0.1 else values  # 60,20,20
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fpt_monai.data.datalist",
+        description="Write the MONAI datalist (datalist.json) of an image folder, a CSV file or a MedMNIST .npz file; "
+        "a source without splits is split stratified by class (and by patient with --group-column).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source",
+        type=Path,
+        help="a folder <class>/<image> or <split>/<class>/<image>, a CSV file, or a MedMNIST .npz file",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="the datalist to write; defaults to datalist.json in the folder, beside the CSV, or in "
+        "<npz folder>/<name>/ (the bundle reads <dataset_dir>/datalist.json)",
+    )
+    p.add_argument(
+        "--split",
+        type=_fractions_arg,
+        metavar="FRACTIONS",
+        help="training,validation[,test] fractions for a source without splits; defaults to "
+        + ",".join(f"{f:g}" for f in DEFAULT_SPLIT_FRACTIONS),
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
+    p.add_argument("--classes", metavar="NAMES", help="class names in label order, e.g. normal,benign,malignant")
+    p.add_argument("--group-column", metavar="COLUMN", help="CSV column with the patient id: no patient in two splits")
+    p.add_argument("--path-column", metavar="COLUMN", help="CSV column with the image path (default: path)")
+    p.add_argument("--label-column", metavar="COLUMN", help="CSV column with the label (default: label)")
+    p.add_argument(
+        "--split-column",
+        metavar="COLUMN",
+        help="CSV column with train/val/test, used when present (default: split; '' to ignore it)",
+    )
+    p.add_argument("--image-root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)")
+    p.add_argument(
+        "--path-format", metavar="FORMAT", help='turns the CSV path column into a path, e.g. "images/{}.jpg"'
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing datalist file")
+    return p
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
+
+
+def _default_output(source: Path) -> Path:
+    if source.is_dir():
+        return source / "datalist.json"
+    if source.suffix.lower() == ".npz":  # the PNG files go beside the datalist
+        return source.parent / source.name.split(".")[0] / "datalist.json"
+    return source.parent / "datalist.json"
+
+
+def _build(args: argparse.Namespace, output: Path) -> tuple[dict, str]:
+    """The datalist of ``args.source`` and a line that says how it was split."""
+    source: Path = args.source
+    class_names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    csv_given = [flag for key, flag in _CSV_OPTIONS.items() if getattr(args, key) is not None]
+    if args.group_column is not None:
+        csv_given.append("--group-column")
+    if source.is_dir():
+        if csv_given:
+            raise DatalistError(f"{source}: {', '.join(csv_given)} apply to a CSV source, not to an image folder.")
+        split_dirs, _ = _folder_layout(source)
+        # --split with split folders is refused there (their splits are kept)
+        fractions = args.split or (None if split_dirs else DEFAULT_SPLIT_FRACTIONS)
+        datalist = datalist_from_image_folder(source, class_names, split_fractions=fractions, seed=args.seed)
+        if split_dirs:
+            return datalist, f"as given by the split folders {sorted({c.name for c in split_dirs})}"
+        return datalist, _split_line(fractions, args.seed, None)
+    if source.suffix.lower() == ".npz":
+        given = [f for f, v in (("--split", args.split), ("--classes", class_names)) if v is not None] + csv_given
+        if given:
+            raise DatalistError(
+                f"{source}: {', '.join(given)} do not apply to a MedMNIST file (it has its own splits and class names)."
+            )
+        return datalist_from_medmnist(source, output.parent), "as given by the MedMNIST file"
+    if source.suffix.lower() not in (".csv", ".tsv", ".txt"):
+        raise DatalistError(
+            f"{source}: not a folder, a .csv or a .npz file. Give the image folder, a CSV (path,label[,split]) or a "
+            "MedMNIST .npz file."
+        )
+    kwargs = {key: getattr(args, key) for key in _CSV_OPTIONS if getattr(args, key) is not None}
+    if kwargs.get("split_column") == "":
+        kwargs["split_column"] = None
+    split_column = kwargs.get("split_column", "split")
+    header = _csv_header(source)
+    has_split = split_column is not None and split_column in header
+    fractions = args.split or (None if has_split else DEFAULT_SPLIT_FRACTIONS)
+    datalist = datalist_from_csv(
+        source,
+        class_names=class_names,
+        group_column=args.group_column,
+        split_fractions=fractions,
+        seed=args.seed,
+        **kwargs,
+    )
+    if has_split:
+        return datalist, f"as given by the CSV's {split_column!r} column"
+    how = _split_line(fractions, args.seed, args.group_column)
+    patient_like = [c for c in header if any(w in c.lower() for w in ("patient", "subject"))]
+    if args.group_column is None and patient_like:
+        how += (
+            f"\nnote: the CSV has a column {patient_like[0]!r}; --group-column {patient_like[0]} keeps each "
+            "patient's images in one split."
+        )
+    return datalist, how
+
+
+def _split_line(fractions: Sequence[float], seed: int, group_column: str | None) -> str:
+    parts = "/".join(f"{100 * f:g}" for f in fractions)
+    by = f", by patient ({group_column})" if group_column else ""
+    return f"{parts} %, stratified by class{by}, seed {seed}"
+
+
+def _class_names(datalist: Mapping) -> list[str]:
+    """The datalist's ``classes``, else the labels ``0..max`` as names."""
+    labels = [int(i["label"]) for split in SPLITS for i in datalist.get(split, [])]
+    return list(datalist.get("classes") or [str(label) for label in range(max(labels, default=-1) + 1)])
+
+
+def _count_table(datalist: Mapping) -> str:
+    """Images per class and split (and patients per split when the items name them), as aligned text."""
+    items = {split: datalist.get(split, []) for split in SPLITS}
+    rows = [["class", *SPLITS, "total"]]
+    for label, name in enumerate(_class_names(datalist)):
+        row = [sum(1 for i in items[split] if int(i["label"]) == label) for split in SPLITS]
+        rows.append([name, *row, sum(row)])
+    totals = [len(items[split]) for split in SPLITS]
+    rows.append(["total", *totals, sum(totals)])
+    if any(GROUP_KEY in i for split in SPLITS for i in items[split]):
+        patients = [len({i.get(GROUP_KEY) for i in items[split]}) for split in SPLITS]
+        rows.append(["patients", *patients, len({i.get(GROUP_KEY) for split in SPLITS for i in items[split]})])
+    widths = [max(len(str(row[k])) for row in rows) for k in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            str(v).ljust(w) if k == 0 else str(v).rjust(w) for k, (v, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (``python -m fpt_monai.data.datalist --help``): 0 when the datalist was written, 1 on an
+    error of ours (one line on stderr naming the file and the fix), 2 on bad arguments."""
+    args = _parser().parse_args(argv)
+    try:
+        if not args.source.exists():
+            raise DatalistError(
+                f"{args.source}: no such file or folder. Give an image folder, a CSV file or a MedMNIST .npz file."
+            )
+        output = args.output or _default_output(args.source)
+        if output.exists() and not args.force:  # checked before any work (a MedMNIST file writes its PNG files)
+            raise DatalistError(
+                f"{output}: a datalist already exists; pass --force to overwrite it (or -o another file)."
+            )
+        datalist, how = _build(args, output)
+        written = write_datalist(datalist, output).resolve()
+    except (ValueError, OSError) as err:
+        from fpt_monai.errors import error_line, find_error, is_ours
+
+        if not is_ours(find_error(err)):
+            raise  # a traceback shows where it happened (the excepthook adds the last line)
+        print(error_line(err), file=sys.stderr)
+        return 1
+    # the bundle reads <dataset_dir>/datalist.json; another file name is given as datalist_file
+    where = f"--dataset_dir {written.parent}" if written.name == "datalist.json" else f"--datalist_file {written}"
+    print(_count_table(datalist))
+    print(f"splits: {how}")
+    print(f"wrote {written}")
+    print(
+        "next: python -m monai.bundle run training --config_file bundle/configs/train.yaml "
+        f"--bundle_root outputs/my_run {where} --num_classes {len(_class_names(datalist))}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from fpt_monai.data.datalist import main as _main  # the package's module, not this __main__ copy of it
+    from fpt_monai.errors import install_excepthook
+
+    install_excepthook()  # our one-line error after the traceback of an unexpected error
+    sys.exit(_main())

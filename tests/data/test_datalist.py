@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fpt_monai.data import (
+    DatalistError,
     check_datalist,
     datalist_from_csv,
     datalist_from_image_folder,
     datalist_from_json,
     datalist_from_medmnist,
+    make_splits,
     write_datalist,
 )
 
@@ -61,7 +65,7 @@ def test_image_folder_class_order_is_global(tmp_path):
 
 
 def test_image_folder_errors(tmp_path):
-    with pytest.raises(ValueError, match="split folders"):
+    with pytest.raises(DatalistError, match="no class folders"):
         datalist_from_image_folder(tmp_path)
     _png(tmp_path / "train" / "loose.png")
     with pytest.raises(ValueError, match=r"loose\.png: image directly in a split folder"):
@@ -168,3 +172,215 @@ def test_isic_csv_from_shared():
     )
     assert tuple(len(dl[s]) for s in ("training", "validation", "test")) == (334, 112, 111)
     assert all(__import__("os").path.isfile(it["image"]) for it in dl["test"])
+
+
+# ------------------------------------------------------------------------------------------------ make_splits
+SPLIT_NAMES = ("training", "validation", "test")
+
+
+def _items(counts, patients=None):
+    """Items with ``counts[label]`` images per label; ``patients``: the number of images per patient, cycled."""
+    items, patient, left = [], 0, 0
+    for label, n in enumerate(counts):
+        for i in range(n):
+            item = {"image": f"/x/{label}/{i}.png", "label": label, "id": f"{label}/{i:03d}.png"}
+            if patients is not None:
+                if left == 0:
+                    patient, left = patient + 1, patients[patient % len(patients)]
+                item["patient"] = f"P{patient:03d}"
+                left -= 1
+            items.append(item)
+    return items
+
+
+def _ids(datalist, split):
+    return [item["id"] for item in datalist[split]]
+
+
+@pytest.mark.parametrize("fractions", [(0.6, 0.2, 0.2), (0.7, 0.15, 0.15), (0.8, 0.2)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_make_splits_stratified_within_one_item(fractions, seed):
+    counts = (23, 11, 7)
+    items = _items(counts)
+    dl = make_splits(items, fractions, seed=seed)
+    assert sorted(i for s in SPLIT_NAMES for i in _ids(dl, s)) == sorted(i["id"] for i in items)  # each once
+    for split, fraction in zip(SPLIT_NAMES, fractions, strict=False):
+        per_class = Counter(item["label"] for item in dl[split])
+        for label, n in enumerate(counts):
+            assert abs(per_class[label] - fraction * n) <= 1, (split, label, per_class[label], fraction * n)
+    if len(fractions) == 2:
+        assert dl["test"] == []
+    assert all(_ids(dl, s) == sorted(_ids(dl, s)) for s in SPLIT_NAMES)
+
+
+def test_make_splits_is_deterministic_order_independent_and_seeded():
+    items = _items((20, 12, 9))
+    first = make_splits(items, seed=0, class_names=["a", "b", "c"])
+    shuffled = items[:]
+    random.Random(3).shuffle(shuffled)
+    assert make_splits(shuffled, seed=0, class_names=["a", "b", "c"]) == first
+    assert first["classes"] == ["a", "b", "c"]
+    other = make_splits(items, seed=1, class_names=["a", "b", "c"])
+    assert _ids(other, "training") != _ids(first, "training")
+    assert [len(other[s]) for s in SPLIT_NAMES] == [len(first[s]) for s in SPLIT_NAMES]  # same counts, other items
+    first["training"][0]["label"] = 99  # the result holds copies
+    assert all(item["label"] != 99 for item in items)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_make_splits_grouped_never_shares_a_patient(seed):
+    items = _items((40, 30, 14), patients=(1, 3, 2, 4, 1, 2))
+    rng = random.Random(seed)
+    for item in items[::5]:  # patients whose images have different labels
+        item["label"] = rng.randrange(3)
+    dl = make_splits(items, (0.6, 0.2, 0.2), seed=seed)
+    where = {}
+    for split in SPLIT_NAMES:
+        for item in dl[split]:
+            assert where.setdefault(item["patient"], split) == split, f"patient {item['patient']} in two splits"
+        assert {item["label"] for item in dl[split]} == {0, 1, 2}
+    assert sorted(i for s in SPLIT_NAMES for i in _ids(dl, s)) == sorted(i["id"] for i in items)
+    n = len(items)
+    for split, fraction in zip(SPLIT_NAMES, (0.6, 0.2, 0.2), strict=True):
+        assert abs(len(dl[split]) - fraction * n) <= 4, (split, len(dl[split]), fraction * n)  # patients of <= 4
+
+
+def test_make_splits_groups_change_the_split():
+    items = _items((30, 30), patients=(3,))
+    grouped = make_splits(items, seed=0)
+    ungrouped = make_splits(items, seed=0, group_key=None)
+    patients = [{i["patient"] for i in ungrouped[s]} for s in SPLIT_NAMES]
+    assert patients[0] & (patients[1] | patients[2])  # image by image, patients straddle splits here
+    grouped_patients = [{i["patient"] for i in grouped[s]} for s in SPLIT_NAMES]
+    assert not grouped_patients[0] & grouped_patients[1] and not grouped_patients[0] & grouped_patients[2]
+
+
+@pytest.mark.parametrize("patients", [None, (1,)])
+def test_make_splits_puts_every_class_in_every_split(patients):
+    # 3 images of class 1 at 90/5/5: rounding alone gives 3/0/0
+    dl = make_splits(_items((40, 3), patients=patients), (0.9, 0.05, 0.05), seed=0)
+    assert [Counter(i["label"] for i in dl[s])[1] for s in SPLIT_NAMES] == [1, 1, 1]
+
+
+def test_make_splits_errors():
+    with pytest.raises(DatalistError, match=r"class 'rare' has 2 images: too few .* 3 splits.*--split 0\.8,0\.2"):
+        make_splits(_items((10, 2)), class_names=["common", "rare"])
+    make_splits(_items((10, 2)), (0.5, 0.5))  # two splits: two images are enough
+    with pytest.raises(DatalistError, match=r"label 1 has 4 images of 2 patients: too few"):
+        make_splits(_items((10, 4), patients=(2,)))
+    with pytest.raises(DatalistError, match=r"class 'c' has 0 images"):
+        make_splits(_items((10, 10)), class_names=["a", "b", "c"])
+    with pytest.raises(DatalistError, match="at least two classes"):
+        make_splits(_items((10,)))
+    with pytest.raises(DatalistError, match=r"sum to 0\.9, not 1"):
+        make_splits(_items((10, 10)), (0.6, 0.2, 0.1))
+    with pytest.raises(DatalistError, match="between 0 and 1"):
+        make_splits(_items((10, 10)), (1.0, 0.0))
+    with pytest.raises(DatalistError, match="4 split fractions"):
+        make_splits(_items((10, 10)), (0.25, 0.25, 0.25, 0.25))
+    mixed = _items((10, 10), patients=(2,))
+    del mixed[3]["patient"]
+    with pytest.raises(DatalistError, match=r"item '0/003\.png' has no 'patient' while others have one"):
+        make_splits(mixed)
+    with pytest.raises(DatalistError, match=r"duplicate item id '0/000\.png'"):
+        make_splits(_items((10, 10)) + _items((1,)))
+    with pytest.raises(DatalistError, match="no items"):
+        make_splits([])
+    # 0.333 three times is 1 within the tolerance
+    assert sum(len(v) for k, v in make_splits(_items((9, 9)), (0.333, 0.333, 0.333)).items()) == 18
+
+
+def _class_tree(root, counts=(("benign", 10), ("malignant", 6), ("normal", 5))):
+    for name, n in counts:
+        for i in range(n):
+            _png(root / name / f"{i:03d}.png")
+    _png(root / "benign" / "sub" / "nested.png")  # sub-folders of a class folder belong to it
+    (root / "benign" / "notes.txt").write_text("not an image")
+
+
+def test_image_folder_without_split_folders(tmp_path):
+    _class_tree(tmp_path)
+    with pytest.raises(DatalistError, match=r"without train/ val/ test/ split folders; pass split_fractions"):
+        datalist_from_image_folder(tmp_path)
+    dl = datalist_from_image_folder(tmp_path, split_fractions=(0.6, 0.2, 0.2), seed=0)
+    assert dl["classes"] == ["benign", "malignant", "normal"]
+    ids = [i for s in SPLIT_NAMES for i in _ids(dl, s)]
+    assert len(ids) == len(set(ids)) == 22 and "benign/sub/nested.png" in ids and "malignant/005.png" in ids
+    labels = {it["id"]: it["label"] for s in SPLIT_NAMES for it in dl[s]}
+    assert labels["malignant/000.png"] == 1 and labels["normal/004.png"] == 2
+    assert all({it["label"] for it in dl[s]} == {0, 1, 2} for s in SPLIT_NAMES)
+    assert [len(dl[s]) for s in SPLIT_NAMES] == [14, 4, 4]  # the nearest counts: 11 -> 7/2/2, 6 -> 4/1/1, 5 -> 3/1/1
+    assert datalist_from_image_folder(tmp_path, split_fractions=(0.6, 0.2, 0.2), seed=0) == dl
+    ordered = datalist_from_image_folder(tmp_path, ["normal", "malignant", "benign"], split_fractions=(0.8, 0.2))
+    assert ordered["test"] == [] and {it["label"] for it in ordered["training"] if it["id"].startswith("normal/")} == {
+        0
+    }
+
+
+def test_image_folder_with_split_folders_keeps_its_splits(tmp_path):
+    _tree(tmp_path)
+    dl = datalist_from_image_folder(tmp_path)
+    assert sorted(_ids(dl, "validation")) == ["val/benign/002.png", "val/malignant/001.png"]
+    assert sorted(_ids(dl, "test")) == ["test/benign/001.png", "test/malignant/001.png"]
+    with pytest.raises(DatalistError, match=r"has split folders \['test', 'train', 'val'\], whose splits are kept"):
+        datalist_from_image_folder(tmp_path, split_fractions=(0.6, 0.2, 0.2))
+
+
+def test_image_folder_layout_errors(tmp_path):
+    _png(tmp_path / "mixed" / "train" / "a" / "1.png")
+    _png(tmp_path / "mixed" / "b" / "1.png")
+    with pytest.raises(DatalistError, match=r"split folders \['train'\] beside other folders \['b'\]"):
+        datalist_from_image_folder(tmp_path / "mixed", split_fractions=(0.6, 0.2, 0.2))
+    _png(tmp_path / "one" / "images" / "a" / "1.png")
+    with pytest.raises(DatalistError, match=r"one class folder 'images'.*one level down"):
+        datalist_from_image_folder(tmp_path / "one", split_fractions=(0.6, 0.2, 0.2))
+    _class_tree(tmp_path / "loose")
+    _png(tmp_path / "loose" / "stray.png")
+    with pytest.raises(DatalistError, match=r"images directly in the dataset folder \(stray\.png\)"):
+        datalist_from_image_folder(tmp_path / "loose", split_fractions=(0.6, 0.2, 0.2))
+    _class_tree(tmp_path / "small", (("a", 10), ("b", 2)))
+    with pytest.raises(DatalistError, match=r"class 'b' has 2 images"):
+        datalist_from_image_folder(tmp_path / "small", split_fractions=(0.6, 0.2, 0.2))
+
+
+def _patient_csv(path, n_patients=24, split=None):
+    lines = ["file,diagnosis,patient_id" + (",split" if split else "")]
+    for p in range(n_patients):
+        for k in range(1 + p % 3):
+            row = f"p{p:02d}_{k}.png,{'malignant' if p % 2 else 'benign'},P{p:02d}"
+            lines.append(row + (f",{split(p, k)}" if split else ""))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_csv_with_patient_column_is_split_by_patient(tmp_path):
+    csv_path = _patient_csv(tmp_path / "labels.csv")
+    kwargs = {"path_column": "file", "label_column": "diagnosis", "group_column": "patient_id"}
+    dl = datalist_from_csv(csv_path, split_fractions=(0.6, 0.2, 0.2), seed=0, **kwargs)
+    assert dl["classes"] == ["benign", "malignant"]
+    patients = [{it["patient"] for it in dl[s]} for s in SPLIT_NAMES]
+    assert sum(len(p) for p in patients) == len(set().union(*patients)) == 24  # no patient in two splits
+    assert all({it["label"] for it in dl[s]} == {0, 1} for s in SPLIT_NAMES)
+    item = next(it for s in SPLIT_NAMES for it in dl[s] if it["id"] == "p05_2.png")
+    assert item["patient"] == "P05" and item["label"] == 1
+    assert datalist_from_csv(csv_path, split_fractions=(0.6, 0.2, 0.2), seed=0, **kwargs) == dl
+    without = datalist_from_csv(csv_path, path_column="file", label_column="diagnosis")  # old behaviour
+    assert len(without["training"]) == 48 and "patient" not in without["training"][0]
+
+
+def test_csv_patient_column_errors(tmp_path):
+    kwargs = {"path_column": "file", "label_column": "diagnosis", "group_column": "patient_id"}
+    leak = _patient_csv(tmp_path / "leak.csv", split=lambda p, k: "test" if (p, k) == (2, 1) else "train")
+    with pytest.raises(DatalistError, match=r"lines 5 and 6: patient 'P02' is in training and test"):
+        datalist_from_csv(leak, **kwargs)
+    kept = _patient_csv(tmp_path / "kept.csv", split=lambda p, k: "val" if p % 4 == 1 else "train")
+    dl = datalist_from_csv(kept, **kwargs)
+    assert {it["patient"] for it in dl["validation"]} == {f"P{p:02d}" for p in range(1, 24, 4)}
+    with pytest.raises(DatalistError, match=r"has a split column 'split', whose splits are kept"):
+        datalist_from_csv(kept, split_fractions=(0.6, 0.2, 0.2), **kwargs)
+    assert len(datalist_from_csv(kept, split_column=None, split_fractions=(0.6, 0.2, 0.2), **kwargs)["test"]) > 0
+    (tmp_path / "blank.csv").write_text("file,diagnosis,patient_id\na.png,x,P1\nb.png,y,\n")
+    with pytest.raises(DatalistError, match=r"blank\.csv line 3: no 'patient_id'"):
+        datalist_from_csv(tmp_path / "blank.csv", **kwargs)
+    with pytest.raises(ValueError, match=r"no column 'subject'"):
+        datalist_from_csv(kept, path_column="file", label_column="diagnosis", group_column="subject")
