@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpt_monai.data.datalist import main
+from fpt_monai.data.datalist.cli import main
 
 from ..conftest import REPO_ROOT
 

@@ -1,0 +1,237 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The command line ``python -m fpt_monai.data.datalist``: write the ``datalist.json`` of an image folder, a CSV or
+a MedMNIST file, splitting sources without splits (:func:`fpt_monai.data.datalist.make_splits`)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fpt_monai.data.datalist import (
+    DEFAULT_SPLIT_FRACTIONS,
+    GROUP_KEY,
+    SPLITS,
+    DatalistError,
+    _folder_layout,
+    datalist_from_csv,
+    datalist_from_image_folder,
+    datalist_from_medmnist,
+    write_datalist,
+)
+
+__all__ = ["main"]
+_EPILOG = """examples:
+  # /data/my_dataset/<class>/<image>: a 60/20/20 split stratified by class -> /data/my_dataset/datalist.json
+  python -m fpt_monai.data.datalist /data/my_dataset
+  # a CSV (path,label[,split][,patient_id]): 70/15/15 by patient, so that no patient is in two splits
+  python -m fpt_monai.data.datalist /data/cxr/labels.csv --group-column patient_id --split 0.7,0.15,0.15
+  # ISIC-style ids in the CSV: the image of row "ISIC_0001" is images/ISIC_0001.jpg
+  python -m fpt_monai.data.datalist labels.csv --path-column isic_id --path-format "images/{}.jpg"
+  # a MedMNIST file: its splits as PNG files and the datalist -> ./breastmnist/
+  python -m fpt_monai.data.datalist breastmnist.npz
+
+A tree with split folders (train/ val/ test/) or a CSV with a split column keeps its splits. Then train with
+  python -m monai.bundle run training --config_file bundle/configs/train.yaml --dataset_dir <folder of datalist.json>
+"""
+_CSV_OPTIONS = {  # CLI option -> datalist_from_csv argument (their defaults there apply when not given)
+    "path_column": "--path-column",
+    "label_column": "--label-column",
+    "split_column": "--split-column",
+    "image_root": "--image-root",
+    "path_format": "--path-format",
+}
+
+
+def _fractions_arg(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers like 0.6,0.2,0.2") from err
+    return tuple(v / 100 for v in values) if values and abs(sum(values) - 100) < 0.1 else values  # 60,20,20
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fpt_monai.data.datalist",
+        description="Write the MONAI datalist (datalist.json) of an image folder, a CSV file or a MedMNIST .npz file; "
+        "a source without splits is split stratified by class (and by patient with --group-column).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source",
+        type=Path,
+        help="a folder <class>/<image> or <split>/<class>/<image>, a CSV file, or a MedMNIST .npz file",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="the datalist to write; defaults to datalist.json in the folder, beside the CSV, or in "
+        "<npz folder>/<name>/ (the bundle reads <dataset_dir>/datalist.json)",
+    )
+    p.add_argument(
+        "--split",
+        type=_fractions_arg,
+        metavar="FRACTIONS",
+        help="training,validation[,test] fractions for a source without splits; defaults to "
+        + ",".join(f"{f:g}" for f in DEFAULT_SPLIT_FRACTIONS),
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
+    p.add_argument("--classes", metavar="NAMES", help="class names in label order, e.g. normal,benign,malignant")
+    p.add_argument("--group-column", metavar="COLUMN", help="CSV column with the patient id: no patient in two splits")
+    p.add_argument("--path-column", metavar="COLUMN", help="CSV column with the image path (default: path)")
+    p.add_argument("--label-column", metavar="COLUMN", help="CSV column with the label (default: label)")
+    p.add_argument(
+        "--split-column",
+        metavar="COLUMN",
+        help="CSV column with train/val/test, used when present (default: split; '' to ignore it)",
+    )
+    p.add_argument("--image-root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)")
+    p.add_argument(
+        "--path-format", metavar="FORMAT", help='turns the CSV path column into a path, e.g. "images/{}.jpg"'
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing datalist file")
+    return p
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
+
+
+def _default_output(source: Path) -> Path:
+    if source.is_dir():
+        return source / "datalist.json"
+    if source.suffix.lower() == ".npz":  # the PNG files go beside the datalist
+        return source.parent / source.name.split(".")[0] / "datalist.json"
+    return source.parent / "datalist.json"
+
+
+def _build(args: argparse.Namespace, output: Path) -> tuple[dict, str]:
+    """The datalist of ``args.source`` and a line that says how it was split."""
+    source: Path = args.source
+    class_names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    csv_given = [flag for key, flag in _CSV_OPTIONS.items() if getattr(args, key) is not None]
+    if args.group_column is not None:
+        csv_given.append("--group-column")
+    if source.is_dir():
+        if csv_given:
+            raise DatalistError(f"{source}: {', '.join(csv_given)} apply to a CSV source, not to an image folder.")
+        split_dirs, _ = _folder_layout(source)
+        # --split with split folders is refused there (their splits are kept)
+        fractions = args.split or (None if split_dirs else DEFAULT_SPLIT_FRACTIONS)
+        datalist = datalist_from_image_folder(source, class_names, split_fractions=fractions, seed=args.seed)
+        if split_dirs:
+            return datalist, f"as given by the split folders {sorted({c.name for c in split_dirs})}"
+        return datalist, _split_line(fractions, args.seed, None)
+    if source.suffix.lower() == ".npz":
+        given = [f for f, v in (("--split", args.split), ("--classes", class_names)) if v is not None] + csv_given
+        if given:
+            raise DatalistError(
+                f"{source}: {', '.join(given)} do not apply to a MedMNIST file (it has its own splits and class names)."
+            )
+        return datalist_from_medmnist(source, output.parent), "as given by the MedMNIST file"
+    if source.suffix.lower() not in (".csv", ".tsv", ".txt"):
+        raise DatalistError(
+            f"{source}: not a folder, a .csv or a .npz file. Give the image folder, a CSV (path,label[,split]) or a "
+            "MedMNIST .npz file."
+        )
+    kwargs = {key: getattr(args, key) for key in _CSV_OPTIONS if getattr(args, key) is not None}
+    if kwargs.get("split_column") == "":
+        kwargs["split_column"] = None
+    split_column = kwargs.get("split_column", "split")
+    header = _csv_header(source)
+    has_split = split_column is not None and split_column in header
+    fractions = args.split or (None if has_split else DEFAULT_SPLIT_FRACTIONS)
+    datalist = datalist_from_csv(
+        source,
+        class_names=class_names,
+        group_column=args.group_column,
+        split_fractions=fractions,
+        seed=args.seed,
+        **kwargs,
+    )
+    if has_split:
+        return datalist, f"as given by the CSV's {split_column!r} column"
+    how = _split_line(fractions, args.seed, args.group_column)
+    patient_like = [c for c in header if any(w in c.lower() for w in ("patient", "subject"))]
+    if args.group_column is None and patient_like:
+        how += (
+            f"\nnote: the CSV has a column {patient_like[0]!r}; --group-column {patient_like[0]} keeps each "
+            "patient's images in one split."
+        )
+    return datalist, how
+
+
+def _split_line(fractions: Sequence[float], seed: int, group_column: str | None) -> str:
+    parts = "/".join(f"{100 * f:g}" for f in fractions)
+    by = f", by patient ({group_column})" if group_column else ""
+    return f"{parts} %, stratified by class{by}, seed {seed}"
+
+
+def _class_names(datalist: Mapping) -> list[str]:
+    """The datalist's ``classes``, else the labels ``0..max`` as names."""
+    labels = [int(i["label"]) for split in SPLITS for i in datalist.get(split, [])]
+    return list(datalist.get("classes") or [str(label) for label in range(max(labels, default=-1) + 1)])
+
+
+def _count_table(datalist: Mapping) -> str:
+    """Images per class and split (and patients per split when the items name them), as aligned text."""
+    items = {split: datalist.get(split, []) for split in SPLITS}
+    rows = [["class", *SPLITS, "total"]]
+    for label, name in enumerate(_class_names(datalist)):
+        row = [sum(1 for i in items[split] if int(i["label"]) == label) for split in SPLITS]
+        rows.append([name, *row, sum(row)])
+    totals = [len(items[split]) for split in SPLITS]
+    rows.append(["total", *totals, sum(totals)])
+    if any(GROUP_KEY in i for split in SPLITS for i in items[split]):
+        patients = [len({i.get(GROUP_KEY) for i in items[split]}) for split in SPLITS]
+        rows.append(["patients", *patients, len({i.get(GROUP_KEY) for split in SPLITS for i in items[split]})])
+    widths = [max(len(str(row[k])) for row in rows) for k in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            str(v).ljust(w) if k == 0 else str(v).rjust(w) for k, (v, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (``python -m fpt_monai.data.datalist --help``): 0 when the datalist was written, 1 on an
+    error of ours (one line on stderr naming the file and the fix), 2 on bad arguments."""
+    args = _parser().parse_args(argv)
+    try:
+        if not args.source.exists():
+            raise DatalistError(
+                f"{args.source}: no such file or folder. Give an image folder, a CSV file or a MedMNIST .npz file."
+            )
+        output = args.output or _default_output(args.source)
+        if output.exists() and not args.force:  # checked before any work (a MedMNIST file writes its PNG files)
+            raise DatalistError(
+                f"{output}: a datalist already exists; pass --force to overwrite it (or -o another file)."
+            )
+        datalist, how = _build(args, output)
+        written = write_datalist(datalist, output).resolve()
+    except (ValueError, OSError) as err:
+        from fpt_monai.errors import error_line, find_error, is_ours
+
+        if not is_ours(find_error(err)):
+            raise  # a traceback shows where it happened (the excepthook adds the last line)
+        print(error_line(err), file=sys.stderr)
+        return 1
+    # the bundle reads <dataset_dir>/datalist.json; another file name is given as datalist_file
+    where = f"--dataset_dir {written.parent}" if written.name == "datalist.json" else f"--datalist_file {written}"
+    print(_count_table(datalist))
+    print(f"splits: {how}")
+    print(f"wrote {written}")
+    print(
+        "next: python -m monai.bundle run training --config_file bundle/configs/train.yaml "
+        f"--bundle_root outputs/my_run {where} --num_classes {len(_class_names(datalist))}"
+    )
+    return 0
