@@ -21,6 +21,7 @@ from fpt_monai.networks.fusion import RESIDUAL_MODES, FusionModule
 from fpt_monai.networks.layers import parse_layers
 from fpt_monai.networks.pooled_head import PooledHead
 from fpt_monai.networks.side_vit import SIDE_INIT_MODES, SideViT, init_weights_hf_vit
+from fpt_monai.networks.spec import RECORDED_NETWORKS, network_from_spec, network_spec, recorded
 from fpt_monai.networks.token_selection import (
     TOKEN_IMPORTANCE_MODES,
     num_selected_tokens,
@@ -38,6 +39,7 @@ __all__ = [
     "INFERENCE_NETWORKS",
     "FPTExplainer",
     "POS_INTERP_MODES",
+    "RECORDED_NETWORKS",
     "RESIDUAL_MODES",
     "SIDE_INIT_MODES",
     "TOKEN_IMPORTANCE_MODES",
@@ -56,9 +58,12 @@ __all__ = [
     "init_weights_hf_vit",
     "load_state_dict_file",
     "network_from_model_config",
+    "network_from_spec",
+    "network_spec",
     "num_selected_tokens",
     "parse_layers",
     "prompt_attention_map",
+    "recorded",
     "resample_pos_embed_legacy",
     "select_important_tokens",
     "select_side_weights",

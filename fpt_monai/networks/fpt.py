@@ -24,6 +24,7 @@ from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.networks.fusion import FusionModule
 from fpt_monai.networks.pooled_head import PooledHead
 from fpt_monai.networks.side_vit import SideViT
+from fpt_monai.networks.spec import recorded
 from fpt_monai.networks.trainable_state import keep_frozen_model_out_of_state_dict
 from fpt_monai.networks.weight_selection import select_side_weights
 
@@ -56,6 +57,7 @@ FPT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+@recorded
 class FPT(nn.Module):
     """FPT / FPT+ classifier: frozen LPM on the high-resolution image, fusion prompts, trainable side ViT.
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from fpt_monai.networks.baselines.vit_classifier import HeadTunedViT
+from fpt_monai.networks.spec import recorded
 
 __all__ = ["AdaptFormerViT", "ParallelAdapter"]
 
@@ -35,6 +36,7 @@ class ParallelAdapter(nn.Module):
         return self.up(self.dropout(self.act(self.down(x)))) * self.scale
 
 
+@recorded
 class AdaptFormerViT(HeadTunedViT):
     """A frozen timm ViT whose blocks get a trainable :class:`ParallelAdapter` beside the MLP, plus a trainable head.
 

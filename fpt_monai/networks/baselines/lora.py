@@ -12,10 +12,12 @@ import torch
 import torch.nn as nn
 
 from fpt_monai.networks.backbone import create_vit_backbone
+from fpt_monai.networks.spec import recorded
 
 __all__ = ["LoRAViT"]
 
 
+@recorded
 class LoRAViT(nn.Module):
     """A frozen timm ViT with LoRA adapters (PEFT) and a trainable head.
 

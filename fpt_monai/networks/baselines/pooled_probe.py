@@ -18,11 +18,13 @@ import torch.nn as nn
 
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.networks.pooled_head import PooledHead
+from fpt_monai.networks.spec import recorded
 from fpt_monai.networks.trainable_state import keep_frozen_model_out_of_state_dict
 
 __all__ = ["PooledLinearProbe"]
 
 
+@recorded
 class PooledLinearProbe(nn.Module):
     """Linear probe on the frozen model's pooled features (class token + mean patch token after the final norm).
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from fpt_monai.networks.backbone import create_vit_backbone
+from fpt_monai.networks.spec import recorded
 
 __all__ = ["HeadTunedViT", "ViTClassifier"]
 
@@ -52,6 +53,7 @@ class HeadTunedViT(nn.Module):
         return self
 
 
+@recorded
 class ViTClassifier(HeadTunedViT):
     """A timm ViT with a new classification head, trained fully or as a linear probe.
 

@@ -12,10 +12,12 @@ import torch
 import torch.nn as nn
 
 from fpt_monai.networks.baselines.vit_classifier import HeadTunedViT
+from fpt_monai.networks.spec import recorded
 
 __all__ = ["VPTDeepViT"]
 
 
+@recorded
 class VPTDeepViT(HeadTunedViT):
     """A frozen timm ViT with ``num_prompts`` learnable tokens inserted after the prefix tokens of every block
     (fresh per block, the previous block's prompt outputs are dropped) and a trainable head.
