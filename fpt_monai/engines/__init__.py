@@ -14,6 +14,17 @@ from fpt_monai.engines.checkpoint import (
 )
 from fpt_monai.engines.heatmaps import HeatmapWriter, denormalize, heatmap_overlay, save_heatmap, save_png
 from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classification_metrics
+from fpt_monai.engines.model_record import (
+    MODEL_CONFIG_FORMAT,
+    MODEL_SETTINGS,
+    STORE_SETTINGS,
+    ModelConfigError,
+    check_model_settings,
+    read_model_config,
+    recorded_path,
+    recorded_weights,
+    write_model_config,
+)
 from fpt_monai.engines.prepare_batch import FPTPrepareBatch
 from fpt_monai.engines.reports import (
     PredictionCollector,
@@ -21,13 +32,13 @@ from fpt_monai.engines.reports import (
     evaluate_checkpoints,
     plot_confusion_matrix,
     plot_roc,
-    write_model_config,
 )
 from fpt_monai.engines.tracking import (
     configure_evaluation_mlflow,
     configure_mlflow,
     find_mlflow_handlers,
     log_mlflow_artifacts,
+    recorded_tracking,
 )
 from fpt_monai.engines.training import (
     GradientClipHandler,
@@ -38,6 +49,15 @@ from fpt_monai.engines.training import (
 )
 
 __all__ = [
+    "MODEL_CONFIG_FORMAT",
+    "MODEL_SETTINGS",
+    "STORE_SETTINGS",
+    "ModelConfigError",
+    "check_model_settings",
+    "read_model_config",
+    "recorded_path",
+    "recorded_tracking",
+    "recorded_weights",
     "CorruptCheckpointError",
     "METRIC_NAMES",
     "ClassificationMetric",

@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
 # with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Evaluation of saved checkpoints on a split, with metric tables, per-image predictions and plots (ROC curves,
-confusion matrices), and the model card that inference and deployment read (``models/model_config.json``)."""
+confusion matrices) (the model record that evaluation, inference and deployment read: :mod:`.model_record`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ __all__ = [
     "evaluate_checkpoints",
     "plot_confusion_matrix",
     "plot_roc",
-    "write_model_config",
 ]
 
 
@@ -203,10 +202,3 @@ def evaluate_checkpoints(
     flat = {f"{split}_{name}_{k}": v for name, values in results.items() for k, v in values.items() if k != "n"}
     log_mlflow_artifacts(handlers, files, flat)
     return results
-
-
-def write_model_config(path: str | os.PathLike, **config) -> dict:
-    """Write what inference needs to reproduce training's preprocessing (class names, normalisation, sizes)."""
-    clean = json.loads(json.dumps(config, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-    atomic_write_text(path, json.dumps(clean, indent=1))
-    return clean

@@ -33,6 +33,7 @@ __all__ = [
     "find_mlflow_handlers",
     "log_mlflow_artifacts",
     "read_run_record",
+    "recorded_tracking",
     "write_run_record",
 ]
 
@@ -136,6 +137,26 @@ def read_run_record(path: str | os.PathLike) -> dict | None:
     if not isinstance(record.get("params", {}), dict):
         raise ValueError(f"{path}: 'params' is not a mapping. Delete it or train again with --tracking mlflow.")
     return record
+
+
+def recorded_tracking(run_record: str | os.PathLike, key: str, default: str) -> str:
+    """Where evaluation tracks by default: the training run's ``experiment_name`` or ``tracking_uri`` from its run
+    record (so that ``--tracking mlflow`` alone puts the evaluation next to its training run), else ``default``.
+
+    A recorded sqlite store that is no longer there (the bundle moved) gives ``default``, the bundle's own store.
+
+    Raises:
+        ValueError: an unknown ``key``, or a run record that cannot be read.
+    """
+    if key not in ("experiment_name", "tracking_uri"):
+        raise ValueError(f"key must be 'experiment_name' or 'tracking_uri', got {key!r}.")
+    record = read_run_record(run_record)
+    value = str(record.get(key) or "") if record else ""
+    if not value:
+        return default
+    if key == "tracking_uri" and value.startswith("sqlite:///") and not Path(value[len("sqlite:///") :]).is_file():
+        return default
+    return value
 
 
 def configure_mlflow(

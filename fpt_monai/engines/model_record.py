@@ -1,0 +1,306 @@
+# Copyright (c) fpt_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
+# with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The trained model's record, ``models/model_config.json``: written when training starts, read by evaluation,
+inference and export, so that they need only ``--bundle_root`` (and the data to run on).
+
+The record holds every setting that defines the trained model (:data:`MODEL_SETTINGS`, the class names, the
+normalisation, the network's class and arguments, the identity of the frozen model's weights) and how training fed it
+(:data:`STORE_SETTINGS`, the mode, where the feature store and the dataset were). Evaluation and inference take these
+as their defaults; :func:`check_model_settings` refuses a value given on the command line that differs from the
+record, naming both, instead of evaluating another model or failing late.
+
+The top-level keys never collide with other keys of ``inference.yaml`` (export merges the record into it as a config
+file); what training used beyond the model lives under ``training_settings``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from fpt_monai.atomic import atomic_write_text
+
+__all__ = [
+    "MODEL_CONFIG_FORMAT",
+    "MODEL_SETTINGS",
+    "STORE_SETTINGS",
+    "ModelConfigError",
+    "check_model_settings",
+    "read_model_config",
+    "recorded_path",
+    "recorded_weights",
+    "write_model_config",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_FORMAT = 2
+# settings that define the trained model (bundle keys): taken from the record; a different value is refused
+MODEL_SETTINGS = (
+    "network_name",
+    "variant",
+    "backbone",
+    "img_size",
+    "side_img_size",
+    "token_ratio",
+    "side_init",
+    "head",
+    "fusion_dropout",
+    "lpm_layer_norm_eps",
+    "normalization",
+    "num_classes",
+)
+# what the model was trained from (the stored tokens' settings): taken from the record; a different value is refused
+STORE_SETTINGS = ("store_dtype", "preload_precision", "store_fields", "side_view")
+# taken from the record as defaults only: evaluating from images (--mode online), a store or dataset moved elsewhere
+_LOCATION_SETTINGS = ("mode", "store_dir", "dataset_dir")
+# what records written before MODEL_CONFIG_FORMAT 2 lack: the bundle's defaults of that time
+_LEGACY_DEFAULTS = {
+    "network_name": "fpt",
+    "side_init": "hf",
+    "head": "side",
+    "fusion_dropout": 0.5,
+    "lpm_layer_norm_eps": None,
+    "normalization": "auto",
+    "mode": "preload",
+    "store_dtype": "float16",
+    "preload_precision": "fp32",
+    "side_view": True,
+}
+
+
+class ModelConfigError(ValueError):
+    """``models/model_config.json`` is missing or unreadable, or a given setting contradicts it."""
+
+
+def _portable(path: str | os.PathLike, bundle_root: str | os.PathLike | None) -> str:
+    """A path relative to the bundle folder when it is inside it (the bundle can move), else absolute."""
+    absolute = Path(path).resolve()
+    if bundle_root is not None:
+        root = Path(bundle_root).resolve()
+        if absolute.is_relative_to(root):
+            return absolute.relative_to(root).as_posix()
+    return absolute.as_posix()
+
+
+def _weights_record(pretrained: bool | str | os.PathLike | None) -> dict:
+    from fpt_monai.data.preload import weights_id
+
+    if isinstance(pretrained, (str, os.PathLike)) and str(pretrained).lower() in ("true", "false"):
+        pretrained = str(pretrained).lower() == "true"  # as the command line may give it
+    source = pretrained if isinstance(pretrained, bool) or pretrained is None else str(Path(pretrained).resolve())
+    return {"source": source, "id": weights_id(pretrained)}
+
+
+def write_model_config(
+    path: str | os.PathLike,
+    network: nn.Module | None = None,
+    pretrained: bool | str | os.PathLike | None = None,
+    training_settings: Mapping | None = None,
+    bundle_root: str | os.PathLike | None = None,
+    **config: Any,
+) -> dict:
+    """Write the trained model's record atomically.
+
+    Args:
+        path: the file, ``<bundle_root>/models/model_config.json``.
+        network: the network as built for training; its class and constructor arguments are recorded as
+            ``network_spec`` (:func:`fpt_monai.networks.network_spec`), and ``network_name`` names the class when it is
+            neither FPT nor the linear probe (the baselines).
+        pretrained: the frozen model's weights (file, ``True`` for timm's hub, ``False`` for random); recorded as
+            ``frozen_weights``: the absolute file path and its SHA-256.
+        training_settings: ``mode``, the store settings and the ``store_dir``/``dataset_dir`` of the run; paths inside
+            ``bundle_root`` are recorded relative to it.
+        bundle_root: the bundle folder.
+        config: the model settings (:data:`MODEL_SETTINGS`), ``class_names``, ``mean``, ``std``.
+
+    Returns:
+        The record as written.
+    """
+    from fpt_monai.networks.spec import network_spec
+
+    record: dict[str, Any] = {"format": MODEL_CONFIG_FORMAT, **config}
+    if network is not None:
+        spec = network_spec(network.module if hasattr(network, "module") else network)
+        if spec is not None:
+            record["network_spec"] = spec
+            if spec["target"] not in ("FPT", "PooledLinearProbe"):
+                record["network_name"] = spec["target"]
+    if pretrained is not None:
+        record["frozen_weights"] = _weights_record(pretrained)
+    if training_settings is not None:
+        settings = dict(training_settings)
+        for key in ("store_dir", "dataset_dir"):
+            if settings.get(key) is not None:
+                settings[key] = _portable(settings[key], bundle_root)
+        record["training_settings"] = settings
+    clean = json.loads(json.dumps(record, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    atomic_write_text(path, json.dumps(clean, indent=1))
+    return clean
+
+
+def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> dict:
+    """The record at ``path`` as one flat dict (``training_settings`` merged in, paths resolved against
+    ``bundle_root``), with ``_file`` (the path) and ``_assumed`` (keys an older record lacked, filled with the
+    bundle's defaults and not checked).
+
+    Raises:
+        ModelConfigError: no such file (train first, or point ``--bundle_root`` at the trained bundle), or not a
+            record.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ModelConfigError(
+            f"{path}: no model record there (training writes it next to model.pt when it starts): train first, or "
+            "point --bundle_root at the trained bundle (the folder that holds models/)."
+        ) from err
+    except (OSError, ValueError) as err:
+        raise ModelConfigError(
+            f"{path}: cannot read the model record ({err}). Restore it from the training run (MLflow keeps a copy "
+            "as an artifact) or train again."
+        ) from err
+    if not isinstance(data, dict) or not {"class_names", "num_classes", "backbone", "img_size"} <= set(data):
+        raise ModelConfigError(
+            f"{path}: not a model record (it needs class_names, num_classes, backbone, img_size, ...). Restore it from "
+            "the training run (MLflow keeps a copy) or train again."
+        )
+    flat = {k: v for k, v in data.items() if k != "training_settings"}
+    flat.update(data.get("training_settings") or {})
+    assumed = sorted(k for k in _LEGACY_DEFAULTS if k not in flat)
+    for key in assumed:
+        flat[key] = _LEGACY_DEFAULTS[key]
+    if "store_fields" not in flat:
+        flat["store_fields"] = ["tokens", "pooled"] if flat["head"] == "side+pooled" else ["tokens"]
+        assumed.append("store_fields")
+    root = Path(bundle_root) if bundle_root is not None else path.parent.parent
+    if "store_dir" not in flat:
+        flat["store_dir"] = str(root / "tokens" / f"{flat['variant']}_{flat['backbone']}_{flat['img_size']}")
+        assumed.append("store_dir")
+    if "dataset_dir" not in flat:
+        flat["dataset_dir"] = str(root / "data")
+        assumed.append("dataset_dir")
+    for key in ("store_dir", "dataset_dir"):
+        flat[key] = recorded_path(flat[key], root)
+    if assumed:
+        logger.warning(
+            "%s was written by an older fpt_monai without %s; assumed the bundle's defaults %s. If training used "
+            "other values, pass them (they are not checked) or add them to the file.",
+            path,
+            ", ".join(assumed),
+            {k: flat[k] for k in assumed},
+        )
+    flat["_file"] = str(path)
+    flat["_assumed"] = sorted(assumed)
+    return flat
+
+
+def recorded_path(path: str | os.PathLike, bundle_root: str | os.PathLike) -> str:
+    """A recorded path resolved: relative ones are relative to the bundle folder."""
+    path = Path(path)
+    return str(path if path.is_absolute() else Path(bundle_root) / path)
+
+
+def recorded_weights(record: Mapping) -> bool | str:
+    """The frozen model's weights training used (the default of ``pretrained``): the recorded file, or ``True``/
+    ``False``; ``True`` (timm's hub) for records that do not say."""
+    weights = record.get("frozen_weights")
+    if not weights or weights.get("source") is None:
+        return True
+    return weights["source"]
+
+
+def _same(given: Any, recorded: Any) -> bool:
+    """Whether a value given on the command line (perhaps as text) equals the recorded JSON value."""
+
+    def norm(value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+            if text.lower() in ("none", "null"):
+                return None
+            try:
+                return float(text)
+            except ValueError:
+                return text
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, Mapping):
+            return {str(k): norm(v) for k, v in value.items()}
+        if isinstance(value, Sequence):
+            return [norm(v) for v in value]
+        return value
+
+    a, b = norm(given), norm(recorded)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def check_model_settings(
+    record: Mapping,
+    pretrained: bool | str | os.PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+    **given: Any,
+) -> None:
+    """Refuse settings that contradict the trained model's record.
+
+    Args:
+        record: :func:`read_model_config`'s result.
+        pretrained: the frozen model's weights to be used: a different file is accepted when its SHA-256 equals the
+            recorded one (the same weights moved), any other weights are refused.
+        class_names: the class names of the data to evaluate (its datalist's ``classes``), when it names them.
+        given: the current value of each setting (:data:`MODEL_SETTINGS`, :data:`STORE_SETTINGS`); equal to the
+            record unless the command line gave another.
+
+    Raises:
+        ModelConfigError: naming every conflicting setting with both values, the record's file and the fix.
+    """
+    source = record.get("_file", "models/model_config.json")
+    assumed = set(record.get("_assumed", ()))
+    conflicts = [
+        f"--{key} {value!r} (the trained model has {record[key]!r})"
+        for key, value in given.items()
+        if key in record and key not in assumed and not _same(value, record[key])
+    ]
+    if class_names is not None and list(class_names) != list(record["class_names"]):
+        conflicts.append(
+            f"the datalist's classes {list(class_names)} (the trained model's are {list(record['class_names'])}, in "
+            "this order: labels would mean other classes)"
+        )
+    weights = record.get("frozen_weights")
+    if pretrained is not None and weights and weights.get("id"):
+        from fpt_monai.data.preload import weights_id
+
+        if weights.get("source") not in (True, False) and str(pretrained) == str(weights["source"]):
+            if not Path(str(pretrained)).is_file():
+                raise ModelConfigError(
+                    f"{pretrained}: the frozen model's weight file that training used (recorded in {source}) is not "
+                    "there. Pass --pretrained with the same file where it is now."
+                )
+        try:
+            given_id = weights_id(pretrained)
+        except FileNotFoundError as err:
+            raise ModelConfigError(f"{err} The trained model used {weights['source']} ({weights['id']}).") from err
+        if given_id != weights["id"]:
+            conflicts.append(
+                f"--pretrained {str(pretrained)!r} ({given_id}; the trained model's frozen weights are "
+                f"{weights['source']!r}, {weights['id']})"
+            )
+    if conflicts:
+        raise ModelConfigError(
+            f"{source}: {'; '.join(conflicts)}. Evaluation and inference take every setting of the trained model from "
+            "this record: drop the conflicting options (or point --bundle_root at the bundle trained with them)."
+        )

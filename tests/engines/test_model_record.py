@@ -1,0 +1,164 @@
+"""The trained model's record (models/model_config.json): written by training, checked by evaluation/inference."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+
+from fpt_monai.data.feature_store import file_sha256
+from fpt_monai.engines import (
+    MODEL_SETTINGS,
+    ModelConfigError,
+    check_model_settings,
+    read_model_config,
+    recorded_weights,
+    write_model_config,
+)
+from fpt_monai.networks import FPT
+
+from ..conftest import TINY
+
+SETTINGS = {
+    "class_names": ["normal", "abnormal"],
+    "num_classes": 2,
+    "network_name": "fpt",
+    "variant": "fpt_plus",
+    "backbone": TINY["backbone"],
+    "img_size": 64,
+    "side_img_size": 32,
+    "token_ratio": 0.2,
+    "side_init": "hf",
+    "head": "side",
+    "fusion_dropout": 0.5,
+    "lpm_layer_norm_eps": None,
+    "normalization": "auto",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.2, 0.2, 0.2],
+}
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = tmp_path / "weights" / "vit.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(b"not really weights, but hashed like them")
+    return path
+
+
+def _write(tmp_path, weights, **extra):
+    bundle = tmp_path / "bundle"
+    net = FPT(num_classes=2, pretrained=False, frozen_model=False, side_img_size=32, **TINY)
+    settings = {
+        "mode": "preload",
+        "store_dtype": "float16",
+        "preload_precision": "fp32",
+        "store_fields": ("tokens",),
+        "side_view": True,
+        "store_dir": bundle / "tokens" / "s",
+        "dataset_dir": tmp_path / "data",
+    }
+    path = bundle / "models" / "model_config.json"
+    write_model_config(
+        path,
+        network=net,
+        pretrained=weights,
+        training_settings=settings,
+        bundle_root=bundle,
+        **{
+            **SETTINGS,
+            **extra,
+        },
+    )
+    return bundle, path
+
+
+def test_record_round_trip_with_portable_paths(tmp_path, weights):
+    bundle, path = _write(tmp_path, weights)
+    raw = json.loads(path.read_text())
+    assert raw["format"] == 2 and raw["network_spec"]["target"] == "FPT"
+    assert raw["frozen_weights"] == {"source": str(weights.resolve()), "id": f"sha256:{file_sha256(weights)}"}
+    assert raw["training_settings"]["store_dir"] == "tokens/s"  # inside the bundle: relative, the bundle can move
+    moved = tmp_path / "moved"
+    shutil.move(str(bundle), moved)
+    record = read_model_config(moved / "models" / "model_config.json", bundle_root=moved)
+    assert record["store_dir"] == str(moved / "tokens" / "s")
+    assert record["dataset_dir"] == str((tmp_path / "data").resolve())
+    assert record["_assumed"] == [] and record["store_fields"] == ["tokens"] and record["mode"] == "preload"
+    assert recorded_weights(record) == str(weights.resolve())
+    check_model_settings(record, pretrained=recorded_weights(record), **{k: record[k] for k in MODEL_SETTINGS})
+
+
+def test_baselines_are_named_by_their_class(tmp_path):
+    from fpt_monai.networks import VPTDeepViT
+
+    path = tmp_path / "model_config.json"
+    net = VPTDeepViT(num_classes=2, pretrained=False, num_prompts=2, **TINY)
+    record = write_model_config(path, network=net, pretrained=False, **SETTINGS)
+    assert record["network_name"] == "VPTDeepViT" and record["network_spec"]["kwargs"]["num_prompts"] == 2
+    assert record["frozen_weights"] == {"source": False, "id": "random"}
+
+
+def test_conflicting_settings_are_refused_naming_both_values(tmp_path, weights):
+    _, path = _write(tmp_path, weights)
+    record = read_model_config(path)
+    with pytest.raises(ModelConfigError) as info:
+        check_model_settings(record, backbone="vit_small_patch16_224", img_size="128", token_ratio=0.2)
+    text = str(info.value)
+    assert str(path) in text and "drop the conflicting options" in text
+    assert "--backbone 'vit_small_patch16_224' (the trained model has 'vit_tiny_patch16_224')" in text
+    assert "--img_size '128' (the trained model has 64)" in text
+    assert "token_ratio" not in text  # equal values pass
+    # values from the command line arrive as text: equal values in another spelling pass
+    check_model_settings(record, img_size="64", token_ratio="0.2", lpm_layer_norm_eps="None", num_classes=2.0)
+    with pytest.raises(ModelConfigError, match="the datalist's classes \\['abnormal', 'normal'\\]"):
+        check_model_settings(record, class_names=["abnormal", "normal"])
+    check_model_settings(record, class_names=["normal", "abnormal"])
+
+
+def test_weights_moved_are_accepted_other_weights_refused(tmp_path, weights):
+    _, path = _write(tmp_path, weights)
+    record = read_model_config(path)
+    moved = tmp_path / "elsewhere.safetensors"
+    shutil.copy(weights, moved)
+    check_model_settings(record, pretrained=str(moved))  # the same bytes: the same frozen model
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"other weights")
+    with pytest.raises(ModelConfigError, match=r"--pretrained '.*other.safetensors' \(sha256:"):
+        check_model_settings(record, pretrained=str(other))
+    with pytest.raises(ModelConfigError, match="the trained model's frozen weights are"):
+        check_model_settings(record, pretrained=True)
+    weights.unlink()
+    with pytest.raises(ModelConfigError, match="Pass --pretrained with the same file where it is now"):
+        check_model_settings(record, pretrained=recorded_weights(record))
+
+
+def test_older_records_get_the_defaults_with_a_warning_and_no_check(tmp_path, caplog):
+    path = tmp_path / "models" / "model_config.json"
+    path.parent.mkdir()
+    old = {k: SETTINGS[k] for k in ("class_names", "num_classes", "variant", "backbone", "img_size", "side_img_size")}
+    path.write_text(json.dumps({**old, "token_ratio": 0.2, "mean": [0.5] * 3, "std": [0.2] * 3}))
+    with caplog.at_level(logging.WARNING):
+        record = read_model_config(path)
+    assert "written by an older fpt_monai" in caplog.text and "store_dtype" in caplog.text
+    assert record["mode"] == "preload" and record["store_dir"] == str(
+        tmp_path / "tokens" / "fpt_plus_vit_tiny_patch16_224_64"
+    )
+    assert recorded_weights(record) is True
+    check_model_settings(record, store_dtype="float32", pretrained=False)  # assumed keys and weights: not checked
+    with pytest.raises(ModelConfigError, match="--img_size"):
+        check_model_settings(record, img_size=96)
+
+
+def test_missing_or_broken_record_names_the_file_and_the_fix(tmp_path):
+    with pytest.raises(ModelConfigError, match="no model record there .*train first, or point --bundle_root"):
+        read_model_config(tmp_path / "models" / "model_config.json")
+    bad = tmp_path / "model_config.json"
+    bad.write_text("{not json")
+    with pytest.raises(ModelConfigError, match="cannot read the model record"):
+        read_model_config(bad)
+    bad.write_text(json.dumps({"training": []}))
+    with pytest.raises(ModelConfigError, match="not a model record"):
+        read_model_config(bad)
