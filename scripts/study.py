@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="the first one chooses the learning rate")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the bundle's, per CPUs)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--backbone", default="vit_small_patch14_dinov2")
     p.add_argument("--weights", default=str(DINOV2_WEIGHTS), help="pre-trained weights file (the bundle's pretrained)")
@@ -104,12 +104,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra bundle override for every run (value parsed as JSON when possible); repeatable",
     )
     p.add_argument("--out-dir", default="outputs/study")
-    p.add_argument("--verbose", action="store_true", help="show the bundle's log messages")
+    p.add_argument("--verbose", action="store_true", help="show the bundle's log messages and every warning")
     p.add_argument(
         "--no-logreg",
         action="store_true",
         help="skip the scikit-learn logistic regression on stored pooled features (C chosen on validation)",
     )
+    from fpt_monai.runtime import add_runtime_arguments
+
+    add_runtime_arguments(p, verbose=False)  # --threads, also passed to every bundle run
     return p.parse_args(argv)
 
 
@@ -270,13 +273,16 @@ def common_overrides(args: argparse.Namespace, classes: int, out: Path) -> dict:
         "normalization": args.normalization,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "num_workers": args.num_workers,
+        "num_threads": args.threads,
+        "verbose": args.verbose,
         "device": f"$torch.device('{args.device}')",
         "store_root": str(out / "tokens"),
         "check_images": False,  # checked once by check_images_once
     }
     if args.side_img_size:
         overrides["side_img_size"] = args.side_img_size
+    if args.num_workers is not None:
+        overrides["num_workers"] = args.num_workers
     return overrides
 
 
@@ -603,7 +609,11 @@ def write_outputs(out: Path, runs: list[dict], chosen: dict, summary: dict, text
 # --------------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore")
+    from fpt_monai.runtime import setup_cli
+
+    setup_cli(args)
+    if not args.verbose:
+        warnings.filterwarnings("ignore")  # hundreds of runs: the study's table is the output
     methods = parse_list(args.methods, str)
     for method in methods:
         method_presets(method)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fpt_monai.data.datalist import write_datalist
+from fpt_monai.runtime import add_runtime_arguments, setup_cli
 
 __all__ = ["DEMO_CLASSES", "DEMO_FORMATS", "make_demo_dataset", "synthetic_image", "write_dicom"]
 
@@ -207,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--per-class", type=int, default=24)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    add_runtime_arguments(p, threads=False)  # numpy drawing and file writing: no torch threads to set
     args = p.parse_args(argv)
+    setup_cli(args)
     dl = make_demo_dataset(args.out_dir, per_class=args.per_class, size=args.size, seed=args.seed)
     print(
         f"wrote {sum(len(dl[s]) for s in ('training', 'validation', 'test'))} images and "

@@ -27,6 +27,7 @@ from fpt_monai.data.datalist import SPLITS, datalist_from_json
 from fpt_monai.data.feature_store import POOLED, STORE_DTYPES, STORE_FIELDS, TOKENS, FeatureStore, file_sha256
 from fpt_monai.data.normalization import resolve_normalization
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
+from fpt_monai.runtime import add_runtime_arguments, setup_cli
 from fpt_monai.transforms.pipeline import fpt_transforms
 
 __all__ = [
@@ -382,11 +383,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--layer-norm-eps", type=float, default=None, help="LayerNorm eps of the frozen model")
     p.add_argument("--pooled", action="store_true", help="also store the pooled features (linear probe, hybrid head)")
     p.add_argument("--no-progress", action="store_true")
+    add_runtime_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    setup_cli(args)  # threads for this machine (torchrun's OMP_NUM_THREADS=1 is kept), known warnings quiet
     started_dist = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         # launched by torchrun: one process per device, each extracting its share of the items
