@@ -238,8 +238,8 @@ def configure_evaluation_mlflow(
         handlers: the evaluation handlers (``@validate#handlers``); nothing is done without an MLflow handler.
         run_record: the training run record, ``<ckpt_dir>/mlflow_run.json``.
         split: the evaluated split (``@eval_split``).
-        params: the evaluation config's hyper-parameters (``@hyper_params``): logged without a record, compared
-            with the training run's parameters (a warning names those that differ) with one.
+        params: the evaluation config's hyper-parameters (``@hyper_params``): logged without a record; with one, those
+            that define the model are compared with the training run's (a warning names those that differ).
 
     Returns:
         the training run record, or None when there is none.
@@ -269,7 +269,12 @@ def configure_evaluation_mlflow(
                 str(e).splitlines()[0][:200],
                 run_record,
             )
-        differ = sorted(k for k in own.keys() & logged.keys() if own[k] != logged[k])
+        # only what defines the model: evaluation takes it from models/model_config.json, so a difference means the
+        # record and the run disagree; training-only settings (epochs, learning rate, ...) are not evaluation's
+        from fpt_monai.engines.model_record import MODEL_SETTINGS, STORE_SETTINGS
+
+        compared = set(MODEL_SETTINGS) | set(STORE_SETTINGS) | {"mean", "std"}
+        differ = sorted(k for k in own.keys() & logged.keys() & compared if own[k] != logged[k])
         if differ:
             logger.warning(
                 "evaluation config differs from training run %s in %s; the run logs the training values.",

@@ -122,9 +122,7 @@ def test_training_and_evaluation_logged_to_a_server(tmp_path, tiny_bundle_data, 
         tmp_path,
         data_dir,
         weights,
-        tracking_uri=mlflow_server,
-        experiment_name="fpt_test",
-        run_name="tiny_eval",
+        run_name="tiny_eval",  # the server and the experiment come from the training's run record
         mode="preload",
     )
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}

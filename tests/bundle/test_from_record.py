@@ -1,0 +1,142 @@
+"""Evaluation and inference need only the bundle folder: every setting of the trained model comes from
+models/model_config.json, and a contradicting option is refused naming both values (issue 14)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+from monai.bundle import ConfigWorkflow
+
+from fpt_monai.data import datalist_from_json
+
+from ..conftest import REPO_ROOT, error_text
+from .conftest import META, TRAIN_CONFIG, run_workflow
+
+EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
+INFER_CONFIG = TRAIN_CONFIG.replace("train.yaml", "inference.yaml")
+
+
+def _bare(config, bundle_root, workflow_type="train", **overrides) -> ConfigWorkflow:
+    """A workflow given the bundle folder and nothing of the model (num_workers=0 only spares the test a pool)."""
+    return ConfigWorkflow(
+        config_file=config,
+        meta_file=META,
+        logging_file=False,
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        num_workers=0,
+        **overrides,
+    )
+
+
+def _run(wf: ConfigWorkflow) -> ConfigWorkflow:
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.fixture
+def moved_bundle(tmp_path, trained_tiny_bundle):
+    """A copy of the trained tiny bundle in another folder (its feature store inside it)."""
+    root, data_dir, weights = trained_tiny_bundle
+    copy = tmp_path / "moved_bundle"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("eval"))
+    return copy, data_dir, weights
+
+
+def test_evaluation_needs_only_the_bundle_root(moved_bundle):
+    root, data_dir, _ = moved_bundle
+    record = json.loads((root / "models" / "model_config.json").read_text())
+    assert record["training_settings"]["store_dir"].startswith("tokens/")  # inside the bundle: moves with it
+    stored = {p.name for p in (root / record["training_settings"]["store_dir"]).iterdir()}
+    _run(_bare([TRAIN_CONFIG, EVAL_CONFIG], root))
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    n_test = len(datalist_from_json(data_dir / "datalist.json")["test"])
+    assert metrics["best"]["n"] == metrics["final"]["n"] == n_test  # the training's datalist, its test split
+    # the test split went into the moved bundle's own store, not a new one built with default settings
+    assert {p.name for p in (root / record["training_settings"]["store_dir"]).iterdir()} >= stored
+    assert not (root / "tokens" / "fpt_plus_vit_base_patch16_384_512").exists()
+
+
+def test_a_contradicting_option_is_refused_before_anything_is_written(moved_bundle):
+    root, _, _ = moved_bundle
+    with pytest.raises(Exception) as info:
+        _run(_bare([TRAIN_CONFIG, EVAL_CONFIG], root, img_size=96, head="side+pooled", batch_size=2))
+    text = error_text(info.value)
+    assert str(root / "models" / "model_config.json") in text
+    assert (
+        "--img_size 96 (the trained model has 64)" in text
+        and "--head 'side+pooled' (the trained model has 'side')" in text
+    )
+    assert "batch_size" not in text  # not a setting of the model
+    assert not (root / "eval").exists()
+    with pytest.raises(Exception) as info:
+        _run(_bare(INFER_CONFIG, root, "infer", dataset_dir=str(root), backbone="vit_small_patch16_224"))
+    assert "--backbone 'vit_small_patch16_224' (the trained model has 'vit_tiny_patch16_224')" in error_text(info.value)
+
+
+def test_other_weights_are_refused_the_same_weights_moved_are_accepted(moved_bundle, tmp_path):
+    root, data_dir, weights = moved_bundle
+    images = data_dir / "images" / "test"
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    from fpt_monai.networks import create_vit_backbone
+
+    save_file(create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224).state_dict(), str(other))
+    with pytest.raises(Exception) as info:
+        _run(_bare(INFER_CONFIG, root, "infer", dataset_dir=str(images), pretrained=str(other)))
+    assert "--pretrained" in error_text(info.value) and "the trained model's frozen weights are" in error_text(
+        info.value
+    )
+    same = tmp_path / "moved_weights.safetensors"
+    shutil.copy(weights, same)
+    _run(_bare(INFER_CONFIG, root, "infer", dataset_dir=str(images), pretrained=str(same)))
+    rows = list(csv.DictReader(open(root / "eval" / "predictions.csv")))
+    assert len(rows) == sum(1 for p in images.rglob("*") if p.is_file())
+
+
+def test_a_datalist_with_other_classes_is_refused(moved_bundle, tmp_path):
+    root, data_dir, _ = moved_bundle
+    data = tmp_path / "swapped"
+    shutil.copytree(data_dir, data)
+    datalist = json.loads((data / "datalist.json").read_text())
+    datalist["classes"] = list(reversed(datalist["classes"]))
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    with pytest.raises(Exception) as info:
+        _run(_bare([TRAIN_CONFIG, EVAL_CONFIG], root, dataset_dir=str(data)))
+    assert "the datalist's classes ['abnormal', 'normal']" in error_text(info.value)
+
+
+def test_a_baseline_is_evaluated_and_classifies_images_from_its_record(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    bundle = tmp_path / "lora"
+    preset = str(REPO_ROOT / "configs" / "methods" / "lora.yaml")
+    run_workflow([TRAIN_CONFIG, preset], bundle, data_dir, weights, epochs=1)
+    record = json.loads((bundle / "models" / "model_config.json").read_text())
+    assert record["network_name"] == "LoRAViT" and record["network_spec"]["kwargs"]["rank"] == 16
+    assert record["training_settings"]["mode"] == "online"
+    _run(_bare([TRAIN_CONFIG, EVAL_CONFIG], bundle))  # no preset: the record names the network
+    assert json.loads((bundle / "eval" / "metrics.json").read_text())["best"]["n"] > 0
+    _run(_bare(INFER_CONFIG, bundle, "infer", dataset_dir=str(data_dir / "images" / "test")))
+    assert (bundle / "eval" / "predictions.csv").is_file()
+
+
+def test_a_tracked_evaluation_from_the_record_warns_of_no_training_only_setting(tmp_path, tiny_bundle_data, caplog):
+    import logging
+
+    data_dir, weights = tiny_bundle_data
+    run_workflow(TRAIN_CONFIG, tmp_path, data_dir, weights, epochs=1, learning_rate=0.01, tracking="mlflow")
+    with caplog.at_level(logging.WARNING, logger="fpt_monai"):
+        _run(_bare([TRAIN_CONFIG, EVAL_CONFIG], tmp_path, tracking="mlflow"))
+    assert "differs from training run" not in caplog.text  # epochs, learning rate: training's business
+    run = json.loads((tmp_path / "models" / "mlflow_run.json").read_text())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run["tracking_uri"])
+    (evaluation,) = [r for r in client.search_runs([run["experiment_id"]]) if r.info.run_id != run["run_id"]]
+    assert evaluation.data.params["learning_rate"] == "0.01"  # the evaluation run carries the training's values
