@@ -7,7 +7,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# bundle configs use `$import fpt_monai` and dotted names such as `fpt_monai.data.preload`
-from fpt_monai import data, engines, flags, networks, transforms  # noqa: E402
+# first, before anything imports monai (and with it holoscan, which warns about the stack size at import): the known-
+# harmless third-party warnings are hidden for our command lines; FPT_VERBOSE=1 shows them (fpt_monai.quiet)
+from fpt_monai import quiet  # noqa: E402, I001
 
-__all__ = ["__version__", "data", "engines", "flags", "networks", "transforms"]
+quiet.quiet_third_party()
+
+# bundle configs use `$import fpt_monai` and dotted names such as `fpt_monai.data.preload`, `fpt_monai.runtime`
+from fpt_monai import data, engines, flags, networks, runtime, transforms  # noqa: E402
+
+__all__ = ["__version__", "data", "engines", "flags", "networks", "quiet", "runtime", "transforms"]

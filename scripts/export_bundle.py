@@ -12,7 +12,7 @@ bundle's ``network_def`` with the checkpoint), the TorchScript model, the explai
 random batch; the largest absolute difference of the class probabilities is written to
 ``<bundle>/models/export_check.json`` and must stay below ``--tolerance``.
 
-    python scripts/export_bundle.py --bundle-root outputs/demo_bundle --config configs/demo.yaml
+    python scripts/export_bundle.py --bundle-root outputs/demo_bundle --config bundle/configs/demo.yaml
 """
 
 from __future__ import annotations

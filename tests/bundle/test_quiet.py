@@ -49,7 +49,7 @@ def _parser(*files, **override):
     [
         ([TRAIN_CONFIG], default_num_workers()),
         ([TRAIN_CONFIG, CONFIGS / "multi_gpu_train.yaml"], default_num_workers()),  # its `imports` replace ours
-        ([TRAIN_CONFIG, REPO_ROOT / "configs" / "demo.yaml"], 0),  # presets that set 0 keep it
+        ([TRAIN_CONFIG, REPO_ROOT / "bundle" / "configs" / "demo.yaml"], 0),  # presets that set 0 keep it
         ([TRAIN_CONFIG, REPO_ROOT / "configs" / "methods" / "linear_probe.yaml"], 0),
         ([TRAIN_CONFIG, REPO_ROOT / "configs" / "recipes" / "small_data.yaml"], 0),
         ([CONFIGS / "inference.yaml"], default_num_workers(cap=2)),

@@ -216,10 +216,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"wrote {sum(len(dl[s]) for s in ('training', 'validation', 'test'))} images and "
         f"{Path(args.out_dir) / 'datalist.json'}"
     )
-
-
-if __name__ == "__main__":
-    from fpt_monai.errors import install_excepthook
-
-    install_excepthook()  # our one-line error after the traceback
-    main()

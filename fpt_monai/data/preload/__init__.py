@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -455,10 +454,3 @@ def _main(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-if __name__ == "__main__":
-    from fpt_monai.errors import install_excepthook
-
-    install_excepthook()  # our one-line error after the traceback
-    sys.exit(main())
