@@ -1,37 +1,80 @@
-"""Print what `make demo` produced: test metrics, where the files are, and how to open the MLflow UI."""
+"""Print what a trained bundle holds: its test metrics, its latest predictions, where the files are, and how to open
+the MLflow UI on its store (`make demo` ends with it; the README's worked example too).
+
+    python scripts/run_summary.py runs/my_fpt
+"""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
 from pathlib import Path
 
 
-def main(bundle_root: str) -> None:
+class SummaryError(ValueError):
+    """The folder is not a trained bundle, or it was not evaluated yet."""
+
+
+def summary(bundle_root: str | Path) -> str:
+    """The summary text of the bundle at ``bundle_root``.
+
+    Raises:
+        SummaryError: no ``models/model_config.json`` (not a trained bundle) or no ``eval/metrics.json``.
+    """
     root = Path(bundle_root).resolve()
-    metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    print("\n=== fpt_monai demo: FPT+ on the offline demo set ===")
-    print("test split        " + "  ".join(f"{k:>9s}" for k in ("auc", "acc", "f1", "kappa")))
+    record_file = root / "models" / "model_config.json"
+    if not record_file.is_file():
+        raise SummaryError(f"{record_file}: no such file; {root} is not a trained bundle (train it first).")
+    record = json.loads(record_file.read_text())
+    metrics_file = root / "eval" / "metrics.json"
+    if not metrics_file.is_file():
+        raise SummaryError(
+            f"{metrics_file}: no such file; evaluate first (python -m monai.bundle run --config_file "
+            f"\"['bundle/configs/train.yaml','bundle/configs/evaluate.yaml']\" --bundle_root {bundle_root})."
+        )
+    metrics = json.loads(metrics_file.read_text())
+    model = f"{record.get('network_name', 'fpt')} {record.get('variant', '')} on {record['backbone']}"
+    lines = [f"\n=== {root.name}: {model} at {record['img_size']} px, classes {', '.join(record['class_names'])} ==="]
+    n = next(iter(metrics.values())).get("n", "?")
+    keys = ("auc", "acc", "f1", "kappa")
+    lines.append(f"test split ({n} images)  " + "  ".join(f"{k:>7s}" for k in keys))
     for name, values in metrics.items():
-        print(f"{name + ' weights':17s} " + "  ".join(f"{values[k]:9.3f}" for k in ("auc", "acc", "f1", "kappa")))
-    rows = list(csv.DictReader(open(root / "eval" / "predictions.csv")))
-    print(f"\ninference on {len(rows)} test images (PNG, JPEG, DICOM, NIfTI): {root / 'eval' / 'predictions.csv'}")
-    for row in rows[:3]:
-        print(f"  {row['id']}: {row['prediction']}")
-    print(f"checkpoints:      {root / 'models'} (model.pt = best validation AUC, model_final.pt, last.pt)")
-    print(f"feature store:    {next((root / 'tokens').iterdir())}")
-    print(f"plots:            {root / 'eval'} (roc_best.png, confusion_best.png)")
-    db = root / "eval" / "mlruns.db"
-    print(f"MLflow store:     {db}")
-    print(
-        f"open the MLflow UI with:\n  .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} --port 5000\n"
-        "  then browse http://127.0.0.1:5000 (experiment 'fpt_demo')"
-    )
+        lines.append(f"{name + ' weights':23s} " + "  ".join(f"{values[k]:7.3f}" for k in keys))
+    predictions = root / "eval" / "predictions.csv"
+    if predictions.is_file():
+        rows = list(csv.DictReader(open(predictions, newline="")))
+        lines.append(f"\nlatest inference, {len(rows)} image(s): {predictions}")
+        lines += [f"  {row['id']}: {row['prediction']}" for row in rows[:5]]
+    lines.append(f"checkpoints:  {root / 'models'} (model.pt = best validation AUC, model_final.pt, last.pt)")
+    lines.append(f"plots:        {root / 'eval'} (roc_best.png, confusion_best.png)")
+    run_record = root / "models" / "mlflow_run.json"
+    if run_record.is_file():
+        run = json.loads(run_record.read_text())
+        uri = run.get("tracking_uri", "")
+        lines.append(f"MLflow:       run {run.get('run_id')} in experiment {run.get('experiment_name')!r} at {uri}")
+        lines.append(
+            f"open the MLflow UI with:\n  mlflow ui --backend-store-uri {uri} --port 5000\n"
+            "  then browse http://127.0.0.1:5000"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle_root", nargs="?", default="outputs/demo_bundle", help="the trained bundle's folder")
+    args = p.parse_args(argv)
+    try:
+        print(summary(args.bundle_root))
+    except SummaryError as err:
+        print(f"fpt_monai: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
     from fpt_monai.errors import install_excepthook
 
     install_excepthook()  # our one-line error after the traceback
-    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/demo_bundle")
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The README's worked example, run exactly as written: a folder of class sub-folders (no split folders) to a trained,
+evaluated FPT+ and the prediction for a new image, in five commands (issue 14).
+
+The commands run in a scratch folder that holds what they name: ``my_images`` (the demo's synthetic classes as
+class sub-folders), ``new_image.png``, ``dinov2_vits14.safetensors`` (the shared DINOv2 weights, or random weights
+of the same architecture where ``../shared`` is absent) and links to the repository's ``bundle``, ``configs`` and
+``scripts``. A few images per class keep it to a couple of minutes on 2 CPU cores; the model is the README's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fpt_monai.data import DEMO_CLASSES, synthetic_image
+
+from .conftest import DINOV2_WEIGHTS, REPO_ROOT
+
+START, END = "<!-- worked-example:start", "<!-- worked-example:end -->"
+# printed by `python -m monai.bundle` before any config item runs (fpt_monai.quiet, docs/operations.md): holoscan's
+# stack size (settled by `ulimit -s 32768`), MONAI's notice that configs run code, and its note on config folders
+BEFORE_OUR_CODE = r"Current stack size|warnings\.warn\(|parsing config_file|Not all config files are in"
+
+
+def readme_commands() -> list[str]:
+    """The shell commands of the README's worked example (continuation lines joined, comments dropped)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text[text.index(START) : text.index(END)]
+    code = block.split("```bash\n", 1)[1].split("```", 1)[0]
+    joined = re.sub(r"\\\n\s*", " ", code)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_the_readme_shows_five_commands_and_evaluation_repeats_no_training_setting():
+    commands = readme_commands()
+    assert len(commands) == 5
+    train, evaluate, infer = (shlex.split(c) for c in commands[1:4])
+    options = lambda argv: {a for a in argv if a.startswith("--")}  # noqa: E731
+    model_options = options(train) - {"--config_file", "--bundle_root", "--dataset_dir", "--tracking"}
+    assert model_options == {"--pretrained"}
+    assert not model_options & options(evaluate) and not model_options & options(infer)
+    assert options(evaluate) == {"--config_file", "--bundle_root", "--tracking"}
+    assert options(infer) == {"--config_file", "--bundle_root", "--dataset_dir"}
+
+
+def _png(path: Path, label: int, seed: int) -> None:
+    Image.fromarray((synthetic_image(label, size=96, seed=seed) * 255).round().astype(np.uint8)).save(path)
+
+
+def _class_folder_tree(root: Path, per_class: int) -> None:
+    for label, name in enumerate(DEMO_CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            _png(root / name / f"{i:03d}.png", label, seed=100 * label + i)
+
+
+def _weights(path: Path) -> None:
+    if DINOV2_WEIGHTS.is_file():
+        path.symlink_to(DINOV2_WEIGHTS)
+        return
+    from safetensors.torch import save_file
+
+    from fpt_monai.networks import create_vit_backbone
+
+    vit = create_vit_backbone("vit_small_patch14_dinov2", pretrained=False, img_size=518)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+
+
+def test_readme_worked_example_runs_as_written(tmp_path):
+    for name in ("bundle", "configs", "scripts"):
+        (tmp_path / name).symlink_to(REPO_ROOT / name)
+    _class_folder_tree(tmp_path / "my_images", per_class=6)
+    _png(tmp_path / "new_image.png", 1, seed=999)
+    _weights(tmp_path / "dinov2_vits14.safetensors")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    outputs = []
+    for command in readme_commands():
+        result = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        outputs.append(result)
+
+    # our commands print no warning; the bundle's only the notices MONAI's CLI prints before our code runs
+    assert outputs[0].stderr == "" and outputs[4].stderr == ""
+    for result in outputs[1:4]:
+        warned = [line for line in result.stderr.splitlines() if re.search(r"warn", line, re.I)]
+        assert all(re.search(BEFORE_OUR_CODE, line) for line in warned), warned
+    datalist = json.loads((tmp_path / "my_images" / "datalist.json").read_text())
+    assert datalist["classes"] == sorted(DEMO_CLASSES)  # the class folders, in sorted order
+    assert all(datalist[s] for s in ("training", "validation", "test"))
+    assert "training" in outputs[0].stdout and "total" in outputs[0].stdout  # the class counts per split
+
+    bundle = tmp_path / "runs" / "my_fpt"
+    record = json.loads((bundle / "models" / "model_config.json").read_text())
+    assert record["backbone"] == "vit_small_patch14_dinov2" and record["img_size"] == 518
+    assert record["num_classes"] == 2 and record["variant"] == "fpt_plus"
+    metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"best", "final"} and metrics["best"]["n"] == len(datalist["test"])
+    (row,) = csv.DictReader(open(bundle / "eval" / "predictions.csv", newline=""))
+    assert row["id"] == "new_image.png" and row["prediction"] in DEMO_CLASSES
+    summary = outputs[4].stdout
+    assert "best weights" in summary and "new_image.png" in summary and "mlflow ui --backend-store-uri" in summary
