@@ -230,8 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_count_table(datalist))
     print(f"splits: {how}")
     print(f"wrote {written}")
-    print(
-        "next: python -m monai.bundle run training --config_file bundle/configs/train.yaml "
-        f"--bundle_root outputs/my_run {where} --num_classes {len(_class_names(datalist))}"
-    )
+    # the bundle takes the number of classes from the datalist's "classes"
+    train = "python -m monai.bundle run training --config_file bundle/configs/train.yaml --bundle_root outputs/my_run"
+    print(f"next: {train} {where}")
     return 0
