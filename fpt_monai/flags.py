@@ -6,7 +6,7 @@ parses only ``True``), and environment variables are always strings."""
 
 from __future__ import annotations
 
-__all__ = ["as_bool"]
+__all__ = ["as_bool", "as_weights"]
 
 
 def as_bool(value: bool | str | None) -> bool:
@@ -14,3 +14,11 @@ def as_bool(value: bool | str | None) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def as_weights(value):
+    """A ``pretrained`` value as the networks take it: ``True``/``False`` for the texts ``true``/``false`` (any case;
+    ``none``/``null`` give ``False``), anything else (a weight file's path, a bool) unchanged."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "none", "null"):
+        return value.strip().lower() == "true"
+    return value

@@ -45,6 +45,13 @@ from fpt_monai.data.preload import (
     store_settings,
     weights_id,
 )
+from fpt_monai.data.resident import (
+    RESIDENT_MODES,
+    ResidentStore,
+    available_memory,
+    choose_residency,
+    resident_store,
+)
 from fpt_monai.data.tokens import LoadPreloadedTokensd
 
 __all__ = [
@@ -64,6 +71,11 @@ __all__ = [
     "STORE_FIELDS",
     "TOKENS",
     "LoadPreloadedTokensd",
+    "RESIDENT_MODES",
+    "ResidentStore",
+    "available_memory",
+    "choose_residency",
+    "resident_store",
     "CorruptStoreError",
     "FeatureStore",
     "MissingItemsError",

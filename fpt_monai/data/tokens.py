@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from monai.transforms import Transform
 
-from fpt_monai.data.feature_store import POOLED, STORE_FIELDS, TOKENS, FeatureStore
+from fpt_monai.data.feature_store import POOLED, STORE_FIELDS, TOKENS, FeatureStore, MissingItemsError
+
+if TYPE_CHECKING:
+    from fpt_monai.data.resident import ResidentStore
 
 __all__ = ["LoadPreloadedTokensd"]
 
@@ -28,6 +32,11 @@ class LoadPreloadedTokensd(Transform):
         values_key: where the values go. Defaults to ``"values"``.
         pooled_key: where the pooled features go. Defaults to ``"pooled"``.
         verify_reads: check each item's CRC32 (only used when ``store`` is a path). Defaults to ``True``.
+        resident: a :class:`~fpt_monai.data.ResidentStore` holding the fields on the training device: the item then
+            gets its row number (``row_key``) instead of the tensors, and
+            :class:`~fpt_monai.engines.FPTPrepareBatch` gathers the batch there. Only the id -> row table is kept,
+            so DataLoader workers never copy the tensors.
+        row_key: where the row number goes. Defaults to ``"token_row"``.
 
     Raises:
         ValueError: unknown fields.
@@ -43,6 +52,8 @@ class LoadPreloadedTokensd(Transform):
         values_key: str = "values",
         pooled_key: str = "pooled",
         verify_reads: bool = True,
+        resident: ResidentStore | None = None,
+        row_key: str = "token_row",
     ) -> None:
         fields = (fields,) if isinstance(fields, str) else tuple(fields)
         if not fields or any(f not in STORE_FIELDS for f in fields):
@@ -55,12 +66,27 @@ class LoadPreloadedTokensd(Transform):
         self.keys_key = keys_key
         self.values_key = values_key
         self.pooled_key = pooled_key
+        self.row_key = row_key
+        self.row_index: dict[str, int] | None = None
+        if resident is not None:
+            absent = [f for f in fields if f not in resident.fields]
+            if absent:
+                raise ValueError(f"the resident copy holds {resident.fields}, not {absent}: build it with them.")
+            self.row_index = resident.row_index
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         if self.id_key not in d:
             raise KeyError(f"data item has no {self.id_key!r} key to look its tokens up with: {sorted(map(str, d))}")
         item_id = str(d[self.id_key])
+        if self.row_index is not None:
+            if item_id not in self.row_index:
+                raise MissingItemsError(
+                    f"item {item_id!r} is not in the resident copy of {self.store.path}; build the copy from the "
+                    "items this run reads (fpt_monai.data.resident_store)."
+                )
+            d[self.row_key] = self.row_index[item_id]
+            return d
         if TOKENS in self.fields:
             d[self.keys_key], d[self.values_key] = self.store.get(item_id)
         if POOLED in self.fields:

@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from monai.engines.utils import PrepareBatch
+
+if TYPE_CHECKING:
+    from fpt_monai.data.resident import ResidentStore
 
 __all__ = ["FPTPrepareBatch"]
 
@@ -23,11 +27,16 @@ class FPTPrepareBatch(PrepareBatch):
     - online mode: the LPM-resolution ``image`` is the positional input, plus ``image_side`` when the batch has an
       (augmented) side view.
 
+    With a resident copy of the store (``resident``, :func:`fpt_monai.data.resident_store`) the batch carries row
+    numbers (``row_key``) and the stored fields are gathered on the resident device, then treated as above.
+
     Targets are ``label`` as ``long`` (absent in inference: ``None``).
 
     Args:
         image_key, side_key, keys_key, values_key, label_key, pooled_key: batch keys. Defaults to ``"image"``,
             ``"image_side"``, ``"keys"``, ``"values"``, ``"label"``, ``"pooled"``.
+        resident: the resident copy the rows refer to. Defaults to ``None``.
+        row_key: the batch key of the row numbers. Defaults to ``"token_row"``.
     """
 
     def __init__(
@@ -38,6 +47,8 @@ class FPTPrepareBatch(PrepareBatch):
         values_key: str = "values",
         label_key: str = "label",
         pooled_key: str = "pooled",
+        resident: ResidentStore | None = None,
+        row_key: str = "token_row",
     ) -> None:
         self.image_key = image_key
         self.side_key = side_key
@@ -45,6 +56,8 @@ class FPTPrepareBatch(PrepareBatch):
         self.values_key = values_key
         self.label_key = label_key
         self.pooled_key = pooled_key
+        self.resident = resident
+        self.row_key = row_key
 
     def __call__(
         self,
@@ -57,6 +70,16 @@ class FPTPrepareBatch(PrepareBatch):
             t = t.as_tensor() if hasattr(t, "as_tensor") else t
             return t.to(device=device, non_blocking=non_blocking, **kwargs)
 
+        if self.row_key in batchdata:
+            if self.resident is None:
+                raise KeyError(f"the batch has row numbers {self.row_key!r} but no resident store was given")
+            found = self.resident.gather(torch.as_tensor(batchdata[self.row_key]))
+            gathered = {
+                key: found[name]
+                for key, name in ((self.keys_key, "keys"), (self.values_key, "values"), (self.pooled_key, "pooled"))
+                if name in found
+            }
+            batchdata = {**batchdata, **gathered}
         label = batchdata.get(self.label_key)
         targets = move(torch.as_tensor(label)).long().reshape(-1) if label is not None else None
         if self.keys_key in batchdata:

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 
+from fpt_monai.flags import as_weights
+
 __all__ = [
     "POS_INTERP_MODES",
     "WEIGHT_FILE_SUFFIXES",
@@ -244,6 +246,7 @@ def create_vit_backbone(
         ) from err
     _check_supported(model, name)
 
+    pretrained = as_weights(pretrained)  # "--pretrained false" arrives as text from the bundle CLI
     if pretrained is False or pretrained is None:
         warnings.warn(
             f"FPT backbone {name!r} is randomly initialised (pretrained=False); use pretrained=True or a weight "

@@ -135,3 +135,23 @@ def test_bundle_cli(tmp_path, tiny_bundle_data):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file() and "val_auc" in proc.stdout + proc.stderr
+
+
+def test_a_resident_store_trains_exactly_as_reading_it(tmp_path, tiny_bundle_data, caplog):
+    import logging
+
+    data_dir, weights = tiny_bundle_data
+    finals = {}
+    for resident in ("true", "false"):
+        root = tmp_path / resident
+        with caplog.at_level(logging.INFO, logger="fpt_monai.data.resident"):
+            wf = _workflow(root, data_dir, weights, resident_store=resident, epochs=1)
+            wf.initialize()
+            wf.run()
+            assert (wf.parser.get_parsed_content("resident_tokens") is not None) == (resident == "true")
+            wf.finalize()
+        finals[resident] = torch.load(root / "models" / "model_final.pt", weights_only=True)
+    assert "feature store resident on cpu" in caplog.text
+    assert finals["true"].keys() == finals["false"].keys()
+    for name, tensor in finals["true"].items():
+        assert torch.equal(tensor, finals["false"][name]), name

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from fpt_monai.data.datalist import SPLITS, datalist_from_json
 from fpt_monai.data.feature_store import POOLED, STORE_DTYPES, STORE_FIELDS, TOKENS, FeatureStore, file_sha256
 from fpt_monai.data.normalization import resolve_normalization
+from fpt_monai.flags import as_weights
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.runtime import add_runtime_arguments, setup_cli
 from fpt_monai.transforms.pipeline import fpt_transforms
@@ -43,6 +44,7 @@ __all__ = [
 def weights_id(pretrained: bool | str) -> str:
     """Identity of the LPM weights for the store manifest: the SHA-256 of a weight file, the timm hub name, or
     ``"random"``."""
+    pretrained = as_weights(pretrained)
     if pretrained is True:
         return "timm-hub"
     if pretrained is False or pretrained is None:
