@@ -119,16 +119,18 @@ def available_cpus(*, cgroup_root: str | os.PathLike = CGROUP_ROOT, affinity: in
     return max(1, cpus)
 
 
-def default_num_workers(cap: int = 4, *, cpus: int | None = None) -> int:
-    """DataLoader workers for this machine: ``min(cap, available_cpus())``, and 0 on a single CPU.
+def default_num_workers(cap: int = 4, *, cpus: int | None = None, processes: int | None = None) -> int:
+    """DataLoader workers for this process: ``min(cap, CPUs per process)``, and 0 with a single CPU.
 
     With one CPU a worker process only competes with the training process for it (and copies every batch between
     processes), so loading stays in the main process. PyTorch warns when the workers outnumber the CPUs; this
-    default never does.
+    default never does. Under ``torchrun`` the CPUs are shared by the processes of the machine
+    (``LOCAL_WORLD_SIZE``), so 8 ranks on 16 CPUs start 2 workers each, not 4.
 
     Args:
         cap: the most workers to start. Defaults to 4.
         cpus: the CPUs available. Defaults to :func:`available_cpus`.
+        processes: training processes on this machine. Defaults to ``LOCAL_WORLD_SIZE`` (1 when unset).
 
     Raises:
         ValueError: when ``cap`` is negative.
@@ -136,7 +138,11 @@ def default_num_workers(cap: int = 4, *, cpus: int | None = None) -> int:
     if cap < 0:
         raise ValueError(f"cap must be >= 0, got {cap}.")
     cpus = available_cpus() if cpus is None else cpus
-    return 0 if cpus <= 1 else min(cap, cpus)
+    if processes is None:
+        local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+        processes = int(local) if local.isdigit() and int(local) > 0 else 1
+    per_process = cpus // max(1, processes)
+    return 0 if per_process <= 1 else min(cap, per_process)
 
 
 def _parse_threads(num_threads: int | str | None) -> int | None:

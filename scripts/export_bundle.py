@@ -22,6 +22,7 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,13 +35,23 @@ ONNX_KWARGS = {
 }
 
 
-def export_command(kind: str, net_id: str, filepath: Path, bundle_root: Path, configs: list[str], extra: dict) -> list:
-    """The ``python -m monai.bundle <kind> <net_id> ...`` command line for one export."""
-    model_config = json.loads((bundle_root / "models" / "model_config.json").read_text())
+def export_command(
+    kind: str,
+    net_id: str,
+    filepath: Path,
+    bundle_root: Path,
+    configs: list[str],
+    extra: dict,
+    record: Path | None = None,
+) -> list:
+    """The ``python -m monai.bundle <kind> <net_id> ...`` command line for one export (``record``: the model record
+    embedded in the file; the bundle's own by default)."""
+    record = record or bundle_root / "models" / "model_config.json"
+    model_config = json.loads(record.read_text())
     size = int(model_config["img_size"])
     cmd = [sys.executable, "-m", "monai.bundle", kind, net_id, "--filepath", str(filepath)]
     cmd += ["--ckpt_file", str(bundle_root / "models" / "model.pt"), "--meta_file", str(METADATA)]
-    cmd += ["--config_file", repr([str(INFERENCE), *configs, str(bundle_root / "models" / "model_config.json")])]
+    cmd += ["--config_file", repr([str(INFERENCE), *configs, str(record)])]
     # torch.export specialises a batch of 1 into the graph: the ONNX example batch is 2, the batch axis dynamic
     batch = 2 if kind == "onnx_export" else 1
     cmd += ["--bundle_root", str(bundle_root), "--use_trace", "True", "--input_shape", f"[{batch},3,{size},{size}]"]
@@ -51,13 +62,39 @@ def export_command(kind: str, net_id: str, filepath: Path, bundle_root: Path, co
     return cmd
 
 
-def pytorch_model(bundle_root: Path, configs: list[str], extra: dict):
+def _parser(bundle_root: Path, configs: list[str], extra: dict):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config([str(INFERENCE), *configs])
     parser.update({"bundle_root": str(bundle_root), **{k: _literal(v) for k, v in extra.items()}})
-    net = parser.get_parsed_content("network_def")
+    return parser
+
+
+def check_settings(bundle_root: Path, configs: list[str], extra: dict) -> None:
+    """Refuse an export whose configs or --pretrained contradict the trained model's record (other frozen weights,
+    another size, ...): ``ckpt_export`` itself builds only ``network_def`` and would export such a model silently."""
+    _parser(bundle_root, configs, extra).get_parsed_content("model_check")
+
+
+def embedded_record(record_file: Path, folder: Path) -> Path:
+    """A copy of the record for the model files, without the training machine's paths (the frozen weights are still
+    named by their SHA-256); the name stays ``model_config.json``, which the Deploy app reads."""
+    record = json.loads(record_file.read_text())
+    if isinstance(record.get("frozen_weights"), dict) and not isinstance(record["frozen_weights"].get("source"), bool):
+        record["frozen_weights"] = {**record["frozen_weights"], "source": Path(record["frozen_weights"]["source"]).name}
+    settings = record.get("training_settings")
+    if isinstance(settings, dict):
+        record["training_settings"] = {
+            k: v for k, v in settings.items() if k not in ("store_dir", "dataset_dir", "datalist_file")
+        }
+    out = folder / "model_config.json"
+    out.write_text(json.dumps(record, indent=1))
+    return out
+
+
+def pytorch_model(bundle_root: Path, configs: list[str], extra: dict):
+    net = _parser(bundle_root, configs, extra).get_parsed_content("network_def")
     import torch
 
     net.load_state_dict(torch.load(bundle_root / "models" / "model.pt", map_location="cpu", weights_only=True))
@@ -99,12 +136,15 @@ def main(argv: list[str] | None = None) -> dict:
         exports.append(("ckpt_export", "explainer", models / "model_explain.ts"))
     if not args.no_onnx:
         exports.append(("onnx_export", "network_def", models / "model.onnx"))
-    for kind, net_id, path in tqdm(exports, desc="export", unit="model"):
-        cmd = export_command(kind, net_id, path, bundle_root, configs, extra)
-        tqdm.write("$ python " + shlex.join(cmd[1:]))
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"{kind} {net_id} failed:\n{done.stderr[-4000:]}")
+    check_settings(bundle_root, configs, extra)
+    with tempfile.TemporaryDirectory() as tmp:
+        record = embedded_record(models / "model_config.json", Path(tmp))
+        for kind, net_id, path in tqdm(exports, desc="export", unit="model"):
+            cmd = export_command(kind, net_id, path, bundle_root, configs, extra, record)
+            tqdm.write("$ python " + shlex.join(cmd[1:]))
+            done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{kind} {net_id} failed:\n{done.stderr[-4000:]}")
 
     size = int(model_config["img_size"])
     image = torch.randn(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))

@@ -101,6 +101,15 @@ def test_default_num_workers(cpus, cap, workers):
     assert runtime.default_num_workers(cap, cpus=cpus) == workers
 
 
+def test_default_num_workers_share_the_cpus_among_torchrun_processes(monkeypatch):
+    assert runtime.default_num_workers(4, cpus=16, processes=8) == 2
+    assert runtime.default_num_workers(4, cpus=16, processes=16) == 0  # one CPU each: load in the training process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert runtime.default_num_workers(4, cpus=8) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "x")
+    assert runtime.default_num_workers(4, cpus=8) == 4
+
+
 def test_default_num_workers_rejects_a_negative_cap():
     with pytest.raises(ValueError, match="cap"):
         runtime.default_num_workers(-1)
@@ -190,10 +199,13 @@ def test_filters_hide_exactly_the_listed_warnings():
 @pytest.mark.parametrize("verbose, environ", [(True, {}), ("true", {}), (False, {"FPT_VERBOSE": "1"})])
 def test_verbose_shows_everything(verbose, environ):
     warnings.simplefilter("always")
+    quiet_third_party(True, environ={})  # importing fpt_monai installed them: start from the loggers' own levels
+    before = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
     quiet_third_party(environ={})  # installed earlier in the process: verbose takes them back
+    assert all(logging.getLogger(name).level >= level for name, level in NOISY_LOGGERS.items())
     assert quiet_third_party(verbose, environ=environ) is False
     assert len(_emit(SAMPLES.values())) == len(SAMPLES)
-    assert all(logging.getLogger(name).isEnabledFor(logging.INFO) for name in NOISY_LOGGERS)
+    assert {name: logging.getLogger(name).level for name in NOISY_LOGGERS} == before  # their INFO lines show again
 
 
 def test_filters_are_installed_once_and_not_with_fpt_verbose_0():

@@ -80,7 +80,13 @@ class ExportedFPT:
         self.version: str = str(self.metadata.get("version", "unknown"))
         self.batch_size = int(batch_size)
         parser = ConfigParser(json.loads(extra["inference.json"]))
-        parser["model_config"] = self.model_config  # the embedded copy, not the bundle folder's file
+        # the embedded copy, not the bundle folder's file; only the numbers preprocessing reads, since the parser
+        # would evaluate any text in the record that looks like config code ("$...", "@...")
+        parser["model_config"] = {
+            key: self.model_config[key]
+            for key in ("img_size", "side_img_size", "mean", "std")
+            if key in self.model_config
+        }
         parser["bundle_root"] = str(self.path.parent)
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.explainer = None

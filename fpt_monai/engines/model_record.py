@@ -10,8 +10,9 @@ normalisation, the network's class and arguments, the identity of the frozen mod
 as their defaults; :func:`check_model_settings` refuses a value given on the command line that differs from the
 record, naming both, instead of evaluating another model or failing late.
 
-The top-level keys never collide with other keys of ``inference.yaml`` (export merges the record into it as a config
-file); what training used beyond the model lives under ``training_settings``.
+Export merges the record into ``inference.yaml`` as a config file: its top-level keys that ``inference.yaml`` also
+has are the model settings, which it reads from the record anyway (the same values); what training used beyond the
+model lives under ``training_settings``, which no config key is named like.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch.nn as nn
 
 from fpt_monai.atomic import atomic_write_text
+from fpt_monai.flags import as_weights
 
 __all__ = [
     "MODEL_CONFIG_FORMAT",
@@ -35,6 +37,7 @@ __all__ = [
     "ModelConfigError",
     "check_model_settings",
     "read_model_config",
+    "recorded_datalist",
     "recorded_path",
     "recorded_weights",
     "write_model_config",
@@ -94,8 +97,7 @@ def _portable(path: str | os.PathLike, bundle_root: str | os.PathLike | None) ->
 def _weights_record(pretrained: bool | str | os.PathLike | None) -> dict:
     from fpt_monai.data.preload import weights_id
 
-    if isinstance(pretrained, (str, os.PathLike)) and str(pretrained).lower() in ("true", "false"):
-        pretrained = str(pretrained).lower() == "true"  # as the command line may give it
+    pretrained = as_weights(pretrained)  # "true"/"false" as the command line gives them
     source = pretrained if isinstance(pretrained, bool) or pretrained is None else str(Path(pretrained).resolve())
     return {"source": source, "id": weights_id(pretrained)}
 
@@ -106,9 +108,13 @@ def write_model_config(
     pretrained: bool | str | os.PathLike | None = None,
     training_settings: Mapping | None = None,
     bundle_root: str | os.PathLike | None = None,
+    resume: bool = False,
     **config: Any,
 ) -> dict:
     """Write the trained model's record atomically.
+
+    A training that resumes (``resume`` and a ``last.pt`` beside the record) must train the model the record
+    describes: another one is refused, naming what differs, before anything is overwritten.
 
     Args:
         path: the file, ``<bundle_root>/models/model_config.json``.
@@ -117,19 +123,25 @@ def write_model_config(
             neither FPT nor the linear probe (the baselines).
         pretrained: the frozen model's weights (file, ``True`` for timm's hub, ``False`` for random); recorded as
             ``frozen_weights``: the absolute file path and its SHA-256.
-        training_settings: ``mode``, the store settings and the ``store_dir``/``dataset_dir`` of the run; paths inside
-            ``bundle_root`` are recorded relative to it.
+        training_settings: ``mode``, the store settings and the ``store_dir``/``dataset_dir``/``datalist_file`` of the
+            run; paths inside ``bundle_root`` are recorded relative to it.
         bundle_root: the bundle folder.
+        resume: whether the training resumes from ``last.pt`` (the bundle's ``resume``).
         config: the model settings (:data:`MODEL_SETTINGS`), ``class_names``, ``mean``, ``std``.
 
     Returns:
         The record as written.
+
+    Raises:
+        ModelConfigError: ``resume`` into a bundle whose record describes another model.
     """
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
     from fpt_monai.networks.spec import network_spec
 
     record: dict[str, Any] = {"format": MODEL_CONFIG_FORMAT, **config}
     if network is not None:
-        spec = network_spec(network.module if hasattr(network, "module") else network)
+        spec = network_spec(network.module if isinstance(network, (DataParallel, DistributedDataParallel)) else network)
         if spec is not None:
             record["network_spec"] = spec
             if spec["target"] not in ("FPT", "PooledLinearProbe"):
@@ -138,13 +150,39 @@ def write_model_config(
         record["frozen_weights"] = _weights_record(pretrained)
     if training_settings is not None:
         settings = dict(training_settings)
-        for key in ("store_dir", "dataset_dir"):
+        for key in ("store_dir", "dataset_dir", "datalist_file"):
             if settings.get(key) is not None:
                 settings[key] = _portable(settings[key], bundle_root)
         record["training_settings"] = settings
     clean = json.loads(json.dumps(record, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    path = Path(path)
+    if resume and path.is_file() and (path.parent / "last.pt").is_file():
+        _refuse_another_model(path, clean)
     atomic_write_text(path, json.dumps(clean, indent=1))
     return clean
+
+
+def _refuse_another_model(path: Path, new: Mapping) -> None:
+    """Raise when the record at ``path`` (of the training ``last.pt`` resumes) describes another model than ``new``."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # an unreadable record is rewritten; the checkpoint's own checks still apply
+    keys = [*MODEL_SETTINGS, "network_spec", "class_names"]
+    differ = [
+        f"{key} {old[key]!r} -> {new[key]!r}"
+        for key in keys
+        if key in old and key in new and not _same(new[key], old[key])
+    ]
+    old_id, new_id = (r.get("frozen_weights", {}).get("id") for r in (old, new))
+    if old_id and new_id and old_id != new_id:
+        differ.append(f"frozen weights {old_id} -> {new_id}")
+    if differ:
+        raise ModelConfigError(
+            f"{path.parent}: resuming the training there (last.pt) would train another model than its record "
+            f"describes: {'; '.join(differ)}. Train into another --bundle_root, set --resume false to start this "
+            f"folder afresh, or delete {path.parent} to start over."
+        )
 
 
 def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> dict:
@@ -179,25 +217,37 @@ def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | 
     assumed = sorted(k for k in _LEGACY_DEFAULTS if k not in flat)
     for key in assumed:
         flat[key] = _LEGACY_DEFAULTS[key]
+    probe = flat["network_name"] == "linear_probe"  # the store-trained probe reads pooled features, no image
     if "store_fields" not in flat:
-        flat["store_fields"] = ["tokens", "pooled"] if flat["head"] == "side+pooled" else ["tokens"]
+        flat["store_fields"] = (
+            ["pooled"] if probe else ["tokens", "pooled"] if flat["head"] == "side+pooled" else ["tokens"]
+        )
         assumed.append("store_fields")
+    if "side_view" in assumed and probe:
+        flat["side_view"] = False
     root = Path(bundle_root) if bundle_root is not None else path.parent.parent
     if "store_dir" not in flat:
-        flat["store_dir"] = str(root / "tokens" / f"{flat['variant']}_{flat['backbone']}_{flat['img_size']}")
+        variant = flat.get("variant", "fpt_plus")  # the store's folder name (train.yaml's store_dir)
+        flat["store_dir"] = str(root / "tokens" / f"{variant}_{flat['backbone']}_{flat['img_size']}")
         assumed.append("store_dir")
     if "dataset_dir" not in flat:
         flat["dataset_dir"] = str(root / "data")
         assumed.append("dataset_dir")
-    for key in ("store_dir", "dataset_dir"):
+    if "datalist_file" not in flat:
+        flat["datalist_file"] = str(Path(flat["dataset_dir"]) / "datalist.json")
+    for key in ("store_dir", "dataset_dir", "datalist_file"):
         flat[key] = recorded_path(flat[key], root)
     if assumed:
         logger.warning(
             "%s was written by an older fpt_monai without %s; assumed the bundle's defaults %s. If training used "
-            "other values, pass them (they are not checked) or add them to the file.",
+            "other values, pass them (they are not checked) or add them to the file.%s",
             path,
             ", ".join(assumed),
             {k: flat[k] for k in assumed},
+            ""
+            if "frozen_weights" in flat
+            else " It does not name the frozen model's weights either: pass "
+            "--pretrained with the file training used (without it, timm's hub weights are downloaded).",
         )
     flat["_file"] = str(path)
     flat["_assumed"] = sorted(assumed)
@@ -208,6 +258,14 @@ def recorded_path(path: str | os.PathLike, bundle_root: str | os.PathLike) -> st
     """A recorded path resolved: relative ones are relative to the bundle folder."""
     path = Path(path)
     return str(path if path.is_absolute() else Path(bundle_root) / path)
+
+
+def recorded_datalist(record: Mapping, dataset_dir: str | os.PathLike) -> str:
+    """The datalist to evaluate: the training's own file (``training_settings.datalist_file``, whatever its name) when
+    ``dataset_dir`` is the training's, else ``<dataset_dir>/datalist.json``."""
+    if Path(dataset_dir).resolve() == Path(record["dataset_dir"]).resolve():
+        return str(record["datalist_file"])
+    return str(Path(dataset_dir) / "datalist.json")
 
 
 def recorded_weights(record: Mapping) -> bool | str:
@@ -281,10 +339,11 @@ def check_model_settings(
             "this order: labels would mean other classes)"
         )
     weights = record.get("frozen_weights")
+    pretrained = as_weights(pretrained)
     if pretrained is not None and weights and weights.get("id"):
         from fpt_monai.data.preload import weights_id
 
-        if weights.get("source") not in (True, False) and str(pretrained) == str(weights["source"]):
+        if not isinstance(weights.get("source"), bool) and str(pretrained) == str(weights["source"]):
             if not Path(str(pretrained)).is_file():
                 raise ModelConfigError(
                     f"{pretrained}: the frozen model's weight file that training used (recorded in {source}) is not "

@@ -46,6 +46,8 @@ def recorded(cls: _M) -> _M:
         # set after the call, so that the most derived recorded class wins
         self.__dict__["_recorded_init_args"] = (type(self).__name__, arguments)
 
+    if RECORDED_NETWORKS.get(cls.__name__, cls) is not cls:
+        raise ValueError(f"a recorded network is already named {cls.__name__!r}; recorded names must be unique.")
     cls.__init__ = __init__
     RECORDED_NETWORKS[cls.__name__] = cls
     return cls
@@ -63,7 +65,8 @@ def network_spec(network: nn.Module) -> dict | None:
     (``pretrained`` and ``frozen_model`` left out: they are chosen when the network is rebuilt), or ``None`` for any
     other module."""
     record = network.__dict__.get("_recorded_init_args")
-    if record is None or record[0] != type(network).__name__:
+    # a subclass that is not itself @recorded cannot be rebuilt from the record: no spec rather than a wrong one
+    if record is None or RECORDED_NETWORKS.get(record[0]) is not type(network):
         return None
     name, arguments = record
     return {"target": name, "kwargs": {k: _json_value(v) for k, v in arguments.items() if k not in _REBUILD_ARGS}}

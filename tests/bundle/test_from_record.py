@@ -140,3 +140,28 @@ def test_a_tracked_evaluation_from_the_record_warns_of_no_training_only_setting(
     client = MlflowClient(run["tracking_uri"])
     (evaluation,) = [r for r in client.search_runs([run["experiment_id"]]) if r.info.run_id != run["run_id"]]
     assert evaluation.data.params["learning_rate"] == "0.01"  # the evaluation run carries the training's values
+
+
+def test_a_datalist_of_another_name_is_the_one_evaluated(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    datalist = json.loads((data / "datalist.json").read_text())
+    assert len(datalist["test"]) > 1
+    datalist["test"] = datalist["test"][:1]  # another test split than datalist.json's, in my_split.json
+    (data / "my_split.json").write_text(json.dumps(datalist))
+    bundle = tmp_path / "bundle"
+    run_workflow(TRAIN_CONFIG, bundle, data, weights, epochs=1, datalist_file=str(data / "my_split.json"))
+    _run(_bare([TRAIN_CONFIG, EVAL_CONFIG], bundle))
+    assert json.loads((bundle / "eval" / "metrics.json").read_text())["best"]["n"] == 1
+
+
+def test_training_into_a_bundle_of_another_model_is_refused(tmp_path, tiny_bundle_data):
+    data_dir, weights = tiny_bundle_data
+    run_workflow(TRAIN_CONFIG, tmp_path, data_dir, weights, epochs=1)
+    record = (tmp_path / "models" / "model_config.json").read_text()
+    with pytest.raises(Exception) as info:
+        run_workflow(TRAIN_CONFIG, tmp_path, data_dir, weights, epochs=2, side_img_size=48)
+    assert "side_img_size 32 -> 48" in error_text(info.value)
+    assert (tmp_path / "models" / "model_config.json").read_text() == record  # the record still describes model.pt
+    run_workflow(TRAIN_CONFIG, tmp_path, data_dir, weights, epochs=2)  # the same model resumes

@@ -15,6 +15,7 @@ from fpt_monai.data import (
     datalist_from_image_folder,
     datalist_from_json,
     datalist_from_medmnist,
+    datalist_num_classes,
     make_splits,
     write_datalist,
 )
@@ -92,8 +93,9 @@ def test_csv_errors(tmp_path):
     (tmp_path / "b.csv").write_text("path,label\nx.png,0\ny.png,5\n")
     dl = datalist_from_csv(tmp_path / "b.csv")  # no split column: all training
     assert len(dl["training"]) == 2
+    assert dl["classes"] == ["0", "1", "2", "3", "4", "5"]  # integer labels: classes named by their index
     with pytest.raises(ValueError, match=r"y\.png: label 5 is out of range for num_classes=2"):
-        check_datalist(dl, num_classes=2)
+        check_datalist({k: v for k, v in dl.items() if k != "classes"}, num_classes=2)
     (tmp_path / "c.csv").write_text("file,label\nx.png,0\n")
     with pytest.raises(ValueError, match="no column 'path'"):
         datalist_from_csv(tmp_path / "c.csv")
@@ -384,3 +386,24 @@ def test_csv_patient_column_errors(tmp_path):
         datalist_from_csv(tmp_path / "blank.csv", **kwargs)
     with pytest.raises(ValueError, match=r"no column 'subject'"):
         datalist_from_csv(kept, path_column="file", label_column="diagnosis", group_column="subject")
+
+
+def test_integer_labels_without_names_train_with_every_class(tmp_path):
+    rows = "".join(f"{i}.png,{i % 3}\n" for i in range(9))
+    (tmp_path / "labels.csv").write_text("path,label\n" + rows)
+    dl = datalist_from_csv(tmp_path / "labels.csv", split_fractions=(0.34, 0.33, 0.33))
+    assert dl["classes"] == ["0", "1", "2"] and datalist_num_classes(dl) == 3  # the bundle's num_classes
+    assert datalist_num_classes({"training": [{"label": 4}], "test": [{"label": 1}]}) == 5  # no names: label + 1
+    assert datalist_num_classes({"training": [{"label": 0}]}) == 2
+
+
+@pytest.mark.parametrize("name", ["$__import__('os').system('id')", "@network", "%train.yaml#x", ""])
+def test_class_names_that_configs_would_evaluate_are_refused(tmp_path, name):
+    item = {"image": "a.png", "label": 0, "id": "a.png"}
+    with pytest.raises(DatalistError, match="Rename the class"):
+        check_datalist({"training": [item], "classes": [name, "normal"]}, source=tmp_path / "d.json")
+    if name:  # a class folder of that name is refused too
+        _png(tmp_path / "tree" / name / "1.png")
+        _png(tmp_path / "tree" / "normal" / "1.png")
+        with pytest.raises(DatalistError, match="Rename the class"):
+            datalist_from_image_folder(tmp_path / "tree", split_fractions=(0.5, 0.5))

@@ -14,6 +14,7 @@ from fpt_monai.engines import (
     ModelConfigError,
     check_model_settings,
     read_model_config,
+    recorded_datalist,
     recorded_weights,
     write_model_config,
 )
@@ -162,3 +163,52 @@ def test_missing_or_broken_record_names_the_file_and_the_fix(tmp_path):
     bad.write_text(json.dumps({"training": []}))
     with pytest.raises(ModelConfigError, match="not a model record"):
         read_model_config(bad)
+
+
+def test_resuming_into_a_bundle_of_another_model_is_refused(tmp_path, weights):
+    bundle, path = _write(tmp_path, weights)
+    before = path.read_text()
+    net = FPT(num_classes=2, pretrained=False, frozen_model=False, side_img_size=32, **TINY)
+    again = dict(path=path, network=net, pretrained=weights, bundle_root=bundle, resume=True)
+    write_model_config(**again, **SETTINGS)  # no last.pt: nothing to resume, the record is rewritten
+    (path.parent / "last.pt").write_bytes(b"a checkpoint")
+    write_model_config(**again, **SETTINGS)  # the same model resumes
+    with pytest.raises(ModelConfigError) as info:
+        write_model_config(**again, **{**SETTINGS, "img_size": 96})
+    text = str(info.value)
+    assert "img_size 64 -> 96" in text and "another --bundle_root" in text and "--resume false" in text
+    assert json.loads(path.read_text())["img_size"] == 64  # not overwritten
+    write_model_config(**{**again, "resume": False}, **{**SETTINGS, "img_size": 96})  # starting afresh is allowed
+    assert json.loads(path.read_text())["img_size"] == 96 and before != path.read_text()
+
+
+def test_the_evaluated_datalist_is_the_trainings_own_file_unless_another_folder_is_given(tmp_path, weights):
+    _, path = _write(tmp_path, weights)
+    record = read_model_config(path)
+    assert recorded_datalist(record, tmp_path / "data") == str((tmp_path / "data" / "datalist.json").resolve())
+    raw = json.loads(path.read_text())
+    raw["training_settings"]["datalist_file"] = str(tmp_path / "data" / "my_split.json")
+    path.write_text(json.dumps(raw))
+    record = read_model_config(path)
+    assert recorded_datalist(record, str(tmp_path / "data")) == str(tmp_path / "data" / "my_split.json")
+    assert recorded_datalist(record, tmp_path / "other") == str(tmp_path / "other" / "datalist.json")
+
+
+def test_an_older_linear_probe_record_reads_pooled_features(tmp_path):
+    path = tmp_path / "models" / "model_config.json"
+    path.parent.mkdir()
+    old = {k: SETTINGS[k] for k in ("class_names", "num_classes", "backbone", "img_size")}
+    path.write_text(json.dumps({**old, "network_name": "linear_probe", "mean": [0.5] * 3, "std": [0.2] * 3}))
+    record = read_model_config(path)
+    assert record["store_fields"] == ["pooled"] and record["side_view"] is False
+
+
+def test_text_weights_from_the_command_line_are_booleans(tmp_path):
+    path = tmp_path / "model_config.json"
+    net = FPT(num_classes=2, pretrained=False, frozen_model=False, side_img_size=32, **TINY)
+    write_model_config(path, network=net, pretrained="false", **SETTINGS)
+    record = read_model_config(path)
+    assert record["frozen_weights"] == {"source": False, "id": "random"}
+    check_model_settings(record, pretrained="False")  # not "no such weight file: False"
+    with pytest.raises(ModelConfigError, match="--pretrained 'True'"):
+        check_model_settings(record, pretrained="True")

@@ -29,7 +29,17 @@ def test_exports_agree_with_pytorch(exported_tiny_bundle):
         str(models / "model.ts"), more_extra_files=("inference.json", "model_config.json")
     )
     assert meta["version"] == json.loads((REPO_ROOT / "bundle/configs/metadata.json").read_text())["version"]
-    assert json.loads(extra["model_config.json"]) == json.loads((models / "model_config.json").read_text())
+    embedded, record = json.loads(extra["model_config.json"]), json.loads((models / "model_config.json").read_text())
+    # the model file names the frozen weights by their SHA-256, without the training machine's paths
+    assert embedded["frozen_weights"] == {**record["frozen_weights"], "source": weights.name}
+    assert set(record["training_settings"]) - set(embedded["training_settings"]) == {
+        "store_dir",
+        "dataset_dir",
+        "datalist_file",
+    }
+    assert {k: v for k, v in embedded.items() if k not in ("frozen_weights", "training_settings")} == {
+        k: v for k, v in record.items() if k not in ("frozen_weights", "training_settings")
+    }
     assert "preprocessing" in json.loads(extra["inference.json"])
 
     # an image the check did not see: TorchScript and ONNX Runtime give the PyTorch model's probabilities
@@ -58,3 +68,19 @@ def test_export_without_checkpoint_says_what_to_do(tmp_path):
     )
     assert done.returncode != 0
     assert "model.pt not found" in done.stderr and "train the bundle first" in done.stderr
+
+
+def test_export_with_other_frozen_weights_is_refused(tmp_path, trained_tiny_bundle):
+    root, _, _ = trained_tiny_bundle
+    from safetensors.torch import save_file
+
+    from fpt_monai.networks import create_vit_backbone
+
+    other = tmp_path / "other.safetensors"
+    save_file(create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224).state_dict(), str(other))
+    cmd = [sys.executable, "scripts/export_bundle.py", "--bundle-root", str(root), "--pretrained", str(other)]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("fpt_monai: error:") and "the trained model's frozen weights are" in last
+    assert "ckpt_export" not in done.stdout + done.stderr  # refused before the first export command

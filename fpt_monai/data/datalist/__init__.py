@@ -36,6 +36,7 @@ __all__ = [
     "datalist_from_image_folder",
     "datalist_from_json",
     "datalist_from_medmnist",
+    "datalist_num_classes",
     "inference_items",
     "make_splits",
     "write_datalist",
@@ -79,6 +80,17 @@ _SPLIT_USE = {
 }
 
 
+def _check_class_names(names: Sequence, head: str) -> None:
+    for name in names:
+        # MONAI configs read strings that start with these as code, references or macros: a class folder named
+        # "$..." would run when a config resolves the record that holds the class names
+        if not isinstance(name, str) or not name or name[0] in "$@%":
+            raise DatalistError(
+                f"{head}class name {name!r} cannot be used: class names are non-empty text that does not start with "
+                "'$', '@' or '%' (MONAI configs evaluate such strings). Rename the class (its folder or label)."
+            )
+
+
 def check_datalist(
     datalist: Mapping,
     num_classes: int | None = None,
@@ -101,6 +113,7 @@ def check_datalist(
     where = f" in {source}" if source is not None else ""
     head = f"{source}: " if source is not None else ""
     classes = datalist.get("classes")
+    _check_class_names(classes or (), head)
     if num_classes is not None and classes is not None and len(classes) != num_classes:
         raise DatalistError(
             f"{head}the datalist has {len(classes)} classes {list(classes)} but num_classes={num_classes}. Set "
@@ -309,6 +322,14 @@ def make_splits(
     return out
 
 
+def datalist_num_classes(datalist: Mapping) -> int:
+    """The number of classes of a datalist: its ``classes``, else the largest label + 1 (at least 2)."""
+    if datalist.get("classes"):
+        return len(datalist["classes"])
+    labels = [int(item["label"]) for split in SPLITS for item in datalist.get(split, []) if "label" in item]
+    return max(2, 1 + max(labels, default=1))
+
+
 def _rel_id(path: Path, root: Path) -> str:
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
@@ -392,6 +413,7 @@ def datalist_from_image_folder(
     pools = split_dirs if split_dirs else {root: "training"}
     found = sorted({c.name for d in pools for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")})
     classes = list(class_names) if class_names is not None else found
+    _check_class_names(classes, f"{root}: ")
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DatalistError(f"{root}: class folders {unknown} are not in class_names {classes}.")
@@ -509,11 +531,12 @@ def datalist_from_csv(
                 )
             item[GROUP_KEY] = patient
         out[split].append(item)
+    if class_names is None:  # integer labels without names: the classes are named by their index
+        class_names = [str(i) for i in range(1 + max(i["label"] for s in SPLITS for i in out[s]))]
     if split_fractions is not None:
         out = make_splits(out[default_split], split_fractions, seed=seed, class_names=class_names, source=csv_path)
-    if class_names is not None:
-        out["classes"] = list(class_names)
-    check_datalist(out, len(class_names) if class_names is not None else None, source=csv_path)
+    out["classes"] = list(class_names)
+    check_datalist(out, len(class_names), source=csv_path)
     return out
 
 

@@ -3,6 +3,8 @@
 # with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """``python -m fpt_monai.data.datalist``: see :mod:`fpt_monai.data.datalist.cli`."""
 
+from __future__ import annotations
+
 import sys
 
 from fpt_monai.data.datalist.cli import main

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -225,12 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a traceback shows where it happened (the excepthook adds the last line)
         print(error_line(err), file=sys.stderr)
         return 1
-    # the bundle reads <dataset_dir>/datalist.json; another file name is given as datalist_file
-    where = f"--dataset_dir {written.parent}" if written.name == "datalist.json" else f"--datalist_file {written}"
+    # the bundle reads <dataset_dir>/datalist.json; another file name is given as datalist_file as well
+    where = f"--dataset_dir {shlex.quote(str(written.parent))}"
+    if written.name != "datalist.json":
+        where += f" --datalist_file {shlex.quote(str(written))}"
     print(_count_table(datalist))
     print(f"splits: {how}")
     print(f"wrote {written}")
-    # the bundle takes the number of classes from the datalist's "classes"
-    train = "python -m monai.bundle run training --config_file bundle/configs/train.yaml --bundle_root outputs/my_run"
+    # the bundle takes the number of classes from the datalist's "classes"; one bundle folder per dataset, so that a
+    # second dataset does not resume the first one's training
+    bundle_root = shlex.quote(f"runs/{written.parent.name or 'my_run'}")
+    train = f"python -m monai.bundle run training --config_file bundle/configs/train.yaml --bundle_root {bundle_root}"
     print(f"next: {train} {where}")
     return 0

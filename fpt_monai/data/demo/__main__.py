@@ -4,6 +4,8 @@
 """``python -m fpt_monai.data.demo`` (a package's ``__main__``, so that runpy does not warn that the module is
 already imported by ``fpt_monai.data``)."""
 
+from __future__ import annotations
+
 from fpt_monai.data.demo import main
 from fpt_monai.errors import install_excepthook
 

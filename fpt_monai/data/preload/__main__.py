@@ -4,6 +4,8 @@
 """``python -m fpt_monai.data.preload`` (a package's ``__main__``, so that runpy does not warn that the module is
 already imported by ``fpt_monai.data``)."""
 
+from __future__ import annotations
+
 import sys
 
 from fpt_monai.data.preload import main
