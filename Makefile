@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,export,deploy]"
 	touch $(STAMP)
 
+# The suite in parallel processes (at most 4, one per core), each with one torch thread and passive OpenMP waits:
+# threads of two processes spinning on the same cores made single steps up to 30x slower (docs/operations.md).
+TEST_WORKERS ?= auto
 test: venv
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --durations 10
 
 lint: venv
 	$(VENV)/bin/ruff check fpt_monai tests scripts

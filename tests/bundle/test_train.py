@@ -102,7 +102,8 @@ def test_stale_feature_store_is_refused(tmp_path, tiny_bundle_data):
     wf.initialize()
     wf.run()
     wf.finalize()
-    wf = _workflow(tmp_path, data_dir, weights, epochs=1, token_ratio=0.5)  # same store folder, other settings
+    # same store folder, other settings; starting afresh (resuming another model is refused before, by the record)
+    wf = _workflow(tmp_path, data_dir, weights, epochs=1, token_ratio=0.5, resume=False)
     with pytest.raises(Exception) as info:
         wf.initialize()
         wf.run()
