@@ -110,10 +110,12 @@ def worker(method: str, args) -> dict:
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
+    model = torch.compile(net) if args.compile else net
+
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(net(*inputs, **kwargs), labels)
+            loss = torch.nn.functional.cross_entropy(model(*inputs, **kwargs), labels)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
@@ -225,6 +227,9 @@ def main() -> None:
         help="timm attention of the baselines: fused SDPA, or eager (TIMM_FUSED_ATTN=0, the papers' protocol)",
     )
     p.add_argument("--no-inference", action="store_true", help="measure training only")
+    p.add_argument(
+        "--compile", action="store_true", help="train through torch.compile(network) (warm-up steps compile it)"
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from fpt_monai.data import make_demo_dataset
@@ -19,6 +20,8 @@ def make_tiny_bundle_data(root):
     """The demo images at 96 px under ``root/data`` and random ViT-Tiny weights; returns ``(data_dir, weights)``."""
     make_demo_dataset(root / "data", per_class=6, size=96)
     weights = root / "vit_tiny.safetensors"
+    # the same weights whichever test (or pytest-xdist worker) builds the session fixture first
+    torch.manual_seed(0)
     save_file(create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224).state_dict(), str(weights))
     return root / "data", weights
 
