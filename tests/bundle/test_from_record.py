@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 
 from fpt_monai.data import datalist_from_json
@@ -87,7 +88,9 @@ def test_other_weights_are_refused_the_same_weights_moved_are_accepted(moved_bun
 
     from fpt_monai.networks import create_vit_backbone
 
+    torch.manual_seed(1)  # other random weights than the fixture's (seed 0)
     save_file(create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224).state_dict(), str(other))
+    assert other.read_bytes() != weights.read_bytes()
     with pytest.raises(Exception) as info:
         _run(_bare(INFER_CONFIG, root, "infer", dataset_dir=str(images), pretrained=str(other)))
     assert "--pretrained" in error_text(info.value) and "the trained model's frozen weights are" in error_text(

@@ -71,13 +71,15 @@ def test_export_without_checkpoint_says_what_to_do(tmp_path):
 
 
 def test_export_with_other_frozen_weights_is_refused(tmp_path, trained_tiny_bundle):
-    root, _, _ = trained_tiny_bundle
+    root, _, weights = trained_tiny_bundle
     from safetensors.torch import save_file
 
     from fpt_monai.networks import create_vit_backbone
 
     other = tmp_path / "other.safetensors"
+    torch.manual_seed(1)  # other random weights than the fixture's (seed 0)
     save_file(create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224).state_dict(), str(other))
+    assert other.read_bytes() != weights.read_bytes()
     cmd = [sys.executable, "scripts/export_bundle.py", "--bundle-root", str(root), "--pretrained", str(other)]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
