@@ -182,14 +182,17 @@ def resident_store(
         ValueError: an unknown mode.
         MemoryError: ``mode`` ``"true"`` and the copy does not fit in the free memory.
     """
-    if store is None:
+    if store is None or str(mode).strip().lower() == "false":
         choose_residency(0, 0, device, mode)  # still refuse an unknown mode
         return None
     fields = (fields,) if isinstance(fields, str) else tuple(fields)
     ids = list(dict.fromkeys(str(item["id"]) for item in items))
     need = len(ids) * sum(store.field_bytes_per_item(f) for f in fields)
-    free = available_memory(device) if free_bytes is None and str(mode).lower() != "false" else int(free_bytes or 0)
-    resident, why = choose_residency(need, free, device, mode)
+    free = available_memory(device) if free_bytes is None else int(free_bytes)
+    try:
+        resident, why = choose_residency(need, free, device, mode)
+    except MemoryError as err:
+        raise MemoryError(f"{store.path}: {err}") from err
     if not resident:
         logger.info("feature store read per batch: %s", why)
         return None

@@ -217,3 +217,19 @@ def test_reduced_precision_preload_is_recorded_and_not_mixed_with_fp32(demo, tmp
         preload(items, ext, tmp_path / "fp16", MEAN, STD, progress=False, device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
         preload(items, ext, tmp_path / "x", MEAN, STD, progress=False, precision="int8")
+
+
+def test_weights_are_hashed_once_while_the_file_stays_the_same(tmp_path, monkeypatch):
+    import importlib
+
+    preload_module = importlib.import_module("fpt_monai.data.preload")  # the module, not the function of that name
+    hashed = []
+    real = preload_module.file_sha256
+    monkeypatch.setattr(preload_module, "file_sha256", lambda path: hashed.append(path) or real(path))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"first weights")
+    first = preload_module.weights_id(str(weights))
+    assert preload_module.weights_id(weights) == first and len(hashed) == 1  # the record, the check, the store
+    weights.write_bytes(b"other weights")
+    os.utime(weights, ns=(1, 1))  # another modification time, whatever the clock's resolution
+    assert preload_module.weights_id(weights) != first and len(hashed) == 2

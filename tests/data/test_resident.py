@@ -90,6 +90,8 @@ def test_resident_store_logs_its_choice(store, caplog):
         copy = resident_store(store, items, device="cpu", mode="true")
         assert copy is not None and len(copy) == 7 and "resident on cpu: 7 items" in caplog.text
     assert resident_store(None, items, mode="true") is None  # online mode: no store
+    with pytest.raises(MemoryError, match=f"^{store.path}: a resident copy"):
+        resident_store(store, items, device="cpu", mode="true", free_bytes=1)
     with pytest.raises(ValueError, match="resident_store must be one of"):
         resident_store(None, items, mode="yes please")
 

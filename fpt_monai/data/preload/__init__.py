@@ -12,6 +12,7 @@ Python: :func:`preload`. Command line::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -42,18 +43,27 @@ __all__ = [
 
 
 def weights_id(pretrained: bool | str) -> str:
-    """Identity of the LPM weights for the store manifest: the SHA-256 of a weight file, the timm hub name, or
-    ``"random"``."""
+    """Identity of the LPM weights for the store manifest and the model record: the SHA-256 of a weight file, the
+    timm hub name, or ``"random"``. A file is hashed once per process while its size and modification time stay the
+    same (a run's start asks for it several times: the record, the settings check, the store)."""
     pretrained = as_weights(pretrained)
     if pretrained is True:
         return "timm-hub"
     if pretrained is False or pretrained is None:
         return "random"
-    if not Path(pretrained).is_file():  # checked here: hashing comes before the backbone would name the file
+    path = Path(pretrained)
+    if not path.is_file():  # checked here: hashing comes before the backbone would name the file
         raise FileNotFoundError(
             f"{pretrained}: no such weight file. Pass an existing file (--pretrained), or true (timm hub weights)."
         )
-    return f"sha256:{file_sha256(pretrained)}"
+    stat = path.stat()
+    return _weights_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # part of the cache key only: a rewritten file is hashed again
+    return f"sha256:{file_sha256(path)}"
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
