@@ -19,15 +19,39 @@ splits, each image costs 7.6 MB (FPT+, ViT-B/16 @ 512 px) and nothing records ho
   file's SHA-256, each written to a temporary file, fsynced and renamed), so an interrupted preload leaves only
   whole shards behind and resumes where it stopped; every read checks the item's CRC32 and :meth:`verify` checks
   whole files, so a corrupt shard is never used silently.
+
+Ownership and concurrent writers:
+
+- the store deletes only files it wrote itself: the temporary files of :func:`fpt_monai.atomic.atomic_write`
+  (``.<name>.tmp-<pid>``) of its manifest and shards, and shard data files named by its own scheme
+  (``<prefix>-<writer token>-<number>.npy``) that have no index, i.e. the leftovers of an interrupted shard write;
+- a writer (:meth:`FeatureStore.create`, :meth:`FeatureStore.open_or_create`) refuses a folder holding files the store
+  does not know (:class:`UnknownFilesError`, naming the files and the fix) and a folder with shards but no
+  ``manifest.json`` (:class:`CorruptStoreError`: such shards are never adopted silently); an empty or missing folder
+  becomes a new store;
+- every change (creating the manifest, declaring a field, committing a shard, removing leftovers) happens under an
+  exclusive ``fcntl.flock`` on the store's own ``.lock`` file, so leftovers found under the lock belong to a writer
+  that died. Extraction runs outside the lock; only the shard writes of concurrent writers are serialised;
+- shard names carry a random token per writer (``r000-3f9a0c1b2d4e-000000``; under ``torchrun`` the prefix is the
+  rank, ``r001-...``), and a writer re-reads the index under the lock before it commits: items another writer has
+  committed meanwhile are dropped from the shard (both computed them from the same settings, the first one stored
+  is kept), so several preloads of one datalist (e.g. the folds of a study started together) can share one store and
+  every item is stored exactly once;
+- readers take no lock: committed shard files are never rewritten, so a store opened before another writer
+  committed keeps reading what it indexed (open it again to see the new items).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +68,7 @@ __all__ = [
     "FeatureStore",
     "MissingItemsError",
     "StoreMismatchError",
+    "UnknownFilesError",
     "file_sha256",
 ]
 
@@ -54,6 +79,12 @@ _VERSION = 1
 TOKENS = "tokens"
 POOLED = "pooled"
 STORE_FIELDS = (TOKENS, POOLED)
+_LOCK = ".lock"  # the store's own lock file (never deleted: removing a lock file races with its users)
+_PREFIX = re.compile(r"[a-z0-9]{1,16}")  # a writer's shard-name prefix (``r000``: rank 0)
+# a shard's name: [<field>-]<prefix>[-<writer token>]-<number>; shards written before the token have none
+_SHARD = re.compile(r"(?:pooled-)?(?P<prefix>[a-z0-9]{1,16})(?:-(?P<token>[0-9a-f]{12}))?-\d{6}")
+_LEGACY_PREFIX = re.compile(r"r\d{3}")  # the only prefix of the shards written before the token
+_TMP = re.compile(r"\.(?P<name>.+)\.tmp-\d+")  # fpt_monai.atomic.atomic_write's temporary file of <name>
 
 
 class StoreMismatchError(ValueError):
@@ -68,7 +99,11 @@ class MissingItemsError(KeyError):
 
 
 class CorruptStoreError(ValueError):
-    """A shard or the manifest is damaged (truncated, modified, unreadable)."""
+    """A shard or the manifest is damaged (truncated, modified, unreadable) or missing."""
+
+
+class UnknownFilesError(ValueError):
+    """A folder asked to hold a feature store holds files that no feature store writes."""
 
 
 def _json_normal(obj):
@@ -115,6 +150,102 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the store's exclusive lock (``<path>/.lock``, waiting for other writers); the kernel releases it when
+    the file is closed or the process dies, so a killed writer never leaves a stale lock."""
+    fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _survey(path: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """Sort what the folder ``path`` holds into ``(unknown, leftovers, shards)``: files no feature store writes,
+    leftovers of an interrupted write of one (its temporary files and shard data without an index) and shard
+    files (data with its index, or an index)."""
+    unknown: list[Path] = []
+    leftovers: list[Path] = []
+    shards: list[Path] = []
+    if not path.exists():
+        return unknown, leftovers, shards
+    if not path.is_dir():
+        return [path], leftovers, shards
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink():  # never followed: a link could lead the clean-up out of the store
+            unknown.append(entry)
+        elif entry.name == "shards" and entry.is_dir():
+            for item in sorted(entry.iterdir()):
+                kind = _shard_file_kind(item)
+                {"unknown": unknown, "leftover": leftovers, "shard": shards}[kind].append(item)
+        elif entry.name in ("manifest.json", _LOCK) and entry.is_file():
+            pass
+        elif entry.is_file() and (m := _TMP.fullmatch(entry.name)) and m["name"] == "manifest.json":
+            leftovers.append(entry)
+        else:
+            unknown.append(entry)
+    return unknown, leftovers, shards
+
+
+def _shard_file_kind(item: Path) -> str:
+    """``"shard"``, ``"leftover"`` or ``"unknown"`` for an entry of ``shards/``."""
+    if item.is_symlink() or not item.is_file():
+        return "unknown"
+    name = item.name
+    tmp = _TMP.fullmatch(name)
+    if tmp:  # an atomic write of one of our shard files that did not finish
+        stem, dot, suffix = tmp["name"].rpartition(".")
+        return "leftover" if dot and suffix in ("npy", "json") and _SHARD.fullmatch(stem) else "unknown"
+    stem, dot, suffix = name.rpartition(".")
+    shard = _SHARD.fullmatch(stem) if dot else None
+    if shard is None or suffix not in ("npy", "json"):
+        return "unknown"
+    if suffix == "json" or item.with_suffix(".json").is_file():
+        return "shard"
+    # data renamed into place, its index never written: ours only if named by our scheme (a writer token, or the
+    # rank prefix the shards had before the token)
+    return "leftover" if shard["token"] or _LEGACY_PREFIX.fullmatch(shard["prefix"]) else "unknown"
+
+
+def _refuse_unknown(path: Path, unknown: Sequence[Path]) -> None:
+    if not unknown:
+        return
+    if unknown == [path]:
+        raise UnknownFilesError(f"{path}: not a folder. Choose a folder for the feature store (a new --store_dir).")
+    shown = ", ".join(str(p.relative_to(path)) for p in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+    raise UnknownFilesError(
+        f"{path}: holds {len(unknown)} file(s) that no feature store writes ({shown}); a feature store is written "
+        "only into an empty folder or a store of its own, so nothing was changed there. Choose an empty or new "
+        "folder for the store (a new --store_dir for a bundle run, --store for `python -m fpt_monai.data.preload`), "
+        "or move these files away."
+    )
+
+
+def _create_locked(path: Path, settings: Mapping, token_shape: Sequence[int], dtype: str) -> None:
+    """Write a new store's manifest into ``path`` (the caller holds the lock and checked there is none)."""
+    unknown, leftovers, shards = _survey(path)
+    _refuse_unknown(path, unknown)
+    if shards:
+        raise CorruptStoreError(
+            f"{path}: holds feature-store shards ({shards[0].name}{' ...' if len(shards) > 1 else ''}) but no "
+            "manifest.json, so nothing records how their tokens were made and they are not adopted. Delete the "
+            f"folder {path} and run the preload step again, which rebuilds it."
+        )
+    for leftover in leftovers:  # temporary files of an interrupted write of this store
+        leftover.unlink(missing_ok=True)
+    (path / "shards").mkdir(exist_ok=True)
+    manifest = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "dtype": dtype,
+        "token_shape": [int(s) for s in token_shape],
+        "settings": _json_normal(dict(settings)),
+    }
+    atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file, read in 16 MiB blocks."""
     h = hashlib.sha256()
@@ -154,30 +285,60 @@ class FeatureStore:
         self._crc: dict[str, list[int]] = {}
         self._shards: dict[str, dict] = {}
         self._maps: dict[str, np.ndarray] = {}
+        self._token = secrets.token_hex(6)  # in the names of the shards this object writes: unique per writer
         (self.path / "shards").mkdir(exist_ok=True)
+        self._register_new()
+
+    def _register_new(self) -> None:
+        """Index the committed shards not indexed yet (files of other names are not the store's)."""
         for meta_path in sorted((self.path / "shards").glob("*.json")):
-            self._register(meta_path)
+            if meta_path.stem not in self._shards and _SHARD.fullmatch(meta_path.stem):
+                self._register(meta_path)
+
+    def _refresh(self) -> None:
+        """Re-read the manifest and the index (under the lock): another writer may have declared a field or
+        committed shards since this store was opened."""
+        manifest = _read_manifest(self.path / "manifest.json")
+        if (manifest["settings"], manifest["dtype"], tuple(manifest["token_shape"])) != (
+            self.settings,
+            self.dtype,
+            self.token_shape,
+        ):
+            raise StoreMismatchError(
+                f"feature store {self.path} was rebuilt with other settings while this run was writing to it. "
+                "Run the preload step again."
+            )
+        for field, spec in manifest.get("fields", {}).items():
+            if field not in self.field_shapes:
+                self.field_shapes[field] = tuple(spec["shape"])
+                self._index[field] = {}
+        self.manifest = manifest
+        self._register_new()
 
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod
     def create(
         cls, path: str | os.PathLike, settings: Mapping, token_shape: Sequence[int], dtype: str = "float16"
     ) -> FeatureStore:
-        """Create an empty store (the directory must not contain a store yet)."""
+        """Create an empty store in ``path``, an empty or missing folder.
+
+        Raises:
+            FileExistsError: ``path`` holds a store already.
+            UnknownFilesError: ``path`` holds files that are not a store's (nothing is written there).
+            CorruptStoreError: ``path`` holds shards without a manifest.
+        """
         if dtype not in STORE_DTYPES:
             raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {dtype!r}.")
         path = Path(path)
+        exists = FileExistsError(f"{path} already holds a feature store; open it or choose another directory.")
         if (path / "manifest.json").exists():
-            raise FileExistsError(f"{path} already holds a feature store; open it or choose another directory.")
-        (path / "shards").mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "dtype": dtype,
-            "token_shape": [int(s) for s in token_shape],
-            "settings": _json_normal(dict(settings)),
-        }
-        atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+            raise exists
+        _refuse_unknown(path, _survey(path)[0])  # before the lock file is written there
+        path.mkdir(parents=True, exist_ok=True)
+        with _locked(path):
+            if (path / "manifest.json").exists():  # another writer created it meanwhile
+                raise exists
+            _create_locked(path, settings, token_shape, dtype)
         return cls(path)
 
     @classmethod
@@ -199,16 +360,22 @@ class FeatureStore:
     def open_or_create(
         cls, path: str | os.PathLike, settings: Mapping, token_shape: Sequence[int], dtype: str = "float16"
     ) -> FeatureStore:
-        """Open the store at ``path`` if it exists (settings must match), else create it. Leftovers of an
-        interrupted shard write are removed."""
+        """Open the store at ``path`` for writing if it exists (settings must match), else create it in the empty or
+        missing folder. Leftovers of an interrupted write of the store are removed (see the module docstring for
+        what is and is not removed; a folder holding anything else is refused with :class:`UnknownFilesError`,
+        shards without a manifest with :class:`CorruptStoreError`)."""
         path = Path(path)
-        if (path / "manifest.json").is_file():
+        _refuse_unknown(path, _survey(path)[0])  # before the lock file is written there
+        path.mkdir(parents=True, exist_ok=True)
+        with _locked(path):  # no writer is between two steps of a write: what is left over was interrupted
+            if not (path / "manifest.json").is_file():
+                _create_locked(path, settings, token_shape, dtype)
+                return cls(path)
             store = cls.open(path, settings, dtype, token_shape)
-        else:
-            store = cls.create(path, settings, token_shape, dtype)
-        for orphan in (path / "shards").iterdir():
-            if orphan.name.startswith(".") or (orphan.suffix == ".npy" and orphan.stem not in store._shards):
-                orphan.unlink()
+            unknown, leftovers, _ = _survey(path)
+            _refuse_unknown(path, unknown)
+            for leftover in leftovers:
+                leftover.unlink(missing_ok=True)
         return store
 
     def check_settings(
@@ -338,12 +505,17 @@ class FeatureStore:
                     " Preload into a new directory."
                 )
             return
-        manifest = dict(self.manifest)
-        manifest["fields"] = {**manifest.get("fields", {}), field: {"shape": list(shape)}}
-        atomic_write(self.path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-        self.manifest = manifest
-        self.field_shapes[field] = shape
-        self._index[field] = {}
+        with _locked(self.path):
+            self._refresh()  # another writer may have declared it (or another field) meanwhile
+            if field in self.field_shapes:
+                self.add_field(field, shape)  # checks the shape; declared: no lock taken again
+                return
+            manifest = dict(self.manifest)
+            manifest["fields"] = {**manifest.get("fields", {}), field: {"shape": list(shape)}}
+            atomic_write(self.path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+            self.manifest = manifest
+            self.field_shapes[field] = shape
+            self._index[field] = {}
 
     # ---- reading ------------------------------------------------------------------------------------------------
     def __getstate__(self) -> dict:  # DataLoader workers re-open the memory maps lazily
@@ -394,18 +566,37 @@ class FeatureStore:
 
     # ---- writing ------------------------------------------------------------------------------------------------
     def _next_name(self, prefix: str) -> str:
-        used = [int(n.rsplit("-", 1)[1]) for n in self._shards if n.rsplit("-", 1)[0] == prefix]
-        return f"{prefix}-{(max(used) + 1) if used else 0:06d}"
+        base = f"{prefix}-{self._token}"  # this writer's own names: no other writer picks the same
+        used = [int(n.rsplit("-", 1)[1]) for n in self._shards if n.rsplit("-", 1)[0] == base]
+        return f"{base}-{(max(used) + 1) if used else 0:06d}"
 
-    def write_shard(self, ids: Sequence[str], keys: torch.Tensor, values: torch.Tensor, prefix: str = "r000") -> str:
-        """Commit one shard of items (``keys``/``values`` ``[n, L, heads, k, head_dim]``); returns its name."""
+    def write_shard(
+        self, ids: Sequence[str], keys: torch.Tensor, values: torch.Tensor, prefix: str = "r000"
+    ) -> str | None:
+        """Commit one shard of items (``keys``/``values`` ``[n, L, heads, k, head_dim]``); returns its name (see
+        :meth:`write_field_shard`)."""
         if keys.shape != values.shape:
             raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} differ in shape.")
         return self.write_field_shard(TOKENS, ids, torch.stack([keys, values], dim=1), prefix)
 
-    def write_field_shard(self, field: str, ids: Sequence[str], data: torch.Tensor, prefix: str = "r000") -> str:
-        """Commit one shard of ``field`` for items ``ids`` (``data`` ``[n, *field shape]``); returns its name."""
+    def write_field_shard(self, field: str, ids: Sequence[str], data: torch.Tensor, prefix: str = "r000") -> str | None:
+        """Commit one shard of ``field`` for items ``ids`` (``data`` ``[n, *field shape]``) under the store's lock;
+        returns its name, or ``None`` when other writers committed all of these items meanwhile (items another
+        writer committed are left out of the shard: each item is stored once).
+
+        Args:
+            prefix: the writer's shard-name prefix (1-16 lowercase letters and digits; ``r<rank>`` by default).
+
+        Raises:
+            ValueError: ``ids`` repeat an item or name one this store object already holds, or ``data`` has
+                another shape.
+        """
         ids = [str(i) for i in ids]
+        if not _PREFIX.fullmatch(prefix):
+            raise ValueError(f"shard prefix must be 1-16 lowercase letters and digits, got {prefix!r}.")
+        if field in STORE_FIELDS and field not in self.field_shapes:
+            with _locked(self.path):
+                self._refresh()  # another writer may have declared the field
         self.require_field(field)
         index = self._index[field]
         if len(set(ids)) != len(ids) or any(i in index for i in ids):
@@ -420,18 +611,26 @@ class FeatureStore:
         else:
             arr = both.to(getattr(torch, self.dtype)).numpy()
         arr = np.ascontiguousarray(arr)
-        name = self._next_name(prefix if field == TOKENS else f"{field}-{prefix}")
-        data_path = self.path / "shards" / f"{name}.npy"
-        atomic_write(data_path, lambda f: np.save(f, arr, allow_pickle=False))
-        meta = {
-            "field": field,
-            "ids": ids,
-            "crc32": [zlib.crc32(row) for row in arr],
-            "nbytes": data_path.stat().st_size,
-            "sha256": file_sha256(data_path),
-        }
-        atomic_write(data_path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
-        self._register(data_path.with_suffix(".json"))
+        with _locked(self.path):
+            self._refresh()  # what other writers committed since: their items are not stored twice
+            index = self._index[field]
+            keep = [row for row, item_id in enumerate(ids) if item_id not in index]
+            if not keep:
+                return None
+            if len(keep) < len(ids):
+                ids, arr = [ids[row] for row in keep], np.ascontiguousarray(arr[keep])
+            name = self._next_name(prefix if field == TOKENS else f"{field}-{prefix}")
+            data_path = self.path / "shards" / f"{name}.npy"
+            atomic_write(data_path, lambda f: np.save(f, arr, allow_pickle=False))
+            meta = {
+                "field": field,
+                "ids": ids,
+                "crc32": [zlib.crc32(row) for row in arr],
+                "nbytes": data_path.stat().st_size,
+                "sha256": file_sha256(data_path),
+            }
+            atomic_write(data_path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
+            self._register(data_path.with_suffix(".json"))
         return name
 
     @property

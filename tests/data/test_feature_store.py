@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from monai.data import DataLoader, Dataset
 
 from fpt_monai.data import CorruptStoreError, FeatureStore, LoadPreloadedTokensd, MissingItemsError, StoreMismatchError
+from fpt_monai.data.feature_store import UnknownFilesError
 
 SHAPE = (2, 3, 4, 8)
 SETTINGS = {"backbone": "vit_tiny_patch16_224", "layers": [10, 11], "k": 4, "normalization": {"mean": [0.5]}}
@@ -90,13 +93,122 @@ def test_flipped_bytes_are_detected(tmp_path):
 
 def test_interrupted_write_leftovers_are_cleaned(tmp_path):
     store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
-    store.write_shard(["a"], *_tokens(1))
+    committed = store.write_shard(["a"], *_tokens(1))
     shards = tmp_path / "s" / "shards"
-    (shards / "r000-000007.npy").write_bytes(b"half a shard")  # data renamed, index never written
-    (shards / ".r000-000008.npy.tmp-123").write_bytes(b"temp")
+    # data renamed, index never written: a writer's own name, and a name from before the writer token
+    (shards / "r001-0123456789ab-000003.npy").write_bytes(b"half a shard")
+    (shards / "pooled-r000-0123456789ab-000000.npy").write_bytes(b"half a shard")
+    (shards / "r000-000007.npy").write_bytes(b"half a shard")
+    (shards / ".r000-0123456789ab-000004.npy.tmp-123").write_bytes(b"temp")  # fpt_monai.atomic's temporary files
+    (shards / ".r000-0123456789ab-000004.json.tmp-123").write_bytes(b"temp")
+    (tmp_path / "s" / ".manifest.json.tmp-99").write_bytes(b"temp")
     store = FeatureStore.open_or_create(tmp_path / "s", SETTINGS, SHAPE)
-    assert sorted(p.name for p in shards.iterdir()) == ["r000-000000.json", "r000-000000.npy"]
+    assert sorted(p.name for p in shards.iterdir()) == [f"{committed}.json", f"{committed}.npy"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".lock", "manifest.json", "shards"]
     assert store.ids == ["a"]
+
+
+def _refused(opener, folder, *names):
+    with pytest.raises(UnknownFilesError) as info:
+        opener(folder)
+    text = str(info.value)
+    assert text.startswith(f"{folder}: holds {len(names)} file(s) that no feature store writes"), text
+    assert all(name in text for name in names), text
+    assert "new --store_dir" in text and "move these files away" in text
+    return text
+
+
+OPENERS = {
+    "open_or_create": lambda p: FeatureStore.open_or_create(p, SETTINGS, SHAPE),
+    "create": lambda p: FeatureStore.create(p, SETTINGS, SHAPE),
+}
+
+
+@pytest.mark.parametrize("opener", OPENERS)
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path, opener):
+    # issue 19: a record's store_dir pointing at another folder made evaluation delete these two files
+    folder = tmp_path / "other"
+    (folder / "shards").mkdir(parents=True)
+    (folder / "shards" / "keep_me.npy").write_bytes(b"precious")
+    (folder / "shards" / ".keep_me_hidden").write_bytes(b"precious too")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    _refused(OPENERS[opener], folder, "shards/keep_me.npy", "shards/.keep_me_hidden")
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # no lock file, no manifest either
+    # any other non-empty folder is not a store either; an empty or missing one becomes one
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    _refused(OPENERS[opener], tmp_path / "notes", "notes.txt")
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    assert len(OPENERS[opener](tmp_path / "empty")) == 0
+    assert len(OPENERS[opener](tmp_path / "new" / "store")) == 0
+
+
+def test_unknown_files_in_a_store_are_refused_and_kept(tmp_path):
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    name = store.write_shard(["a"], *_tokens(1))
+    shards = tmp_path / "s" / "shards"
+    foreign = {
+        "shards/keep_me.npy": b"x",
+        "shards/.keep_me_hidden": b"x",
+        "shards/scan-000001.npy": b"x",  # looks like a shard, but no writer of ours names one so
+        "shards/r000-000001.txt": b"x",
+        "README.md": b"x",
+    }
+    for rel, data in foreign.items():
+        (tmp_path / "s" / rel).write_bytes(data)
+    (shards / "elsewhere").symlink_to(tmp_path)  # a link is never followed, nor removed
+    _refused(OPENERS["open_or_create"], tmp_path / "s", *foreign, "shards/elsewhere")
+    assert all((tmp_path / "s" / rel).exists() for rel in foreign) and (shards / "elsewhere").is_symlink()
+    assert FeatureStore.open(tmp_path / "s").ids == ["a"]  # reading deletes nothing and needs no clean folder
+    assert (shards / f"{name}.npy").is_file()
+    with pytest.raises(UnknownFilesError, match="not a folder"):
+        FeatureStore.open_or_create(tmp_path / "s" / "README.md", SETTINGS, SHAPE)
+
+
+def test_shards_without_a_manifest_are_refused_not_adopted(tmp_path):
+    # issue 19: a deleted manifest.json was written anew and the old shards adopted without a word
+    store = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    name = store.write_shard(["a"], *_tokens(1))
+    (tmp_path / "s" / "manifest.json").unlink()
+    for opener in OPENERS.values():
+        with pytest.raises(CorruptStoreError) as info:
+            opener(tmp_path / "s")
+        text = str(info.value)
+        assert text.startswith(f"{tmp_path / 's'}: holds feature-store shards ({name}") and "no manifest.json" in text
+        assert f"Delete the folder {tmp_path / 's'} and run the preload step again" in text
+    assert not (tmp_path / "s" / "manifest.json").exists() and (tmp_path / "s" / "shards" / f"{name}.npy").exists()
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        FeatureStore.open(tmp_path / "s")
+
+
+def test_two_writers_of_one_store_keep_every_item_once(tmp_path):
+    first = FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
+    second = FeatureStore.open_or_create(tmp_path / "s", SETTINGS, SHAPE)  # opened before either commits
+    third = FeatureStore.open_or_create(tmp_path / "s", SETTINGS, SHAPE)
+    reader = FeatureStore.open(tmp_path / "s")
+    keys, values = _tokens(5)
+    a = first.write_shard(["0", "1"], keys[:2], values[:2])
+    # same prefix, another writer: another name; the item the other writer committed meanwhile is left out
+    b = second.write_shard(["1", "2", "3"], keys[1:4], values[1:4])
+    assert a != b and a.startswith("r000-") and b.startswith("r000-")
+    assert json.loads((tmp_path / "s" / "shards" / f"{b}.json").read_text())["ids"] == ["2", "3"]
+    assert third.write_shard(["0"], keys[:1], values[:1]) is None  # all of them stored already: no shard
+    first.write_shard(["4"], keys[4:], values[4:])
+    assert sorted(first.ids) == ["0", "1", "2", "3", "4"]  # committing re-read what the others committed
+    torch.testing.assert_close(first.get("3")[0].float(), keys[3], rtol=2e-3, atol=8e-3)
+    assert len(reader) == 0 and reader.missing(["0"]) == ["0"]  # a reader keeps its snapshot and keeps working
+    store = FeatureStore.open(tmp_path / "s")
+    assert sorted(store.ids) == ["0", "1", "2", "3", "4"]
+    store.verify()
+    # a field declared by one writer is seen by the other when it commits
+    first.add_field("pooled", (16,))
+    second.write_field_shard("pooled", ["0"], torch.randn(1, 16))
+    assert (
+        second.fields == ("tokens", "pooled") and first.write_field_shard("pooled", ["0"], torch.randn(1, 16)) is None
+    )
+    with pytest.raises(ValueError, match="shard prefix"):
+        first.write_shard(["9"], keys[:1], values[:1], prefix="../x")
 
 
 def test_transform_in_dataloader_workers(tmp_path):

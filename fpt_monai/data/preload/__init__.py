@@ -155,7 +155,8 @@ def preload(
         shard_size: items per shard file.
         device: where the extractor runs (default: CUDA if available).
         progress: show a progress bar.
-        shard_prefix: shard name prefix (one per writer process).
+        shard_prefix: shard name prefix, 1-16 lowercase letters and digits (``r<rank>`` under ``torchrun``); the
+            store adds a token of its own per writer, so writers sharing a prefix never overwrite each other.
         fields: what every item must have: ``"tokens"`` (always stored) and optionally ``"pooled"`` (needs an
             extractor built with ``pooled=True``).
         precision: the frozen model's compute precision: ``"fp32"`` (default), ``"bf16"`` (autocast on CUDA and
@@ -165,6 +166,10 @@ def preload(
     Under ``torch.distributed`` (e.g. ``torchrun``) every rank calls this with the same items: rank 0 opens or
     creates the store, each rank extracts every ``world_size``-th missing item into its own shards (``r<rank>-*``),
     and all ranks return the complete store after a barrier. The result equals a single-process preload.
+
+    Several preloads (e.g. of the folds of a study, started together) may write into one store at once: shards are
+    named per writer and committed under the store's lock, and an item another writer stored first is not stored
+    again (:class:`~fpt_monai.data.FeatureStore`).
     """
     if dtype not in STORE_DTYPES:
         raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {dtype!r}.")
@@ -276,7 +281,11 @@ def _preload_pending(
         """Write the first ``n`` buffered items of ``field`` as one shard, keep the rest buffered."""
         ids, rows = buffers[field]
         data = torch.cat(rows)
-        store.write_field_shard(field, ids[:n], data[:n], prefix=shard_prefix)
+        # items another writer committed since they were buffered (seen when this one last committed) are left out;
+        # the store drops those committed since then itself, under its lock
+        keep = [i for i, item_id in enumerate(ids[:n]) if not store.has(item_id, field)]
+        if keep:
+            store.write_field_shard(field, [ids[i] for i in keep], data[keep], prefix=shard_prefix)
         del ids[:n]
         rows[:] = [data[n:]] if ids else []
 
