@@ -12,6 +12,8 @@ the reference code saves only at epochs 0 and 10 and forgets the best metric on 
 - every file is written to a temporary file, fsynced and renamed, so a crash or a full disk never leaves a
   half-written checkpoint, and its SHA-256 goes to ``checksums.json``: a file corrupted later is refused
   (:func:`verify_checkpoint`) instead of being loaded;
+- every file is read with ``torch.load(weights_only=True)``: one holding pickled objects other than tensors (code
+  that would run when unpickled) is refused with an error naming it (:class:`ForeignCheckpointError`), never run;
 - ``resume=True`` restores everything from ``last.pt`` when the trainer starts;
 - under ``torch.distributed`` every rank resumes from the same files but only rank 0 writes, and a
   ``DistributedDataParallel`` network is saved unwrapped (the same keys as a single-process checkpoint).
@@ -22,7 +24,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -34,6 +39,7 @@ from fpt_monai.data.feature_store import file_sha256
 __all__ = [
     "CHECKSUMS",
     "CorruptCheckpointError",
+    "ForeignCheckpointError",
     "FPTCheckpointer",
     "atomic_torch_save",
     "load_checkpoint",
@@ -46,6 +52,11 @@ CHECKSUMS = "checksums.json"
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint does not match the checksum recorded when it was written."""
+
+
+class ForeignCheckpointError(CorruptCheckpointError):
+    """A file given as a checkpoint is not one: ``torch.load(weights_only=True)`` refuses it (it holds pickled objects
+    other than tensors, never run) or cannot parse it."""
 
 
 def _read_checksums(folder: Path) -> dict[str, list[str]]:
@@ -84,16 +95,12 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     _record_checksum(path, written)
 
 
-def verify_checkpoint(path: str | os.PathLike) -> bool:
-    """Check ``path`` against ``checksums.json``; raise :class:`CorruptCheckpointError` on a mismatch.
-
-    Returns ``False`` (and warns) for a file without a record, e.g. one written by other tools."""
-    path = Path(path)
+def _check_checksum(path: Path) -> bool:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: train first, or set the checkpoint path.")
     expected = _read_checksums(path.parent).get(path.name)
     if not expected:
-        warnings.warn(f"{path} has no recorded checksum (not written by fpt_monai); used unverified.", stacklevel=2)
+        warnings.warn(f"{path} has no recorded checksum (not written by fpt_monai); used unverified.", stacklevel=3)
         return False
     digest = file_sha256(path)
     if digest not in expected:
@@ -105,10 +112,73 @@ def verify_checkpoint(path: str | os.PathLike) -> bool:
     return True
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> object:
-    """:func:`verify_checkpoint`, then ``torch.load(weights_only=True)``."""
-    verify_checkpoint(path)
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _tensors_only_load(
+    path: Path, map_location: str | torch.device = "cpu", mmap: bool = False, context: str = "", fix: str = ""
+) -> object:
+    """``torch.load(weights_only=True)``, its failures turned into :class:`ForeignCheckpointError` naming ``path``
+    (after ``context``, and with ``fix`` in place of the default advice).
+
+    torch's own message ends with advice to load the file with code execution enabled; it is not passed on (the
+    error is raised ``from None``): a file that holds other objects than tensors is refused, never run."""
+    try:
+        # mmap reads no tensor data (a cheap check); only the zip format written by torch.save supports it
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except OSError as err:
+        if err.errno is not None:  # the system could not read it (permissions, I/O): its own message says so
+            raise
+        reason = f"cannot be read as a PyTorch checkpoint ({type(err).__name__})"
+    except Exception as err:  # the unpickler raises many types for files it refuses or cannot parse
+        text = str(err)
+        if "Weights only load failed" in text or isinstance(err, pickle.UnpicklingError) and "GLOBAL" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+            if found:
+                what = f"holds pickled objects other than tensors ({found.group(1)})"
+            else:
+                what = "holds pickled data that is not only tensors" + (f" ({detail.group(1)[:120]})" if detail else "")
+            reason = f"{what}, which a checkpoint written by fpt_monai never does. It was not loaded: nothing in it ran"
+        else:
+            reason = (
+                f"cannot be read as a PyTorch checkpoint ({type(err).__name__}: {(text.splitlines() or [''])[0][:120]})"
+            )
+    fix = fix or (
+        f"Use the {path.name} that training wrote (restore it from the training's output or a backup), or train again"
+    )
+    raise ForeignCheckpointError(
+        f"{context}{path}: not a checkpoint written by fpt_monai: it {reason}. {fix}."
+    ) from None
+
+
+def verify_checkpoint(path: str | os.PathLike) -> bool:
+    """Check ``path`` against ``checksums.json`` and that it holds only tensors and plain containers.
+
+    Raises :class:`CorruptCheckpointError` on a checksum mismatch and :class:`ForeignCheckpointError` for a file that
+    ``torch.load(weights_only=True)`` refuses (pickled objects: nothing in it is run) or cannot read. Returns
+    ``False`` (and warns) for a file without a checksum record, e.g. one written by other tools."""
+    path = Path(path)
+    recorded = _check_checksum(path)
+    _tensors_only_load(path, mmap=True)
+    return recorded
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", context: str = "", fix: str = ""
+) -> object:
+    """The checksum check of :func:`verify_checkpoint`, then ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the checkpoint.
+        map_location: where the tensors go.
+        context: words before the file's name in the error of a file that is not a checkpoint.
+        fix: the advice of that error (default: use the file training wrote, or train again).
+
+    Raises:
+        CorruptCheckpointError: ``path`` differs from its recorded checksum.
+        ForeignCheckpointError: ``path`` holds other objects than tensors (never run) or is not a torch file.
+    """
+    path = Path(path)
+    _check_checksum(path)
+    return _tensors_only_load(path, map_location=map_location, context=context, fix=fix)
 
 
 def _is_main_process() -> bool:
@@ -229,7 +299,9 @@ class FPTCheckpointer:
         if not self.last_path.is_file():
             return
         try:
-            state = load_checkpoint(self.last_path)
+            state = load_checkpoint(
+                self.last_path, context="cannot resume from ", fix="Move it away to start from scratch"
+            )
             self._model.load_state_dict(state["network"])
         except CorruptCheckpointError:
             raise

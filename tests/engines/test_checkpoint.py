@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
+from fpt_monai.data.feature_store import file_sha256
 from fpt_monai.engines import (
     CorruptCheckpointError,
     FPTCheckpointer,
@@ -15,6 +17,21 @@ from fpt_monai.engines import (
     load_checkpoint,
     verify_checkpoint,
 )
+from fpt_monai.engines.checkpoint import ForeignCheckpointError
+from fpt_monai.errors import error_line
+
+
+class RunsCode:
+    """Unpickling this runs a command (a code-running pickle, as a tampered checkpoint would hold)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
 
 DISK_FULL = """
 import resource, signal, sys, torch
@@ -97,3 +114,51 @@ def test_ties_of_the_key_metric_go_to_the_lower_validation_loss(tmp_path):
     validator.state.metrics = {"val_auc": 1.0}
     with pytest.raises(KeyError, match="val_loss"):
         ck.update_best(validator)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_code_running_pickle_with_a_matching_checksum_is_refused_and_never_run(tmp_path, writer):
+    """A model.pt replaced by a pickle that runs code (its checksum updated too): refused by name, nothing runs,
+    and the last line gives our reason and fix, not torch's advice to load it with code execution enabled."""
+    import pickle
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.pt"
+    atomic_torch_save({"w": torch.ones(2)}, path)
+    payload = {"w": torch.ones(2), "x": RunsCode(marker)}
+    with open(path, "wb") as f:
+        torch.save(payload, f) if writer == "torch.save" else pickle.dump(payload, f)
+    (tmp_path / "checksums.json").write_text(json.dumps({"model.pt": [file_sha256(path)]}))
+    for call in (verify_checkpoint, load_checkpoint):
+        with pytest.raises(ForeignCheckpointError) as info:
+            call(path)
+        text = str(info.value)
+        assert text.startswith(f"{path}: not a checkpoint written by fpt_monai")
+        assert "nothing in it ran" in text and "train again" in text
+        if writer == "torch.save":  # pickle protocol 2: the unpickler names what it would have run
+            assert "other than tensors (posix.system)" in text
+        line = error_line(info.value)
+        assert line.startswith("fpt_monai: error: ") and str(path) in line and "weights_only" not in line
+        assert info.value.__cause__ is None and info.value.__suppress_context__  # torch's advice is not chained
+    assert not marker.exists()
+
+
+def test_a_file_that_is_not_a_torch_file_names_itself(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"hello, not a checkpoint")
+    with pytest.warns(UserWarning, match="no recorded checksum"), pytest.raises(ForeignCheckpointError) as info:
+        verify_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: not a checkpoint written by fpt_monai: it cannot be read")
+    assert "weights_only" not in str(info.value)
+
+
+def test_a_resume_from_a_code_running_last_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"network": RunsCode(marker)}, tmp_path / "last.pt")
+    trainer = Engine(lambda e, b: None)
+    FPTCheckpointer(tmp_path, torch.nn.Linear(2, 2)).attach(trainer)
+    with pytest.warns(UserWarning, match="no recorded checksum"), pytest.raises(ForeignCheckpointError) as info:
+        trainer.run([0], max_epochs=1)
+    text = str(info.value)
+    assert text.startswith(f"cannot resume from {tmp_path / 'last.pt'}: not a checkpoint") and "Move it away" in text
+    assert not marker.exists()
