@@ -22,6 +22,7 @@ from fpt_monai.transforms.io import has_dicom_marker
 
 __all__ = [
     "CLASSIFIED",
+    "DUPLICATE_REASON",
     "FAILED",
     "IMAGE",
     "SKIPPED",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 IMAGE, CLASSIFIED, SKIPPED, FAILED = "image", "classified", "skipped", "failed"
+DUPLICATE_REASON = "duplicate SOPInstanceUID of"
 
 # Type 2 attributes the SDK's DICOM loader converts with int()/float(): an empty value makes it drop the instance
 _SDK_NUMERIC_KEYWORDS = ("SeriesNumber", "AcquisitionNumber", "ImagePositionPatient", "ImageOrientationPatient")
@@ -57,6 +59,8 @@ class InputFile:
         loader_fix: attributes removed from the copy the SDK's loader reads: empty numeric ones it cannot parse,
             and an ``ImagePositionPatient`` shared with another instance of the series (it keeps one per position).
         position: ``ImagePositionPatient`` as text, when present.
+        duplicate_of: for a file skipped as a copy of an instance already in the input (the same SOP Instance UID):
+            the kept file, relative to the input folder.
     """
 
     path: Path
@@ -69,6 +73,7 @@ class InputFile:
     frames: int = 1
     loader_fix: list[str] = field(default_factory=list)
     position: str = ""
+    duplicate_of: str = ""
 
     def record(self, root: str | os.PathLike) -> dict:
         """The ``output.json`` entry: the file relative to the input folder, without empty fields."""
@@ -99,26 +104,59 @@ def loader_blockers(ds) -> list[str]:
     return [k for k in _SDK_NUMERIC_KEYWORDS if k in ds and ds[k].value in (None, "", [])]
 
 
-def _triage(path: Path) -> InputFile:
+def _read(path: Path):
+    """``(header, dataset, lost)``: the header alone (``stop_before_pixels``), the whole dataset with its pixel data
+    deferred, and whether the whole read lost elements the header has. pydicom returns an empty dataset for a file
+    that ends inside undefined-length (encapsulated) pixel data, so the UIDs come from the header."""
+    import warnings
+
     import pydicom
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "End of file reached before delimiter": the verdict says it
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        try:
+            ds = pydicom.dcmread(path, defer_size=1024)  # deferred: the pixels are checked by size, not loaded
+        except Exception:  # the header read, the rest did not: the file is cut or broken after its header
+            return header, None, True
+    return header, ds, bool(set(header.keys()) - set(ds.keys()))
+
+
+def _fragments_complete(ds) -> bool:
+    """Whether encapsulated pixel data parses into its items (the offset table and at least one fragment)."""
+    from pydicom.encaps import generate_fragments
+
+    try:
+        return sum(1 for _ in generate_fragments(ds.PixelData)) >= 2
+    except Exception:  # an item cut short or a bad item tag
+        return False
+
+
+def _triage(path: Path) -> InputFile:
+    if path.is_symlink() and not path.exists():
+        return InputFile(path, FAILED, f"broken symbolic link to {os.readlink(path)}")
     if not has_dicom_marker(path):
+        if not os.access(path, os.R_OK):
+            return InputFile(path, FAILED, "cannot be opened (no read permission); fix its permissions")
         return InputFile(path, SKIPPED, "not a DICOM file (no DICM marker)")
     try:
-        ds = pydicom.dcmread(path, defer_size=1024)  # deferred: the pixels are checked by size, not loaded
-        uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+        header, ds, lost = _read(path)
+        uids = {k: str(header.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
         item = InputFile(
             path,
             IMAGE,
             study_instance_uid=uids["StudyInstanceUID"],
             series_instance_uid=uids["SeriesInstanceUID"],
             sop_instance_uid=uids["SOPInstanceUID"],
-            modality=str(ds.get("Modality", "") or ""),
+            modality=str(header.get("Modality", "") or ""),
         )
-        meta = getattr(ds, "file_meta", None) or {}
-        if not (ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")):
+        meta = getattr(header, "file_meta", None) or {}
+        if not (header.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")):
             item.status, item.reason = FAILED, "no SOPClassUID: unparseable, or not a DICOM instance"
             return item
+        if lost:  # the file goes on past its header (its pixel data), where it is cut: judge the kind by the header
+            header.PixelData = b""
+            ds = header
         reason = non_image_reason(ds)
         if reason is not None:  # before any pixel check: SEG, SR, DICOMDIR... are not broken images
             item.status, item.reason = SKIPPED, reason
@@ -126,6 +164,10 @@ def _triage(path: Path) -> InputFile:
         missing = [k for k, v in uids.items() if not v]
         if missing:
             item.status, item.reason = FAILED, f"no {', '.join(missing)}: not a usable image instance"
+            return item
+        if lost:
+            item.status = FAILED
+            item.reason = "incomplete pixel data: the file ends inside its (encapsulated) pixel data (truncated)"
             return item
         if not has_pixel_data(ds):
             item.status, item.reason = FAILED, "an image without pixel data (truncated or broken file)"
@@ -137,12 +179,29 @@ def _triage(path: Path) -> InputFile:
             if size < expected:
                 item.status, item.reason = FAILED, f"pixel data has {size} bytes, {expected} expected (truncated)"
                 return item
+        elif "PixelData" in ds and syntax is not None and syntax.is_encapsulated and not _fragments_complete(ds):
+            item.status, item.reason = FAILED, "incomplete pixel data: an encapsulated fragment is cut (truncated)"
+            return item
         item.loader_fix = loader_blockers(ds)
         if "ImagePositionPatient" not in item.loader_fix and ds.get("ImagePositionPatient"):
             item.position = "\\".join(str(v) for v in ds.ImagePositionPatient)
         return item
     except Exception as err:  # pydicom raises many types on malformed files: each is a failed file, named
         return InputFile(path, FAILED, f"not a readable DICOM file ({type(err).__name__}: {err})")
+
+
+def _mark_duplicates(inventory: Sequence[InputFile], root: Path) -> None:
+    # A SOP Instance UID names one instance: copies of it (re-exports, the same file twice) are analysed once, as
+    # the first of them in the inventory's (sorted) order.
+    kept: dict[str, InputFile] = {}
+    for item in inventory:
+        if item.status != IMAGE:
+            continue
+        first = kept.setdefault(item.sop_instance_uid, item)
+        if first is not item:
+            item.status = SKIPPED
+            item.duplicate_of = relative_name(first.path, root)
+            item.reason = f"{DUPLICATE_REASON} {item.duplicate_of}"
 
 
 def _mark_shared_positions(inventory: Sequence[InputFile]) -> None:
@@ -159,7 +218,9 @@ def _mark_shared_positions(inventory: Sequence[InputFile]) -> None:
 
 
 def inventory_dicom_folder(folder: str | os.PathLike) -> list[InputFile]:
-    """Triage every file under ``folder`` (recursively; or the one file ``folder`` names).
+    """Triage every file under ``folder`` (recursively; or the one file ``folder`` names). A symbolic link whose
+    target does not exist fails with that reason. Files with the SOP Instance UID of an earlier image (in sorted
+    order) are skipped as duplicates of it (``InputFile.duplicate_of``): each instance is analysed once.
 
     Raises:
         DicomInputError: the folder does not exist, or holds no DICOM image instance (the message counts what it
@@ -168,8 +229,12 @@ def inventory_dicom_folder(folder: str | os.PathLike) -> list[InputFile]:
     folder = Path(folder)
     if not folder.exists():
         raise DicomInputError(f"{folder}: the DICOM input does not exist. Pass the study folder with -i.")
-    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    if folder.is_file():
+        files = [folder]
+    else:  # a dangling link is not a file, but it was meant to be one: it is reported, not left out
+        files = sorted(p for p in folder.rglob("*") if p.is_file() or (p.is_symlink() and not p.exists()))
     inventory = [_triage(p) for p in files]
+    _mark_duplicates(inventory, folder)
     _mark_shared_positions(inventory)
     if not any(f.status == IMAGE for f in inventory):
         failed = [f"{f.path}: {f.reason}" for f in inventory if f.status == FAILED]

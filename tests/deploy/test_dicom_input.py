@@ -115,3 +115,66 @@ def test_a_folder_without_images_says_what_it_holds(tmp_path):
     assert len(rest) == 1 and "cut.dcm" in rest[0]
     with pytest.raises(DicomInputError, match="does not exist"):
         inventory_dicom_folder(tmp_path / "missing")
+
+
+def _truncated_jpeg2000(path: Path) -> Path:
+    """pydicom's JPEG 2000 lossless MR image, cut two thirds into its encapsulated pixel data (the header survives)."""
+    data = Path(_copy_testdata("MR_small_jp2klossless.dcm", path.parent)).read_bytes()
+    (path.parent / "MR_small_jp2klossless.dcm").unlink()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def test_a_truncated_jpeg_2000_file_fails_as_truncated_with_its_uids(tmp_path):
+    """pydicom loses the whole dataset of a file that ends inside encapsulated pixel data: the UIDs come from a
+    header-only read, and the reason is the truncation, not missing UIDs."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cut = _truncated_jpeg2000(folder / "mr_j2k_cut.dcm")
+    header = pydicom.dcmread(cut, stop_before_pixels=True)
+    write_dicom(folder / "good.dcm", _stored(1, seed=5))
+    items = {f.path.name: f for f in inventory_dicom_folder(folder)}
+    item = items["mr_j2k_cut.dcm"]
+    assert item.status == FAILED and item.reason.startswith("incomplete pixel data") and "truncated" in item.reason
+    assert "no StudyInstanceUID" not in item.reason
+    assert item.sop_instance_uid == header.SOPInstanceUID and item.study_instance_uid == header.StudyInstanceUID
+    assert item.record(folder)["series_instance_uid"] == header.SeriesInstanceUID
+    # the same file whole is an image
+    whole = Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes()
+    (folder / "whole.dcm").write_bytes(whole)
+    assert _verdicts(folder)["whole.dcm"] == (IMAGE, "")
+
+
+def test_a_sop_instance_uid_is_analysed_once(tmp_path):
+    """Three files with one SOP Instance UID (copies, re-exports): the first in sorted order is the image, the others
+    are skipped as its duplicates, naming it."""
+    folder = tmp_path / "in"
+    uid = "1.2.826.0.1.3680043.8.498.4242"
+    for name in ("b/one.dcm", "a/two.dcm", "c.dcm"):
+        write_dicom(folder / name, _stored(1, seed=5), instance_uid=uid)
+    write_dicom(folder / "other.dcm", _stored(0, seed=6))
+    items = {f.record(folder)["file"]: f for f in inventory_dicom_folder(folder)}
+    assert items["a/two.dcm"].status == IMAGE and items["other.dcm"].status == IMAGE
+    for name in ("b/one.dcm", "c.dcm"):
+        record = items[name].record(folder)
+        assert record["status"] == SKIPPED and record["reason"] == "duplicate SOPInstanceUID of a/two.dcm"
+        assert record["duplicate_of"] == "a/two.dcm" and record["sop_instance_uid"] == uid
+    assert "duplicate_of" not in items["a/two.dcm"].record(folder)
+    # a failed copy does not hide a readable one: the readable file is the image
+    good = (folder / "c.dcm").read_bytes()
+    (folder / "a" / "two.dcm").write_bytes(good[: len(good) // 2])
+    items = {f.record(folder)["file"]: f for f in inventory_dicom_folder(folder)}
+    assert items["a/two.dcm"].status == FAILED and items["b/one.dcm"].status == IMAGE
+    assert items["c.dcm"].reason == "duplicate SOPInstanceUID of b/one.dcm"
+
+
+def test_a_dangling_symbolic_link_fails_with_its_target(tmp_path):
+    folder = tmp_path / "in"
+    write_dicom(folder / "good.dcm", _stored(1, seed=5))
+    target = tmp_path / "moved" / "scan.dcm"
+    (folder / "scan.dcm").symlink_to(target)
+    (folder / "noname").symlink_to(tmp_path / "gone")
+    verdicts = _verdicts(folder)
+    assert verdicts["good.dcm"] == (IMAGE, "")
+    assert verdicts["scan.dcm"] == (FAILED, f"broken symbolic link to {target}")
+    assert verdicts["noname"] == (FAILED, f"broken symbolic link to {tmp_path / 'gone'}")
