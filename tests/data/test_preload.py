@@ -150,6 +150,47 @@ def test_cli_reports_json(demo, tmp_path):
     assert len(manifest["settings"]["normalization"]["mean"]) == 3  # 'auto' was resolved and recorded
 
 
+def _preload_cli(root, weights, store_dir, *args):
+    cmd = [sys.executable, "-m", "fpt_monai.data.preload", "--datalist", str(root / "datalist.json")]
+    cmd += ["--store", str(store_dir), "--backbone", "vit_tiny_patch16_224", "--pretrained", str(weights)]
+    cmd += ["--img-size", "64", "--layers", "10-11", "--normalization", json.dumps([MEAN, STD]), "--no-progress"]
+    return cmd + list(args)
+
+
+def test_preloads_started_together_into_one_store_keep_every_item(demo, tmp_path):
+    # issue 19: two preloads of different splits (the folds of a study) both wrote r000-000000...: the last writer
+    # won and the other split's items were gone. Here they overlap too (validation), so both compute some items.
+    root, dl, weights = demo
+    store_dir = tmp_path / "shared"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    splits = ("training,validation", "validation,test")
+    procs = [
+        subprocess.Popen(
+            _preload_cli(root, weights, store_dir, "--splits", split, "--batch-size", "1", "--shard-size", "1"),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for split in splits
+    ]
+    outs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert [r["computed"] + r["skipped"] for r in reports] == [12, 8]
+    store = FeatureStore.open(store_dir)  # an item stored twice would be a CorruptStoreError here
+    assert sorted(store.ids) == sorted(item["id"] for item in _all(dl))
+    store.verify()
+    writers = {p.stem.split("-")[1] for p in (store_dir / "shards").glob("*.npy")}
+    assert len(writers) == 2, writers  # both processes committed shards, each under names of its own
+    single = preload(_all(dl), _extractor(weights), tmp_path / "single", MEAN, STD, progress=False).store
+    for item in _all(dl):
+        for a, b in zip(store.get(item["id"]), single.get(item["id"]), strict=True):
+            torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+
+
 @pytest.mark.slow
 def test_torchrun_preload_equals_single_process(demo, tmp_path):
     root, dl, weights = demo
