@@ -34,6 +34,7 @@ from fpt_monai.engines.reports import (
     plot_confusion_matrix,
     plot_roc,
 )
+from fpt_monai.engines.run_lock import RunLock, RunLockedError, acquire_run_lock
 from fpt_monai.engines.tracking import (
     configure_evaluation_mlflow,
     configure_mlflow,
@@ -63,8 +64,11 @@ __all__ = [
     "NonFiniteLossError",
     "PredictionCollector",
     "PredictionWriter",
+    "RunLock",
+    "RunLockedError",
     "StopOnNonFiniteLoss",
     "STORE_SETTINGS",
+    "acquire_run_lock",
     "atomic_torch_save",
     "check_model_settings",
     "class_weights",
