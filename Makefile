@@ -44,13 +44,12 @@ demo: venv
 		--bundle_root $(DEMO_BUNDLE) --dataset_dir $(DEMO_DATA)/images/test
 	$(PY) scripts/run_summary.py $(DEMO_BUNDLE)
 
-# TorchScript (+ heatmap explainer) and ONNX exports of the demo bundle through `python -m monai.bundle`, checked
-# against PyTorch (BUNDLE=path/to/bundle CONFIG=preset.yaml to export another bundle).
+# TorchScript (+ heatmap explainer) and ONNX exports of a trained bundle (the demo's by default; BUNDLE=path/to/bundle
+# for any other), rebuilt from its record and checked against PyTorch; every setting comes from the bundle itself
 BUNDLE ?= $(DEMO_BUNDLE)
-CONFIG ?= bundle/configs/demo.yaml
 export: venv
-	test -f $(BUNDLE)/models/model.pt || $(MAKE) demo
-	$(PY) scripts/export_bundle.py --bundle-root $(BUNDLE) --config $(CONFIG)
+	test -f $(BUNDLE)/models/model.pt || test "$(BUNDLE)" != "$(DEMO_BUNDLE)" || $(MAKE) demo
+	$(PY) scripts/export_bundle.py --bundle-root $(BUNDLE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache outputs

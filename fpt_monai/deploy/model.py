@@ -1,18 +1,22 @@
 # Copyright (c) fpt_monai contributors
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
 # with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""A self-contained exported FPT model: the TorchScript file plus the bundle configs embedded in it.
+"""A self-contained exported FPT model: the TorchScript file plus what is embedded in it.
 
-``scripts/export_bundle.py`` (``make export``) embeds ``metadata.json``, ``inference.json`` and the training's
-``model_config.json`` into ``model.ts``. :class:`ExportedFPT` reads them back and builds the bundle's own inference
-``preprocessing`` from ``inference.json``, so deployment preprocesses exactly like ``bundle/configs/inference.yaml``.
-Loading runs the embedded config's expressions: load only models from a trusted source.
+``fpt_monai.export`` (``make export``) embeds the trained bundle's ``metadata.json`` (with the model's identity: MLflow
+run id, checkpoint SHA-256) and its record without local paths (``model_config.json``) into ``model.ts``; a file
+exported with ``python -m monai.bundle ckpt_export ... --meta_file <bundle>/models/metadata.json`` carries the same
+record inside the metadata. :class:`ExportedFPT` reads them back as data, checks the record against its schema, and
+builds the inference preprocessing from it (the same transforms as ``bundle/configs/inference.yaml``). Nothing in the
+file is handed to MONAI's ``ConfigParser``, so a model file runs no code of a config; TorchScript itself is code:
+deploy only model files from a trusted source.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import torch
 
 __all__ = ["ExportedFPT", "ModelFileError"]
 
-EMBEDDED = ("metadata.json", "inference.json", "model_config.json")
+EMBEDDED = ("metadata.json", "model_config.json")
 
 
 class ModelFileError(ValueError):
@@ -30,6 +34,59 @@ class ModelFileError(ValueError):
 def _resolve(path: str | os.PathLike, name: str) -> Path:
     path = Path(path)
     return path / name if path.is_dir() else path
+
+
+def _embedded_model(path: Path, extra: dict) -> tuple[dict, dict]:
+    """The metadata and the schema-checked record embedded in the model file at ``path``."""
+    from fpt_monai.engines.record_schema import RecordSchemaError, validate_record
+
+    fix = (
+        "Export the trained bundle again with this fpt_monai (`make export BUNDLE=<bundle>`), which embeds its "
+        "metadata and record."
+    )
+    try:
+        metadata = json.loads(extra["metadata.json"]) if extra.get("metadata.json") else None
+        record = json.loads(extra["model_config.json"]) if extra.get("model_config.json") else None
+    except ValueError as err:
+        raise ModelFileError(f"{path}: its embedded metadata or record is not JSON ({err}). {fix}") from err
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path} has no embedded metadata.json. {fix}")
+    if record is None and isinstance(metadata.get("fpt_monai"), dict):
+        record = metadata["fpt_monai"].get("model_config")  # a file from `monai.bundle ckpt_export`
+    if record is None:
+        raise ModelFileError(f"{path} has no embedded model record (model_config.json). {fix}")
+    try:
+        validate_record(record, f"{path} (its embedded model_config.json)")
+    except RecordSchemaError as err:
+        raise ModelFileError(str(err)) from err
+    return metadata, record
+
+
+_IDENTITY_FORMS = {
+    "name": re.compile(r"^[\w .+()\-]{1,120}$"),
+    "version": re.compile(r"^[\w.+\-]{1,40}$"),
+    "run_id": re.compile(r"^[0-9a-f]{32}$"),
+    "checkpoint_sha256": re.compile(r"^[0-9a-f]{64}$"),
+}
+
+
+def _identity(path: Path, metadata: dict) -> dict:
+    """The model's identity from its metadata, each value checked (reports and DICOM SRs print them)."""
+    section = metadata.get("fpt_monai") if isinstance(metadata.get("fpt_monai"), dict) else {}
+    identity = {
+        "name": section.get("name") or metadata.get("name") or "FPT",
+        "version": str(section.get("version") or metadata.get("version") or "unknown"),
+        "run_id": section.get("run_id"),
+        "checkpoint_sha256": section.get("checkpoint_sha256"),
+    }
+    for key, form in _IDENTITY_FORMS.items():
+        value = identity[key]
+        if value is not None and not (isinstance(value, str) and form.match(value)):
+            raise ModelFileError(
+                f"{path}: its embedded metadata's {key} {str(value)[:80]!r} is not a valid {key}; the file was edited "
+                "or not exported by fpt_monai. Export the trained bundle again (`make export BUNDLE=<bundle>`)."
+            )
+    return identity
 
 
 class ExportedFPT:
@@ -52,13 +109,12 @@ class ExportedFPT:
         heatmaps: bool = False,
         batch_size: int = 4,
     ) -> None:
-        from monai.bundle import ConfigParser
-
         self.path = _resolve(model_path, "model.ts")
         if not self.path.is_file():
             raise ModelFileError(
                 f"{self.path}: no TorchScript model there. Export the trained bundle first: "
-                "`make export` or `python scripts/export_bundle.py --bundle-root <bundle>` writes models/model.ts."
+                "`make export BUNDLE=<bundle>` or `python scripts/export_bundle.py --bundle-root <bundle>` writes "
+                "models/model.ts."
             )
         self.device = torch.device(device)
         extra = dict.fromkeys(EMBEDDED, "")
@@ -66,29 +122,27 @@ class ExportedFPT:
             self.network = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra)
         except (RuntimeError, ValueError) as err:
             raise ModelFileError(f"{self.path} is not a TorchScript model: {err}") from err
-        missing = [name for name in EMBEDDED if not extra.get(name)]
-        if missing:
-            raise ModelFileError(
-                f"{self.path} has no embedded {', '.join(missing)}: export it with scripts/export_bundle.py "
-                "(it passes the metadata, inference.yaml and models/model_config.json to `monai.bundle ckpt_export`)."
-            )
         self.network.eval()
-        self.metadata: dict = json.loads(extra["metadata.json"])
-        self.model_config: dict = json.loads(extra["model_config.json"])
+        self.metadata, self.model_config = _embedded_model(self.path, extra)
         self.class_names: list[str] = list(self.model_config["class_names"])
-        self.name: str = self.metadata.get("name", "FPT")
-        self.version: str = str(self.metadata.get("version", "unknown"))
+        # which trained model this is: reports name it, its MLflow run and its checkpoint's SHA-256 (None: not recorded)
+        ident = _identity(self.path, self.metadata)
+        self.name: str = ident["name"]
+        self.version: str = ident["version"]
+        self.run_id: str | None = ident["run_id"]
+        self.checkpoint_sha256: str | None = ident["checkpoint_sha256"]
         self.batch_size = int(batch_size)
-        parser = ConfigParser(json.loads(extra["inference.json"]))
-        # the embedded copy, not the bundle folder's file; only the numbers preprocessing reads, since the parser
-        # would evaluate any text in the record that looks like config code ("$...", "@...")
-        parser["model_config"] = {
-            key: self.model_config[key]
-            for key in ("img_size", "side_img_size", "mean", "std")
-            if key in self.model_config
-        }
-        parser["bundle_root"] = str(self.path.parent)
-        self.preprocessing = parser.get_parsed_content("preprocessing")
+        from fpt_monai.transforms.pipeline import fpt_transforms
+
+        record = self.model_config
+        self.preprocessing = fpt_transforms(
+            "inference",
+            False,
+            img_size=int(record["img_size"]),
+            side_img_size=int(record["side_img_size"]),
+            mean=record["mean"],
+            std=record["std"],
+        )
         self.explainer = None
         if heatmaps:
             network_name = self.model_config.get("network_name", "fpt")
@@ -104,6 +158,22 @@ class ExportedFPT:
                     "`python -m monai.bundle ckpt_export explainer ...` or scripts/export_bundle.py."
                 )
             self.explainer = torch.jit.load(str(explain_path), map_location=self.device).eval()
+
+    @property
+    def identity(self) -> dict:
+        """``{"name", "version", "run_id", "checkpoint_sha256"}`` of the model, as reports name it."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "checkpoint_sha256": self.checkpoint_sha256,
+        }
+
+    @property
+    def device_uid(self) -> str:
+        """A DICOM UID of the trained model (``2.25.<first 128 bits of the checkpoint's SHA-256>``; empty when the
+        checkpoint is not recorded), for the Device UID of the SR's contributing equipment."""
+        return f"2.25.{int(self.checkpoint_sha256[:32], 16)}" if self.checkpoint_sha256 else ""
 
     def preprocess(self, file: str | os.PathLike, frame: int | None = None) -> torch.Tensor:
         """The bundle's inference preprocessing of one image file (``frame``: of a multi-frame image): the normalised

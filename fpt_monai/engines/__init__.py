@@ -14,7 +14,15 @@ from fpt_monai.engines.checkpoint import (
 )
 from fpt_monai.engines.heatmaps import HeatmapWriter, denormalize, heatmap_overlay, save_heatmap, save_png
 from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classification_metrics
+from fpt_monai.engines.model_card import (
+    ModelCardWriter,
+    bundle_metadata,
+    model_identity,
+    portable_record,
+    write_model_identity,
+)
 from fpt_monai.engines.model_record import (
+    DATALIST_COPY,
     MODEL_CONFIG_FORMAT,
     MODEL_SETTINGS,
     STORE_SETTINGS,
@@ -22,11 +30,13 @@ from fpt_monai.engines.model_record import (
     check_model_settings,
     read_model_config,
     recorded_datalist,
+    recorded_location,
     recorded_path,
     recorded_weights,
     write_model_config,
 )
 from fpt_monai.engines.prepare_batch import FPTPrepareBatch
+from fpt_monai.engines.record_schema import RecordSchemaError, class_name_problem, validate_record
 from fpt_monai.engines.reports import (
     PredictionCollector,
     PredictionWriter,
@@ -53,6 +63,7 @@ from fpt_monai.engines.training import (
 __all__ = [
     "ClassificationMetric",
     "CorruptCheckpointError",
+    "DATALIST_COPY",
     "FPTCheckpointer",
     "FPTPrepareBatch",
     "GradientClipHandler",
@@ -60,17 +71,21 @@ __all__ = [
     "METRIC_NAMES",
     "MODEL_CONFIG_FORMAT",
     "MODEL_SETTINGS",
+    "ModelCardWriter",
     "ModelConfigError",
     "NonFiniteLossError",
     "PredictionCollector",
     "PredictionWriter",
     "RunLock",
     "RunLockedError",
+    "RecordSchemaError",
     "StopOnNonFiniteLoss",
     "STORE_SETTINGS",
     "acquire_run_lock",
     "atomic_torch_save",
+    "bundle_metadata",
     "check_model_settings",
+    "class_name_problem",
     "class_weights",
     "classification_metrics",
     "configure_evaluation_mlflow",
@@ -81,16 +96,21 @@ __all__ = [
     "heatmap_overlay",
     "load_checkpoint",
     "log_mlflow_artifacts",
+    "model_identity",
     "plot_confusion_matrix",
     "plot_roc",
+    "portable_record",
     "read_model_config",
     "recorded_datalist",
+    "recorded_location",
     "recorded_path",
     "recorded_tracking",
     "recorded_weights",
     "save_heatmap",
     "save_png",
+    "validate_record",
     "verify_checkpoint",
     "warmup_cosine_schedule",
     "write_model_config",
+    "write_model_identity",
 ]

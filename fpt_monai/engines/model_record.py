@@ -10,9 +10,11 @@ normalisation, the network's class and arguments, the identity of the frozen mod
 as their defaults; :func:`check_model_settings` refuses a value given on the command line that differs from the
 record, naming both, instead of evaluating another model or failing late.
 
-Export merges the record into ``inference.yaml`` as a config file: its top-level keys that ``inference.yaml`` also
-has are the model settings, which it reads from the record anyway (the same values); what training used beyond the
-model lives under ``training_settings``, which no config key is named like.
+The record is untrusted data (a bundle may come from another team): :func:`read_model_config` checks it against
+the declared schema (:mod:`fpt_monai.engines.record_schema`) and no code hands it to MONAI's ``ConfigParser``.
+The paths it holds are used only inside the bundle folder (:func:`recorded_location`): a feature store or dataset
+outside it is used only when the user names it on the command line. Training keeps a copy of its datalist in the
+bundle (``models/datalist.json``, image paths absolute), which evaluation reads by default.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from typing import Any
 import torch.nn as nn
 
 from fpt_monai.atomic import atomic_write_text
+from fpt_monai.engines.record_schema import RecordSchemaError, validate_record
 from fpt_monai.flags import as_weights
 
 __all__ = [
+    "DATALIST_COPY",
     "MODEL_CONFIG_FORMAT",
     "MODEL_SETTINGS",
     "STORE_SETTINGS",
@@ -38,6 +42,7 @@ __all__ = [
     "check_model_settings",
     "read_model_config",
     "recorded_datalist",
+    "recorded_location",
     "recorded_path",
     "recorded_weights",
     "write_model_config",
@@ -46,6 +51,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_FORMAT = 2
+# training's copy of its datalist, inside the bundle (relative to the bundle folder)
+DATALIST_COPY = "models/datalist.json"
 # settings that define the trained model (bundle keys): taken from the record; a different value is refused
 MODEL_SETTINGS = (
     "network_name",
@@ -148,6 +155,7 @@ def write_model_config(
                 record["network_name"] = spec["target"]
     if pretrained is not None:
         record["frozen_weights"] = _weights_record(pretrained)
+    path = Path(path)
     if training_settings is not None:
         settings = dict(training_settings)
         for key in ("store_dir", "dataset_dir", "datalist_file"):
@@ -155,11 +163,41 @@ def write_model_config(
                 settings[key] = _portable(settings[key], bundle_root)
         record["training_settings"] = settings
     clean = json.loads(json.dumps(record, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-    path = Path(path)
+    try:  # a record that evaluation would refuse is refused before training starts
+        validate_record(clean, str(path))
+    except RecordSchemaError as err:
+        raise ModelConfigError(
+            str(err).replace(
+                "restore it from the training run (MLflow keeps a copy) or train again", "fix the setting named"
+            )
+        ) from err
     if resume and path.is_file() and (path.parent / "last.pt").is_file():
         _refuse_another_model(path, clean)
+    settings = clean.get("training_settings") or {}
+    if bundle_root is not None and settings.get("datalist_file"):
+        settings.update(_copy_datalist(recorded_path(settings["datalist_file"], bundle_root), bundle_root))
     atomic_write_text(path, json.dumps(clean, indent=1))
     return clean
+
+
+def _copy_datalist(datalist_file: str, bundle_root: str | os.PathLike) -> dict:
+    """Keep training's datalist inside the bundle (image paths absolute): evaluation reads this copy by default, so a
+    bundle never sends it to a file outside; returns the record's ``datalist_file``/``datalist_source``/
+    ``datalist_sha256``."""
+    from fpt_monai.data import datalist_from_json
+    from fpt_monai.data.feature_store import file_sha256
+
+    copy = Path(bundle_root) / DATALIST_COPY
+    source = Path(datalist_file)
+    if source.resolve() != copy.resolve():
+        datalist = datalist_from_json(source)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(copy, json.dumps(datalist, indent=1))
+    return {
+        "datalist_file": DATALIST_COPY,
+        "datalist_source": source.resolve().as_posix(),
+        "datalist_sha256": file_sha256(copy),
+    }
 
 
 def _refuse_another_model(path: Path, new: Mapping) -> None:
@@ -196,7 +234,7 @@ def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | 
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ModelConfigError(
             f"{path}: no model record there (training writes it next to model.pt when it starts): train first, or "
@@ -207,10 +245,16 @@ def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | 
             f"{path}: cannot read the model record ({err}). Restore it from the training run (MLflow keeps a copy "
             "as an artifact) or train again."
         ) from err
-    if not isinstance(data, dict) or not {"class_names", "num_classes", "backbone", "img_size"} <= set(data):
+    try:
+        validate_record(data, str(path))
+    except RecordSchemaError as err:
+        raise ModelConfigError(str(err)) from err
+    if "frozen_weights" not in data:
         raise ModelConfigError(
-            f"{path}: not a model record (it needs class_names, num_classes, backbone, img_size, ...). Restore it from "
-            "the training run (MLflow keeps a copy) or train again."
+            f"{path}: the record does not name the frozen model's weights (key frozen_weights), so nothing can check "
+            "that the model is rebuilt on the weights it was trained on. Train again with this fpt_monai, or add "
+            '"frozen_weights": {"source": "<the weight file training used>", "id": "sha256:<its sha256sum>"} to '
+            "the record."
         )
     flat = {k: v for k, v in data.items() if k != "training_settings"}
     flat.update(data.get("training_settings") or {})
@@ -240,14 +284,10 @@ def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | 
     if assumed:
         logger.warning(
             "%s was written by an older fpt_monai without %s; assumed the bundle's defaults %s. If training used "
-            "other values, pass them (they are not checked) or add them to the file.%s",
+            "other values, pass them (they are not checked) or add them to the file.",
             path,
             ", ".join(assumed),
             {k: flat[k] for k in assumed},
-            ""
-            if "frozen_weights" in flat
-            else " It does not name the frozen model's weights either: pass "
-            "--pretrained with the file training used (without it, timm's hub weights are downloaded).",
         )
     flat["_file"] = str(path)
     flat["_assumed"] = sorted(assumed)
@@ -260,11 +300,48 @@ def recorded_path(path: str | os.PathLike, bundle_root: str | os.PathLike) -> st
     return str(path if path.is_absolute() else Path(bundle_root) / path)
 
 
-def recorded_datalist(record: Mapping, dataset_dir: str | os.PathLike) -> str:
-    """The datalist to evaluate: the training's own file (``training_settings.datalist_file``, whatever its name) when
-    ``dataset_dir`` is the training's, else ``<dataset_dir>/datalist.json``."""
+def recorded_location(
+    record: Mapping,
+    key: str,
+    bundle_root: str | os.PathLike,
+    named: Sequence[str | os.PathLike | None] = (),
+) -> str:
+    """A folder or file the record names (``store_dir``, ``dataset_dir``, ``datalist_file``), used as a default only
+    when it lies inside the bundle folder (or inside a folder the user ``named`` on the command line, such as
+    ``--store_root``): a record is data that anyone who shared the bundle could have edited, and the store is
+    written to.
+
+    Raises:
+        ModelConfigError: the recorded path leads outside, naming the key, the path and the option that uses it.
+    """
+    value = Path(record[key])
+    inside = [Path(bundle_root), *(Path(n) for n in named if n is not None)]
+    resolved = value.resolve()
+    if any(resolved == r.resolve() or resolved.is_relative_to(r.resolve()) for r in inside):
+        return str(value)
+    option = f"{key} <{'file' if key == 'datalist_file' else 'folder'}>"
+    source = record.get("_file", "models/model_config.json")
+    raise ModelConfigError(
+        f"{source}: the record's {key} {str(value)!r} is outside the bundle {str(bundle_root)!r}; a folder outside "
+        f"the bundle is used only when you name it. Pass --{option} (the one training used, if it is yours), or move "
+        "it into the bundle."
+    )
+
+
+def recorded_datalist(
+    record: Mapping, dataset_dir: str | os.PathLike, bundle_root: str | os.PathLike | None = None
+) -> str:
+    """The datalist to evaluate: the training's own file (its copy in the bundle, ``models/datalist.json``) when
+    ``dataset_dir`` is the training's, else ``<dataset_dir>/datalist.json`` (a folder the user named).
+
+    Raises:
+        ModelConfigError: the record's datalist lies outside ``bundle_root`` (records written before training kept a
+            copy) and no other ``dataset_dir`` was named.
+    """
     if Path(dataset_dir).resolve() == Path(record["dataset_dir"]).resolve():
-        return str(record["datalist_file"])
+        if bundle_root is None:
+            return str(record["datalist_file"])
+        return recorded_location(record, "datalist_file", bundle_root)
     return str(Path(dataset_dir) / "datalist.json")
 
 
@@ -353,6 +430,13 @@ def check_model_settings(
             given_id = weights_id(pretrained)
         except FileNotFoundError as err:
             raise ModelConfigError(f"{err} The trained model used {weights['source']} ({weights['id']}).") from err
+        if given_id != weights["id"] and str(pretrained) == str(weights["source"]):
+            # the record's own file (no --pretrained given): it changed since training, or the record was edited
+            raise ModelConfigError(
+                f"{source}: the frozen model's weight file it names, {weights['source']!r}, has {given_id} but the "
+                f"record says {weights['id']}: the file changed since training, or the record was edited. Restore the "
+                f"weights training used, or pass --pretrained with the file whose SHA-256 is {weights['id']}."
+            )
         if given_id != weights["id"]:
             conflicts.append(
                 f"--pretrained {str(pretrained)!r} ({given_id}; the trained model's frozen weights are "

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fpt_monai.atomic import atomic_write_text
+from fpt_monai.data.class_names import MAX_CLASS_NAME, class_name_problem
 from fpt_monai.transforms.io import image_format
 
 __all__ = [
@@ -82,12 +83,14 @@ _SPLIT_USE = {
 
 def _check_class_names(names: Sequence, head: str) -> None:
     for name in names:
-        # MONAI configs read strings that start with these as code, references or macros: a class folder named
-        # "$..." would run when a config resolves the record that holds the class names
-        if not isinstance(name, str) or not name or name[0] in "$@%":
+        # MONAI configs read strings that start with $ @ % as code, references or macros, and a newline would add a
+        # line to a report: the rule shared with the model record (fpt_monai.data.class_names)
+        problem = class_name_problem(name)
+        if problem:
             raise DatalistError(
-                f"{head}class name {name!r} cannot be used: class names are non-empty text that does not start with "
-                "'$', '@' or '%' (MONAI configs evaluate such strings). Rename the class (its folder or label)."
+                f"{head}class name {name!r} cannot be used: it {problem}. Class names are printable text of at most "
+                f"{MAX_CLASS_NAME} characters that does not start with '$', '@' or '%'. Rename the class (its folder "
+                "or label)."
             )
 
 
@@ -673,16 +676,25 @@ def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict
     """Items ``{"image", "id"}`` to classify: every image under a folder (recursively; ids relative to it), one image
     file, or the ``split`` of a datalist JSON (all splits if it has no such split).
 
+    A symbolic link in the folder whose target does not exist, and a file without a suffix that cannot be opened
+    (its DICOM marker unreadable), are listed too when their names could be images (an image suffix or none), so
+    that :func:`~fpt_monai.data.check_inference_images` reports them as unreadable instead of them vanishing.
+
     Raises:
         ValueError: nothing to classify, or a source that does not exist.
     """
     source = Path(source)
     if source.is_dir():
-        items = [
-            {"image": str(p.resolve()), "id": p.relative_to(source).as_posix()}
-            for p in sorted(source.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts) and image_format(p)
-        ]
+        items = []
+        for p in sorted(source.rglob("*")):
+            if any(part.startswith(".") for part in p.relative_to(source).parts) or p.is_dir():
+                continue
+            item_id = p.relative_to(source).as_posix()
+            if p.is_file() and (image_format(p) or (p.suffix == "" and not os.access(p, os.R_OK))):
+                items.append({"image": str(p.resolve()), "id": item_id})
+            elif p.is_symlink() and not p.exists() and (p.suffix == "" or image_format(p)):
+                # a dangling link: reported as unreadable with its target, never silently dropped
+                items.append({"image": str(p.absolute()), "id": item_id})
     elif source.is_file() and source.suffix.lower() == ".json":
         dl = datalist_from_json(source)
         chosen = dl[split] if dl.get(split) else [i for s in SPLITS for i in dl[s]]
