@@ -24,7 +24,14 @@ from fpt_monai.atomic import atomic_write_text
 from fpt_monai.data.datalist import SPLITS
 from fpt_monai.flags import as_bool
 
-__all__ = ["InferenceImages", "SkippedImagesError", "UnreadableImagesError", "check_images", "check_inference_images"]
+__all__ = [
+    "InferenceImages",
+    "SkippedImagesError",
+    "UnreadableImagesError",
+    "broken_link_reason",
+    "check_images",
+    "check_inference_images",
+]
 
 
 class UnreadableImagesError(ValueError):
@@ -35,9 +42,23 @@ class SkippedImagesError(UnreadableImagesError):
     """Unreadable images were left out of a run (``skip_unreadable``) and the run was not told to accept that."""
 
 
+def broken_link_reason(path: str | os.PathLike) -> str | None:
+    """``"broken symbolic link to <target>"`` for a symbolic link whose target does not exist, else ``None``."""
+    p = Path(path)
+    try:
+        if p.is_symlink() and not p.exists():
+            return f"broken symbolic link to {os.readlink(p)}"
+    except OSError:  # an unreadable folder on the way: the reader's own error says it
+        return None
+    return None
+
+
 def _problem(image: str, channels: int) -> str | None:
     from fpt_monai.transforms.io import read_image
 
+    link = broken_link_reason(image)
+    if link is not None:
+        return link
     try:
         read_image(image, channels=channels)
     except Exception as err:  # any failure makes the image unusable; report its reason
@@ -190,6 +211,9 @@ def check_inference_images(
     read = as_bool(enabled)
 
     def check(item: Mapping) -> tuple[list[int | None] | None, str | None]:
+        link = broken_link_reason(item["image"])
+        if link is not None:  # not the reader's "no such file": the link is there, its target is not
+            return None, link
         try:
             return _frames_of(item, frames, channels, read), None
         except Exception as err:  # any failure makes the file unusable; report its reason

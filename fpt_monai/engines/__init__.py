@@ -12,7 +12,7 @@ from fpt_monai.engines.checkpoint import (
     load_checkpoint,
     verify_checkpoint,
 )
-from fpt_monai.engines.heatmaps import HeatmapWriter, denormalize, heatmap_overlay, save_heatmap, save_png
+from fpt_monai.engines.heatmaps import HeatmapWriter, denormalize, heatmap_name, heatmap_overlay, save_heatmap, save_png
 from fpt_monai.engines.metrics import METRIC_NAMES, ClassificationMetric, classification_metrics
 from fpt_monai.engines.model_card import (
     ModelCardWriter,
@@ -93,6 +93,7 @@ __all__ = [
     "denormalize",
     "evaluate_checkpoints",
     "find_mlflow_handlers",
+    "heatmap_name",
     "heatmap_overlay",
     "load_checkpoint",
     "log_mlflow_artifacts",

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,9 +17,41 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
 from fpt_monai.atomic import atomic_write
-from fpt_monai.safe_paths import output_path
+from fpt_monai.safe_paths import output_path, safe_file_name
 
-__all__ = ["HeatmapWriter", "denormalize", "heatmap_overlay", "save_heatmap", "save_png"]
+__all__ = ["HeatmapWriter", "denormalize", "heatmap_name", "heatmap_overlay", "save_heatmap", "save_png"]
+
+# A name kept as it is: letters, digits, '.', '-', single '_' between them, no '_frame<k>' ending. Every other name
+# gets '__' and a hash of the value, which no kept name contains, and a frame's '_frame<k>' ending, which no kept name
+# has: so two different (value, frame) pairs never get the same name.
+_VERBATIM = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*(?:_[A-Za-z0-9.-]+)*")
+_FRAME_ENDING = re.compile(r"_frame[0-9]+$")
+_MAX_READABLE = 150  # characters of the readable part; the hash, the frame and the suffix fit under safe_paths' 200
+HASH_LENGTH = 12
+
+
+def heatmap_name(value: str, frame: int | None = None, hashed: bool = False) -> str:
+    """A file name (without suffix) for the heatmap of one item, unique per ``(value, frame)``: the whole id or
+    SOP Instance UID with its extension and folders, e.g. ``case.png`` -> ``case.png``, ``1.2.840.1`` ->
+    ``1.2.840.1``. A value that is not a plain file name (path separators, ``__``, other characters, too long)
+    becomes :func:`~fpt_monai.safe_paths.safe_file_name` of it plus ``__`` and 12 hex digits of its SHA-256, e.g.
+    ``a/b.png`` -> ``a__b.png__<hash>``, so that ``a/b.png`` and ``a__b.png`` stay apart. A frame of a multi-frame
+    image adds ``_frame<k>``. The name passes :func:`~fpt_monai.safe_paths.safe_file_name` unchanged.
+
+    Args:
+        value: the item's id (bundle inference) or SOP Instance UID (Deploy): untrusted text.
+        frame: the frame of a multi-frame image, or ``None``.
+        hashed: add the hash even to a plain name (for names that differ only in letter case, which a
+            case-insensitive file system would mix up).
+    """
+    value = str(value)
+    plain = len(value) <= _MAX_READABLE and _VERBATIM.fullmatch(value) and not _FRAME_ENDING.search(value)
+    if plain and not hashed:
+        name = value
+    else:
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LENGTH]
+        name = f"{safe_file_name(value)[:_MAX_READABLE].rstrip('_')}__{digest}"
+    return name if frame is None else f"{name}_frame{int(frame)}"
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -78,15 +112,17 @@ def save_heatmap(
     return Path(path)
 
 
-def _stem(item_id: str) -> str:
-    return item_id[: -len(".nii.gz")] if item_id.endswith(".nii.gz") else os.path.splitext(item_id)[0]
-
-
 class HeatmapWriter:
-    """Write ``<output_dir>/heatmaps/<id>.png`` (``<id>_frame<k>.png`` for a frame of a multi-frame image) for every
-    image an inference evaluator sees: the fine-grained prompts' attention over the frozen model's selected tokens
-    (:class:`~fpt_monai.networks.FPTExplainer`), blended over the image at its original size. Costs one more pass of
-    the frozen model per batch.
+    """Write ``<output_dir>/heatmaps/<name>.png`` for every image an inference evaluator sees, ``<name>`` from
+    :func:`heatmap_name` of its whole id (``case.png`` -> ``heatmaps/case.png.png``; ``a/b.png`` ->
+    ``heatmaps/a__b.png__<hash>.png``; ``_frame<k>`` for a frame of a multi-frame image): the fine-grained prompts'
+    attention over the frozen model's selected tokens (:class:`~fpt_monai.networks.FPTExplainer`), blended over the
+    image at its original size. Costs one more pass of the frozen model per batch.
+
+    Every item gets its own file: two names that differ only in letter case (one file on a case-insensitive file
+    system) get the hash too. The file of each ``(id, frame)`` is left in ``engine.state.heatmap_files`` (relative
+    to ``output_dir``, kept in ``engine.state.heatmap_root``), where :class:`~fpt_monai.engines.PredictionWriter`
+    names it in its prediction rows.
 
     Args:
         network: the evaluator's FPT (with its frozen model).
@@ -110,9 +146,26 @@ class HeatmapWriter:
         self.mean, self.std = list(mean), list(std)
         self.image_key = image_key
         self.written: list[Path] = []
+        self.files: dict[tuple[str, int | None], str] = {}  # (id, frame) -> path relative to output_dir
+        self._taken: dict[str, tuple[str, int | None]] = {}  # case-folded name -> its (id, frame)
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.written, self.files, self._taken = [], {}, {}
+        if engine is not None:
+            engine.state.heatmap_files, engine.state.heatmap_root = self.files, self.output_dir.parent
+
+    def name(self, item_id: str, frame: int | None) -> str:
+        """The file name (without ``.png``) of one item's heatmap in this run (see the class docstring)."""
+        key = (item_id, frame)
+        name = heatmap_name(item_id, frame)
+        if self._taken.setdefault(name.casefold(), key) != key:
+            name = heatmap_name(item_id, frame, hashed=True)
+            self._taken.setdefault(name.casefold(), key)
+        return name
 
     def __call__(self, engine: Engine) -> None:
         items = engine.state.batch
@@ -121,9 +174,12 @@ class HeatmapWriter:
         with torch.no_grad():
             _, heatmaps = self.explainer.eval()(images.to(device))
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        engine.state.heatmap_files, engine.state.heatmap_root = self.files, self.output_dir.parent
         for item, heat in zip(items, heatmaps, strict=True):
-            stem = _stem(str(item.get("id", len(self.written))))
-            if item.get("frame") is not None:  # one heatmap per frame of a multi-frame image (frames="every")
-                stem += f"_frame{int(torch.as_tensor(item['frame']).reshape(-1)[0])}"
-            path = output_path(self.output_dir, stem, ".png")
+            item_id = str(item.get("id", len(self.written)))
+            frame = item.get("frame")  # one heatmap per frame of a multi-frame image (frames="every")
+            frame = int(torch.as_tensor(frame).reshape(-1)[0]) if frame is not None else None
+            # the id comes from the input (file names, a datalist): output_path keeps the file inside the folder
+            path = output_path(self.output_dir, self.name(item_id, frame), ".png")
             self.written.append(save_heatmap(path, item[self.image_key], heat, self.mean, self.std))
+            self.files[(item_id, frame)] = path.relative_to(self.output_dir.parent).as_posix()

@@ -60,8 +60,10 @@ class PredictionCollector:
 
 class PredictionWriter(PredictionCollector):
     """Write per-image class probabilities and the predicted class name when the engine completes:
-    ``predictions.csv`` (``id, prediction, prob_<class>...``) and ``predictions.json``, atomically. When the items
-    are frames of multi-frame images (bundle inference with ``frames``), a ``frame`` column follows ``id``.
+    ``predictions.csv`` (``id, prediction, prob_<class>..., heatmap``) and ``predictions.json``, atomically. When the
+    items are frames of multi-frame images (bundle inference with ``frames``), a ``frame`` column follows ``id``.
+    ``heatmap`` names the row's heatmap file relative to ``output_dir`` (``heatmaps/<name>.png``, written by a
+    :class:`~fpt_monai.engines.HeatmapWriter` on the same engine), empty (``null`` in the JSON) without heatmaps.
 
     Args:
         output_dir: where the files go.
@@ -81,26 +83,32 @@ class PredictionWriter(PredictionCollector):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         records = []
         with_frames = any(f is not None for f in self.frames)  # the column only where frames were chosen
+        # the HeatmapWriter's files, relative to its output folder, made relative to ours
+        heatmaps = getattr(engine.state, "heatmap_files", None) if engine is not None else None
+        heatmap_root = Path(getattr(engine.state, "heatmap_root", self.output_dir)) if engine is not None else None
         for item_id, frame, p in zip(self.ids, self.frames, self.probs, strict=True):
             if len(p) != len(self.class_names):
                 raise ValueError(f"the model gives {len(p)} outputs but there are {len(self.class_names)} class names.")
+            heatmap = (heatmaps or {}).get((item_id, frame))
+            if heatmap is not None and heatmap_root is not None and heatmap_root.resolve() != self.output_dir.resolve():
+                heatmap = Path(os.path.relpath(heatmap_root / heatmap, self.output_dir)).as_posix()
             records.append(
                 {
                     "id": item_id,
                     **({"frame": frame} if with_frames else {}),
                     "prediction": self.class_names[int(np.argmax(p))],
                     "probabilities": {c: float(v) for c, v in zip(self.class_names, p, strict=True)},
+                    "heatmap": heatmap,
                 }
             )
         table = io.StringIO()
         writer = csv.writer(table)
         frame_column = ["frame"] if with_frames else []
-        writer.writerow(["id", *frame_column, "prediction", *[f"prob_{c}" for c in self.class_names]])
+        writer.writerow(["id", *frame_column, "prediction", *[f"prob_{c}" for c in self.class_names], "heatmap"])
         for r in records:
             frame_value = [r["frame"]] if with_frames else []
-            writer.writerow(
-                [r["id"], *frame_value, r["prediction"], *[f"{v:.6f}" for v in r["probabilities"].values()]]
-            )
+            probs = [f"{v:.6f}" for v in r["probabilities"].values()]
+            writer.writerow([r["id"], *frame_value, r["prediction"], *probs, r["heatmap"] or ""])
         atomic_write_text(self.output_dir / "predictions.csv", table.getvalue())
         atomic_write_text(self.output_dir / "predictions.json", json.dumps(records, indent=1))
 

@@ -273,3 +273,73 @@ def test_multiframe_policies(trained, tmp_path):
         assert rows[0]["prob_normal"] == probs[frame]  # the same frame gives the same prediction
     records = json.loads((bundle / "eval" / "predictions.json").read_text())
     assert records[0]["frame"] == 2
+
+
+def _cli(bundle_root, dataset_dir, weights, output_dir, *extra: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of the inference config, as a user runs it."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", INFER_CONFIG, "--meta_file", META]
+    cmd += ["--bundle_root", str(bundle_root), "--dataset_dir", str(dataset_dir), "--pretrained", str(weights)]
+    cmd += ["--output_dir", str(output_dir), "--num_workers", "0", *extra]
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_every_image_gets_its_own_heatmap_named_in_its_prediction_row(trained, tmp_path):
+    """One stem in three formats, and ids 'a/b.png' and 'a__b.png' (one name once sanitised): five predictions, five
+    heatmaps, each prediction row naming its own."""
+    from PIL import Image
+
+    from fpt_monai.data.demo import synthetic_image, write_dicom
+
+    root, _, weights = trained
+    images = tmp_path / "images"
+    (images / "a").mkdir(parents=True)
+    pictures = [(synthetic_image(n % 2, 96, seed=10 + n) * 255).astype(np.uint8) for n in range(5)]
+    Image.fromarray(pictures[0]).save(images / "case.png")
+    Image.fromarray(pictures[1]).save(images / "case.jpg", quality=95)
+    write_dicom(images / "case.dcm", pictures[2].astype(np.uint16) * 16)
+    Image.fromarray(pictures[3]).save(images / "a" / "b.png")
+    Image.fromarray(pictures[4]).save(images / "a__b.png")
+    out = tmp_path / "eval"
+    done = _cli(root, images, weights, out, "--heatmaps", "true")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert sorted(r["id"] for r in rows) == ["a/b.png", "a__b.png", "case.dcm", "case.jpg", "case.png"]
+    pngs = sorted(p.relative_to(out).as_posix() for p in (out / "heatmaps").iterdir())
+    assert sorted(r["heatmap"] for r in rows) == pngs and len(pngs) == 5  # one file each, each named by its row
+    by_id = {r["id"]: r["heatmap"] for r in rows}
+    assert by_id["case.png"] == "heatmaps/case.png.png" and by_id["case.dcm"] == "heatmaps/case.dcm.png"
+    assert by_id["a/b.png"].startswith("heatmaps/a__b.png__") and by_id["a__b.png"].startswith("heatmaps/a__b.png__")
+    records = json.loads((out / "predictions.json").read_text())
+    assert {r["id"]: r["heatmap"] for r in records} == by_id
+    # each heatmap is of its own image: five different pictures
+    assert len({(out / name).read_bytes() for name in pngs}) == 5
+
+    # without heatmaps the column is there, empty (null in the JSON)
+    done = _cli(root, images, weights, tmp_path / "plain")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {r["heatmap"] for r in csv.DictReader(open(tmp_path / "plain" / "predictions.csv"))} == {""}
+    assert {r["heatmap"] for r in json.loads((tmp_path / "plain" / "predictions.json").read_text())} == {None}
+
+
+def test_a_dangling_link_is_skipped_as_unreadable_not_lost(trained, tmp_path):
+    """A symbolic link whose target is gone, with --skip_unreadable true: listed in unreadable.csv with its target
+    and counted in the run's last line, the other images classified."""
+    import shutil
+
+    root, data_dir, weights = trained
+    images = tmp_path / "images"
+    shutil.copytree(data_dir / "images" / "test", images)
+    good = sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file())
+    target = tmp_path / "archive" / "moved.png"
+    (images / "normal" / "moved.png").symlink_to(target)
+    out = tmp_path / "eval"
+    done = _cli(root, images, weights, out, "--skip_unreadable", "true")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0
+    assert lines[-1].startswith(f"fpt_monai: error: {out / 'unreadable.csv'}: 1 of {len(good) + 1} images were "), (
+        lines[-1]
+    )
+    rows = list(csv.DictReader(open(out / "unreadable.csv")))
+    assert [(r["id"], r["reason"]) for r in rows] == [("normal/moved.png", f"broken symbolic link to {target}")]
+    assert sorted(r["id"] for r in csv.DictReader(open(out / "predictions.csv"))) == good
