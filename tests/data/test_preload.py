@@ -12,12 +12,15 @@ import torch
 from safetensors.torch import save_file
 
 from fpt_monai.data import (
+    CorruptStoreError,
     FeatureStore,
     StoreMismatchError,
     datalist_from_json,
+    ensure_feature_store,
     make_demo_dataset,
     preload,
 )
+from fpt_monai.data.feature_store import UnknownFilesError
 from fpt_monai.networks import FrozenViTExtractor, create_vit_backbone
 from fpt_monai.transforms import fpt_transforms
 
@@ -189,6 +192,26 @@ def test_preloads_started_together_into_one_store_keep_every_item(demo, tmp_path
     for item in _all(dl):
         for a, b in zip(store.get(item["id"]), single.get(item["id"]), strict=True):
             torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+
+
+def test_ensure_feature_store_refuses_a_folder_that_is_not_a_store_before_loading_the_model(demo, tmp_path):
+    # issue 19: a record's store_dir pointing at another folder; a store whose manifest.json was deleted
+    root, dl, weights = demo
+    kwargs = {"backbone": "vit_tiny_patch16_224", "pretrained": str(weights), "img_size": 64, "layers": "10-11"}
+    other = tmp_path / "other"
+    (other / "shards").mkdir(parents=True)
+    (other / "shards" / "keep_me.npy").write_bytes(b"precious")
+    (other / "shards" / ".keep_me_hidden").write_bytes(b"precious")
+    with pytest.raises(UnknownFilesError, match=r"shards/\.keep_me_hidden, shards/keep_me\.npy"):
+        ensure_feature_store(dl["test"], other, MEAN, STD, kwargs, progress=False)
+    assert sorted(p.name for p in (other / "shards").iterdir()) == [".keep_me_hidden", "keep_me.npy"]
+    assert sorted(p.name for p in other.iterdir()) == ["shards"]
+    store = ensure_feature_store(dl["test"], tmp_path / "s", MEAN, STD, kwargs, progress=False)
+    assert len(store) == 4
+    (tmp_path / "s" / "manifest.json").unlink()
+    with pytest.raises(CorruptStoreError, match="no manifest.json"):
+        ensure_feature_store(dl["test"], tmp_path / "s", MEAN, STD, kwargs, progress=False)
+    assert not (tmp_path / "s" / "manifest.json").exists() and len(list((tmp_path / "s" / "shards").iterdir())) == 2
 
 
 @pytest.mark.slow

@@ -356,6 +356,8 @@ def ensure_feature_store(
             field in store.fields and not store.missing((str(item["id"]) for item in items), field) for field in fields
         ):
             return store
+    else:  # a folder that is not a store (or shards without a manifest) is refused before the frozen model loads
+        FeatureStore.open_or_create(store_dir, settings, skeleton.token_shape, dtype)
     extractor = FrozenViTExtractor(**kwargs)
     report = preload(
         items,
