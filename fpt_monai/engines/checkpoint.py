@@ -28,6 +28,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -225,6 +226,7 @@ class FPTCheckpointer:
         self.best_tie = math.inf
         self.best_epoch = -1
         self.trainer: Engine | None = None
+        self._before_save: list[Callable[[Engine], None]] = []
 
     @property
     def last_path(self) -> Path:
@@ -271,9 +273,17 @@ class FPTCheckpointer:
                     f"model.pt <- epoch {self.best_epoch}: {self.key_metric} {value:.4f}{tie_note} (the best so far)"
                 )
 
+    def add_before_save(self, callback: Callable[[Engine], None]) -> None:
+        """Call ``callback(trainer)`` at the end of every epoch just before ``last.pt`` is written (on the process
+        that writes it), after the epoch's validation: what it commits is never behind the checkpoint a resumed
+        training starts from (e.g. the MLflow curve points of :func:`fpt_monai.engines.configure_mlflow`)."""
+        self._before_save.append(callback)
+
     def save_last(self, engine: Engine) -> None:
         if not _is_main_process():
             return
+        for callback in self._before_save:
+            callback(engine)
         state = {
             "network": self._model.state_dict(),
             "trainer": {

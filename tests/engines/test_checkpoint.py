@@ -162,3 +162,14 @@ def test_a_resume_from_a_code_running_last_checkpoint_is_refused(tmp_path):
     text = str(info.value)
     assert text.startswith(f"cannot resume from {tmp_path / 'last.pt'}: not a checkpoint") and "Move it away" in text
     assert not marker.exists()
+
+
+def test_before_save_callbacks_run_before_last_pt_is_written(tmp_path):
+    seen = []
+    ck = FPTCheckpointer(tmp_path, torch.nn.Linear(2, 2))
+    ck.add_before_save(lambda engine: seen.append((engine.state.epoch, ck.last_path.is_file())))
+    trainer = Engine(lambda e, b: None)
+    ck.attach(trainer)
+    trainer.run([0, 1], max_epochs=2)
+    assert seen == [(1, False), (2, True)]  # epoch 2's callback ran while last.pt still held epoch 1
+    assert torch.load(ck.last_path, weights_only=True)["trainer"]["epoch"] == 2
