@@ -251,8 +251,11 @@ def run(
             if (out / "heatmaps").is_dir():
                 (final / "heatmaps").mkdir(exist_ok=True)
                 for png in (out / "heatmaps").iterdir():
+                    if (final / "heatmaps" / png.name).exists():  # names are unique per SOP instance: never overwrite
+                        raise RuntimeError(f"{png.name}: two studies wrote a heatmap of this name; report this bug.")
                     os.replace(png, final / "heatmaps" / png.name)
         counts = {s: sum(item.status == s for item in inventory) for s in (CLASSIFIED, SKIPPED, FAILED)}
+        counts["duplicates"] = sum(bool(item.duplicate_of) for item in inventory)  # among the skipped: analysed once
         if not results and not counts[FAILED]:
             found = sorted({f"Modality={i.modality!r}" for i in inventory if i.status == SKIPPED and i.modality})
             raise NoMatchingSeriesError(

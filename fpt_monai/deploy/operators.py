@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -44,6 +45,16 @@ def _reason(err: BaseException) -> str:
         chain.append(chain[-1].__cause__)
     ours = [e for e in chain if isinstance(e, ImageReadError)]
     return str(ours[0] if ours else chain[-1]) or type(chain[-1]).__name__
+
+
+def _heatmap_name(record: dict, frame: int | None) -> str:
+    """The heatmap's file name (without ``.png``): the SOP Instance UID (unique in the run: the pre-flight skips
+    duplicates), ``_frame<k>`` for a frame. A UID that is not digits and dots (untrusted text) gets a hash of itself
+    (:func:`~fpt_monai.engines.heatmaps.heatmap_name`), so two UIDs that sanitise, or fold case, alike stay apart."""
+    from fpt_monai.engines.heatmaps import heatmap_name
+
+    uid = record["sop_instance_uid"]
+    return heatmap_name(uid, frame, hashed=re.fullmatch(r"[0-9][0-9.]*", uid) is None)
 
 
 def _mean(probabilities: list[dict[str, float]]) -> dict[str, float]:
@@ -147,8 +158,7 @@ class FPTClassifierOperator(Operator):
         per_record: dict[int, list[tuple[int | None, dict]]] = {}
         for (record, k, x), result in zip(inputs, self.model.predict([x for _, _, x in inputs]), strict=True):
             if result["heatmap"] is not None:
-                name = record["sop_instance_uid"] if k is None else f"{record['sop_instance_uid']}_frame{k}"
-                result["heatmap_file"] = self._save_heatmap(x, result["heatmap"], name)
+                result["heatmap_file"] = self._save_heatmap(x, result["heatmap"], _heatmap_name(record, k))
             per_record.setdefault(id(record), []).append((k, result))
         for record in records:
             results = per_record[id(record)]

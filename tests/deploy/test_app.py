@@ -34,7 +34,8 @@ def test_cli_classifies_the_selected_series_and_writes_json_sr_and_heatmaps(
     output = json.loads((out / "output.json").read_text())
     meta = json.loads((REPO_ROOT / "bundle/configs/metadata.json").read_text())
     assert output["model"] == {"name": meta["name"], "version": meta["version"], "file": "model.ts"}
-    assert output["status"] == "complete" and output["counts"] == {"classified": 2, "skipped": 1, "failed": 0}
+    assert output["status"] == "complete"
+    assert output["counts"] == {"classified": 2, "skipped": 1, "failed": 0, "duplicates": 0}
     (study,) = output["studies"]
     assert study["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.1"
     instances = {r["file"]: r for r in study["instances"]}
@@ -122,7 +123,8 @@ def test_corrupt_files_are_reported_the_rest_classified_and_the_exit_code_says_s
     assert last.startswith(f"fpt_monai: error: {cut}: pixel data has") and "truncated" in last
     assert "2 of 6 input file(s) failed" in last and str(out / "output.json") in last and "Fix or remove" in last
     output = json.loads((out / "output.json").read_text())
-    assert output["status"] == "incomplete" and output["counts"] == {"classified": 3, "skipped": 1, "failed": 2}
+    assert output["status"] == "incomplete"
+    assert output["counts"] == {"classified": 3, "skipped": 1, "failed": 2, "duplicates": 0}
     files = {f["file"]: f for f in output["files"]}
     assert files["dx/cut.dcm"]["status"] == files["dx/junk.dcm"]["status"] == "failed"
     skipped = {"file": "notes.txt", "status": "skipped", "reason": "not a DICOM file (no DICM marker)"}
@@ -206,3 +208,78 @@ def test_cli_errors_end_with_one_line_naming_the_input_and_write_nothing(exporte
     done = subprocess.run([*base, "--frames", "all"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("fpt_monai: error: unknown multi-frame policy 'all'")
+
+
+@pytest.mark.slow
+def test_three_files_with_one_sop_instance_uid_are_analysed_once(exported_tiny_bundle, tmp_path):
+    """Copies of one instance (the same SOP Instance UID in three files): one classified, two skipped as its
+    duplicates, counted once in output.json and in the SR, with one heatmap."""
+    import pydicom
+
+    from .conftest import _stored
+
+    root = exported_tiny_bundle[0]
+    study = tmp_path / "study"
+    uid = "1.2.826.0.1.3680043.8.498.77001"
+    for name in ("b/copy.dcm", "a.dcm", "c.dcm"):
+        write_dicom(study / name, _stored(1, seed=5), study_uid="1.2.826.0.1.3680043.8.498.77", instance_uid=uid)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(study), "-o", str(out), "-m", str(root / "models")]
+    done = subprocess.run([*cmd, "--heatmaps"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    output = json.loads((out / "output.json").read_text())
+    assert output["counts"] == {"classified": 1, "skipped": 2, "failed": 0, "duplicates": 2}
+    files = {f["file"]: f for f in output["files"]}
+    assert files["a.dcm"]["status"] == "classified"
+    for name in ("b/copy.dcm", "c.dcm"):
+        assert files[name]["status"] == "skipped" and files[name]["reason"] == "duplicate SOPInstanceUID of a.dcm"
+        assert files[name]["duplicate_of"] == "a.dcm"
+    (record,) = output["studies"][0]["instances"]
+    assert record["file"] == "a.dcm" and record["sop_instance_uid"] == uid
+    assert [p.name for p in (out / "heatmaps").iterdir()] == [f"{uid}.png"]
+    assert record["heatmap"] == f"heatmaps/{uid}.png"
+    (sr_file,) = out.glob("*.dcm")
+    text = pydicom.dcmread(sr_file).ContentSequence[0].TextValue
+    assert "Images analysed: 1." in text and text.count(uid) == 1
+
+
+@pytest.mark.slow
+def test_a_truncated_jpeg_2000_file_and_a_dangling_link_fail_with_their_true_reasons(exported_tiny_bundle, tmp_path):
+    """A JPEG 2000 file cut inside its pixel data fails as truncated with the UIDs its header has (pydicom's full
+    read loses the whole dataset); a symbolic link whose target is gone fails naming the target. Both are in
+    output.json; the good image is classified; the exit code is 2."""
+    from pathlib import Path
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from .conftest import _stored
+
+    source = get_testdata_file("MR_small_jp2klossless.dcm")
+    if source is None:
+        pytest.skip("pydicom's test file MR_small_jp2klossless.dcm is not installed with this pydicom")
+    root = exported_tiny_bundle[0]
+    study = tmp_path / "study"
+    write_dicom(study / "good.dcm", _stored(1, seed=5))
+    data = Path(source).read_bytes()
+    (study / "mr_j2k.dcm").write_bytes(data[: len(data) * 2 // 3])
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    target = tmp_path / "moved" / "scan.dcm"
+    (study / "scan.dcm").symlink_to(target)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(study), "-o", str(out), "-m", str(root / "models")]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+
+    output = json.loads((out / "output.json").read_text())
+    assert output["counts"] == {"classified": 1, "skipped": 0, "failed": 2, "duplicates": 0}
+    files = {f["file"]: f for f in output["files"]}
+    assert files["good.dcm"]["status"] == "classified"
+    cut = files["mr_j2k.dcm"]
+    assert cut["status"] == "failed" and cut["reason"].startswith("incomplete pixel data")
+    assert "truncated" in cut["reason"] and "no StudyInstanceUID" not in cut["reason"]
+    assert cut["sop_instance_uid"] == header.SOPInstanceUID and cut["study_instance_uid"] == header.StudyInstanceUID
+    assert files["scan.dcm"] == {"file": "scan.dcm", "status": "failed", "reason": f"broken symbolic link to {target}"}
+    last = done.stderr.strip().splitlines()[-1]
+    assert "2 of 3 input file(s) failed" in last and str(out / "output.json") in last

@@ -52,6 +52,14 @@ def archive(tmp_path) -> Path:
         ds = pydicom.dcmread(path)
         ds.ImagePositionPatient = [0, 0, 0]
         ds.save_as(path)
+    # pydicom's MR_small in JPEG 2000 and in RLE is one instance (one SOP Instance UID): the J2K file gets its own
+    # UID, as a re-encoded export would, so that both decoders run; a plain copy of the RLE file is a duplicate
+    j2k = root / "MR_small_jp2klossless" / "MR_small_jp2klossless.dcm"
+    ds = pydicom.dcmread(j2k)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.52"
+    ds.save_as(j2k)
+    (root / "copies").mkdir()
+    shutil.copy(root / "MR_small_RLE" / "MR_small_RLE.dcm", root / "copies" / "re_export.dcm")
     return root
 
 
@@ -69,12 +77,16 @@ def test_every_file_of_a_clinical_archive_is_accounted_for(exported_tiny_bundle,
 
     assert output["status"] == "complete" and output["frames"] == "middle"
     files = {Path(f["file"]).name: f for f in output["files"]}
-    assert set(files) == {*IMAGES, *OBJECTS, "view0.dcm", "view1.dcm"}
+    assert set(files) == {*IMAGES, *OBJECTS, "view0.dcm", "view1.dcm", "re_export.dcm"}
     for name in (*IMAGES, "view0.dcm", "view1.dcm"):
         assert files[name]["status"] == "classified", (name, IMAGES.get(name), files[name])
     for name in OBJECTS:
         assert files[name]["status"] == "skipped" and files[name]["reason"], files[name]
-    assert output["counts"] == {"classified": len(IMAGES) + 2, "skipped": len(OBJECTS), "failed": 0}
+    # the copy of an instance is analysed once: skipped, naming the file that was classified
+    copy = files["re_export.dcm"]
+    assert copy["status"] == "skipped" and copy["reason"] == "duplicate SOPInstanceUID of MR_small_RLE/MR_small_RLE.dcm"
+    counts = {"classified": len(IMAGES) + 2, "skipped": len(OBJECTS) + 1, "failed": 0, "duplicates": 1}
+    assert output["counts"] == counts
 
     # one result and one SR per study with a classified image, each SR in its own study
     image_studies = {files[n]["study_instance_uid"] for n in (*IMAGES, "view0.dcm")}
