@@ -260,4 +260,25 @@ class ModelCardWriter:
         from fpt_monai.engines.checkpoint import _is_main_process
 
         if _is_main_process():
-            write_model_identity(self.bundle_root, self.template)
+            identity = write_model_identity(self.bundle_root, self.template)
+            _tag_mlflow_run(Path(self.bundle_root) / "models", identity)
+
+
+def _tag_mlflow_run(models: Path, identity: Mapping) -> None:
+    """Give the training's MLflow run (``models/mlflow_run.json``) the checkpoint's SHA-256 as the tag
+    ``fpt.checkpoint_sha256`` and the final metadata and model card as artifacts: the run, the exports and the
+    reports then name the same model."""
+    run = _read_json(models / "mlflow_run.json")
+    if not isinstance(run, dict) or not identity.get("run_id") or run.get("run_id") != identity["run_id"]:
+        return
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or run.get("tracking_uri") or None
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        if identity.get("checkpoint_sha256"):
+            client.set_tag(identity["run_id"], "fpt.checkpoint_sha256", identity["checkpoint_sha256"])
+        for name in ("metadata.json", "model_card.md"):
+            client.log_artifact(identity["run_id"], str(models / name))
+    except Exception as err:  # tracking must not fail a finished training: say what is missing from the run
+        logger.warning("could not tag the MLflow run %s with the model's identity (%s)", identity["run_id"], err)

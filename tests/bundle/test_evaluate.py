@@ -69,5 +69,6 @@ def test_evaluate_an_empty_split_names_the_datalist_before_writing(tmp_path, tin
     with pytest.raises(Exception) as info:
         _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path / "bundle", data, weights, mode="online")
     text = error_text(info.value)
-    assert str(data / "datalist.json") in text and "the test split is empty" in text
+    # evaluation reads training's copy of its datalist, kept inside the bundle (issue 19)
+    assert str(tmp_path / "bundle" / "models" / "datalist.json") in text and "the test split is empty" in text
     assert not (tmp_path / "bundle" / "eval").exists()

@@ -15,6 +15,7 @@ from fpt_monai.engines import (
     check_model_settings,
     read_model_config,
     recorded_datalist,
+    recorded_location,
     recorded_weights,
     write_model_config,
 )
@@ -140,15 +141,20 @@ def test_older_records_get_the_defaults_with_a_warning_and_no_check(tmp_path, ca
     path = tmp_path / "models" / "model_config.json"
     path.parent.mkdir()
     old = {k: SETTINGS[k] for k in ("class_names", "num_classes", "variant", "backbone", "img_size", "side_img_size")}
-    path.write_text(json.dumps({**old, "token_ratio": 0.2, "mean": [0.5] * 3, "std": [0.2] * 3}))
+    old.update({"token_ratio": 0.2, "mean": [0.5] * 3, "std": [0.2] * 3})
+    path.write_text(json.dumps(old))
+    # an older record that does not name the frozen weights is refused: nothing could check them
+    with pytest.raises(ModelConfigError, match=r"does not name the frozen model's weights \(key frozen_weights\)"):
+        read_model_config(path)
+    path.write_text(json.dumps({**old, "frozen_weights": {"source": False, "id": "random"}}))
     with caplog.at_level(logging.WARNING):
         record = read_model_config(path)
     assert "written by an older fpt_monai" in caplog.text and "store_dtype" in caplog.text
     assert record["mode"] == "preload" and record["store_dir"] == str(
         tmp_path / "tokens" / "fpt_plus_vit_tiny_patch16_224_64"
     )
-    assert recorded_weights(record) is True
-    check_model_settings(record, store_dtype="float32", pretrained=False)  # assumed keys and weights: not checked
+    assert recorded_weights(record) is False
+    check_model_settings(record, store_dtype="float32", pretrained=False)  # assumed keys: not checked
     with pytest.raises(ModelConfigError, match="--img_size"):
         check_model_settings(record, img_size=96)
 
@@ -161,7 +167,7 @@ def test_missing_or_broken_record_names_the_file_and_the_fix(tmp_path):
     with pytest.raises(ModelConfigError, match="cannot read the model record"):
         read_model_config(bad)
     bad.write_text(json.dumps({"training": []}))
-    with pytest.raises(ModelConfigError, match="not a model record"):
+    with pytest.raises(ModelConfigError, match=r"not a valid model record: unknown keys \['training'\]; missing keys"):
         read_model_config(bad)
 
 
@@ -182,22 +188,51 @@ def test_resuming_into_a_bundle_of_another_model_is_refused(tmp_path, weights):
     assert json.loads(path.read_text())["img_size"] == 96 and before != path.read_text()
 
 
-def test_the_evaluated_datalist_is_the_trainings_own_file_unless_another_folder_is_given(tmp_path, weights):
-    _, path = _write(tmp_path, weights)
-    record = read_model_config(path)
-    assert recorded_datalist(record, tmp_path / "data") == str((tmp_path / "data" / "datalist.json").resolve())
+def test_evaluation_reads_the_trainings_copy_of_its_datalist_and_no_folder_outside_the_bundle(tmp_path, weights):
+    from fpt_monai.data import write_datalist
+
+    items = [{"image": str(tmp_path / "data" / f"{i}.png"), "label": i % 2, "id": f"{i}.png"} for i in range(6)]
+    source = write_datalist(
+        {"training": items[:2], "validation": items[2:4], "test": items[4:]}, tmp_path / "data" / "dl.json"
+    )
+    bundle, path = _write(tmp_path, weights)
     raw = json.loads(path.read_text())
-    raw["training_settings"]["datalist_file"] = str(tmp_path / "data" / "my_split.json")
-    path.write_text(json.dumps(raw))
-    record = read_model_config(path)
-    assert recorded_datalist(record, str(tmp_path / "data")) == str(tmp_path / "data" / "my_split.json")
-    assert recorded_datalist(record, tmp_path / "other") == str(tmp_path / "other" / "datalist.json")
+    raw["training_settings"]["datalist_file"] = str(source)
+    bundle_settings = dict(raw["training_settings"], store_fields=("tokens",))
+    net = FPT(num_classes=2, pretrained=False, frozen_model=False, side_img_size=32, **TINY)
+    write_model_config(
+        path, network=net, pretrained=weights, training_settings=bundle_settings, bundle_root=bundle, **SETTINGS
+    )
+    raw = json.loads(path.read_text())
+    copy = bundle / "models" / "datalist.json"
+    assert raw["training_settings"]["datalist_file"] == "models/datalist.json"
+    assert raw["training_settings"]["datalist_source"] == str(source.resolve())
+    assert raw["training_settings"]["datalist_sha256"] == file_sha256(copy)
+    record = read_model_config(path, bundle_root=bundle)
+    # the training's folder: its copy inside the bundle; another folder named on the command line: its datalist.json
+    assert recorded_datalist(record, record["dataset_dir"], bundle_root=bundle) == str(copy)
+    assert recorded_datalist(record, tmp_path / "other", bundle_root=bundle) == str(
+        tmp_path / "other" / "datalist.json"
+    )
+    # a record that names a file or folder outside the bundle (edited, or shared) is never used without being named
+    raw["training_settings"]["datalist_file"] = str(source)
+    for bad in ("../../../x", "/tmp/elsewhere/store", str(tmp_path / "shared_store")):
+        raw["training_settings"]["store_dir"] = bad
+        path.write_text(json.dumps(raw))
+        record = read_model_config(path, bundle_root=bundle)
+        with pytest.raises(ModelConfigError, match=r"store_dir .* is outside the bundle .*Pass --store_dir <folder>"):
+            recorded_location(record, "store_dir", bundle)
+        with pytest.raises(ModelConfigError, match=r"datalist_file .* outside the bundle .*--datalist_file <file>"):
+            recorded_datalist(record, record["dataset_dir"], bundle_root=bundle)
+    # ... unless it lies under a folder the user named (a shared --store_root)
+    assert recorded_location(record, "store_dir", bundle, named=[tmp_path]) == str(tmp_path / "shared_store")
 
 
 def test_an_older_linear_probe_record_reads_pooled_features(tmp_path):
     path = tmp_path / "models" / "model_config.json"
     path.parent.mkdir()
     old = {k: SETTINGS[k] for k in ("class_names", "num_classes", "backbone", "img_size")}
+    old["frozen_weights"] = {"source": False, "id": "random"}
     path.write_text(json.dumps({**old, "network_name": "linear_probe", "mean": [0.5] * 3, "std": [0.2] * 3}))
     record = read_model_config(path)
     assert record["store_fields"] == ["pooled"] and record["side_view"] is False

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from fpt_monai.data.feature_store import file_sha256
+
 from ..conftest import REPO_ROOT
 
 
@@ -25,10 +27,14 @@ def test_exports_agree_with_pytorch(exported_tiny_bundle):
 
     from monai.data import load_net_with_metadata
 
-    net, meta, extra = load_net_with_metadata(
-        str(models / "model.ts"), more_extra_files=("inference.json", "model_config.json")
-    )
-    assert meta["version"] == json.loads((REPO_ROOT / "bundle/configs/metadata.json").read_text())["version"]
+    net, meta, extra = load_net_with_metadata(str(models / "model.ts"), more_extra_files=("model_config.json",))
+    # the trained bundle's metadata: the real input shape and classes, and the model's identity
+    trained = json.loads((models / "metadata.json").read_text())
+    assert meta["network_data_format"] == trained["network_data_format"]
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [64, 64]
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "normal", "1": "abnormal"}
+    digest = file_sha256(models / "model.pt")
+    assert meta["fpt_monai"]["checkpoint_sha256"] == digest == check["identity"]["checkpoint_sha256"]
     embedded, record = json.loads(extra["model_config.json"]), json.loads((models / "model_config.json").read_text())
     # the model file names the frozen weights by their SHA-256, without the training machine's paths
     assert embedded["frozen_weights"] == {**record["frozen_weights"], "source": weights.name}
@@ -36,11 +42,19 @@ def test_exports_agree_with_pytorch(exported_tiny_bundle):
         "store_dir",
         "dataset_dir",
         "datalist_file",
+        "datalist_source",
     }
     assert {k: v for k, v in embedded.items() if k not in ("frozen_weights", "training_settings")} == {
         k: v for k, v in record.items() if k not in ("frozen_weights", "training_settings")
     }
-    assert "preprocessing" in json.loads(extra["inference.json"])
+    assert str(root) not in (models / "model.ts").read_bytes().decode("latin-1")  # no local path travels
+
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(models / "model.onnx")).metadata_props}
+    assert json.loads(props["class_names"]) == ["normal", "abnormal"] and json.loads(props["input_size"]) == [64, 64]
+    assert json.loads(props["mean"]) == record["mean"] and json.loads(props["std"]) == record["std"]
+    assert props["checkpoint_sha256"] == digest and props["frozen_weights"] == record["frozen_weights"]["id"]
 
     # an image the check did not see: TorchScript and ONNX Runtime give the PyTorch model's probabilities
     import onnxruntime as ort
@@ -85,4 +99,4 @@ def test_export_with_other_frozen_weights_is_refused(tmp_path, trained_tiny_bund
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("fpt_monai: error:") and "the trained model's frozen weights are" in last
-    assert "ckpt_export" not in done.stdout + done.stderr  # refused before the first export command
+    assert "export:" not in done.stdout + done.stderr  # refused before the first export
