@@ -127,7 +127,8 @@ class FPTDeployApp(Application):
         sr_writer = DICOMTextSRWriterOperator(
             self,
             copy_tags=True,
-            model_info=ModelInfo("fpt_monai", self.model.name, self.model.version, ""),
+            # IHE AIR: the Device UID changes with each trained model: a UID derived from the checkpoint's SHA-256
+            model_info=ModelInfo("fpt_monai", self.model.name, self.model.version, self.model.device_uid),
             equipment_info=EquipmentInfo(manufacturer="fpt_monai", manufacturer_model=self.model.name),
             custom_tags={"SeriesDescription": "AI classification (FPT). Not for diagnostic use."},
             output_folder=output,
@@ -266,7 +267,7 @@ def run(
         complete = counts[FAILED] == 0
         output = {
             "status": "complete" if complete else "incomplete",
-            "model": {"name": model.name, "version": model.version, "file": model.path.name},
+            "model": {**model.identity, "file": model.path.name},
             "frames": frames,
             "counts": counts,
             "studies": results,

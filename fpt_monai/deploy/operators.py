@@ -201,7 +201,9 @@ class FPTClassifierOperator(Operator):
         """The narrative text of the Structured Report of one study."""
         probs = ", ".join(f"{c} {p:.3f}" for c, p in study["probabilities"].items())
         lines = [
-            f"AI classification ({model.name} {model.version}): {study['class']}.",
+            f"AI classification ({model.name}, fpt_monai {model.version}): {study['class']}.",
+            f"Model: MLflow run {model.run_id or 'not recorded'}, checkpoint SHA-256 "
+            f"{model.checkpoint_sha256 or 'not recorded'}.",
             f"Class probabilities: {probs}.",
             f"Images analysed: {len(study['instances'])}.",
         ]

@@ -32,8 +32,18 @@ def test_cli_classifies_the_selected_series_and_writes_json_sr_and_heatmaps(
     assert done.returncode == 0, done.stderr[-3000:]
 
     output = json.loads((out / "output.json").read_text())
-    meta = json.loads((REPO_ROOT / "bundle/configs/metadata.json").read_text())
-    assert output["model"] == {"name": meta["name"], "version": meta["version"], "file": "model.ts"}
+    from fpt_monai.data.feature_store import file_sha256
+
+    ident = json.loads((root / "models" / "metadata.json").read_text())["fpt_monai"]
+    # the trained model's identity: no MLflow run in this bundle, model.pt's SHA-256
+    digest = file_sha256(root / "models" / "model.pt")
+    assert output["model"] == {
+        "name": ident["name"],
+        "version": ident["version"],
+        "run_id": None,
+        "checkpoint_sha256": digest,
+        "file": "model.ts",
+    }
     assert output["status"] == "complete"
     assert output["counts"] == {"classified": 2, "skipped": 1, "failed": 0, "duplicates": 0}
     (study,) = output["studies"]
@@ -77,6 +87,9 @@ def test_cli_classifies_the_selected_series_and_writes_json_sr_and_heatmaps(
     assert sr.StudyInstanceUID == study["study_instance_uid"] and sr.PatientID == "P1"
     text = sr.ContentSequence[0].TextValue
     assert f": {study['class']}." in text and instances["dx/m1.dcm"]["sop_instance_uid"] in text
+    assert f"checkpoint SHA-256 {digest}" in text and "MLflow run not recorded" in text
+    # IHE AIR contributing equipment: the Device UID is derived from the checkpoint, so it changes with training
+    assert sr.ContributingEquipmentSequence[0].DeviceUID == f"2.25.{int(digest[:32], 16)}"
     assert done.stdout.splitlines()[-1] == "2 classified, 1 skipped (see output.json)"
 
     # heatmaps: the input's size, not constant
@@ -141,7 +154,7 @@ def test_model_errors_name_the_file_and_the_fix(exported_tiny_bundle, tmp_path):
     # a plain TorchScript file without the bundle's configs
     plain = tmp_path / "plain.ts"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(plain))
-    with pytest.raises(ModelFileError, match="no embedded metadata.json, inference.json, model_config.json"):
+    with pytest.raises(ModelFileError, match="has no embedded metadata.json"):
         ExportedFPT(plain)
     # heatmaps without the explainer next to the model
     root = exported_tiny_bundle[0]
