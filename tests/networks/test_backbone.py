@@ -147,7 +147,8 @@ def test_reference_layer_norm_eps_at_vit_b16_scale(tmp_path, record_property):
     """ViT-B/16 at 512 px, peaked attention, all 12 layers extracted, k = 205 of 1025 tokens per sample and head.
 
     With the reference's LayerNorm eps (``layer_norm_eps=1e-12``) every selected token set equals the HF reference's
-    and the keys/values agree to fp32 rounding; timm's default eps (1e-6) changes a few per cent of the token sets
+    up to ties at fp32 rounding (transformers 5.24's initialisation gives one set of 288 that swaps two tokens whose
+    reference importances are 1.4e-8 apart, against 3.9e-7 with eps 1e-6) and the keys/values agree to fp32 rounding; timm's default eps (1e-6) changes a few per cent of the token sets
     (measured: 7 of 288 = 2.4 % for this input; 12/288 and 18/288 for two other weight/input seeds) and moves the
     keys by ~1e-2 (1e-12: 3.7e-5, keys up to ~11). Within a set the order may differ from the reference's only
     between tokens whose reference importances are equal up to fp32 rounding (measured: at most 1.3e-8 apart, against
@@ -182,10 +183,16 @@ def test_reference_layer_norm_eps_at_vit_b16_scale(tmp_path, record_property):
         )
         assert ext.layer_norm_eps == (1e-6 if eps is None else eps) and ext.num_selected == 205
         keys, values, idx = ext.select(x)
-        differing, max_dk, max_dv, max_inversion = 0, 0.0, 0.0, 0.0
+        differing, max_dk, max_dv, max_inversion, max_swap = 0, 0.0, 0.0, 0.0, 0.0
         for layer in range(12):
             ref_idx = ref_imp[layer].topk(ext.num_selected, dim=-1).indices
             differing += int((idx[:, layer].sort(-1).values != ref_idx.sort(-1).values).any(-1).sum())
+            # a token set that differs swaps tokens of the reference's top k for others: how much more important
+            # (by the reference's importance) the best token left out is than the worst one taken
+            ours_min = ref_imp[layer].gather(-1, idx[:, layer]).min(-1).values
+            left_out = torch.ones_like(ref_imp[layer], dtype=torch.bool).scatter(-1, idx[:, layer], False)
+            best_left_out = ref_imp[layer].masked_fill(~left_out, -1.0).max(-1).values
+            max_swap = max(max_swap, float((best_left_out - ours_min).clamp_min(0).max()))
             # reference importance of our tokens in our order: increases only at rounding-level near ties
             ours_ranked = ref_imp[layer].gather(-1, idx[:, layer])
             max_inversion = max(max_inversion, float((ours_ranked[..., 1:] - ours_ranked[..., :-1]).max()))
@@ -197,13 +204,16 @@ def test_reference_layer_norm_eps_at_vit_b16_scale(tmp_path, record_property):
             if eps == 1e-12:
                 torch.testing.assert_close(got_k, ref_k, rtol=1e-4, atol=2e-4)
                 torch.testing.assert_close(got_v, ref_v, rtol=1e-4, atol=2e-4)
-        results[eps] = (differing / (B * 12 * H), max_dk, max_dv, max_inversion)
+        results[eps] = (differing / (B * 12 * H), max_dk, max_dv, max_inversion, max_swap)
         del ext, keys, values
     record_property("layer_norm_eps_results", results)
-    print(f"(fraction of differing token sets, max |dK|, max |dV|, max order inversion) per eps: {results}")
-    assert results[1e-12][0] == 0.0  # the reference eps reproduces every token set
-    assert results[1e-12][3] <= 1e-6  # order differences only between rounding-level ties (measured 1.3e-8)
-    assert results[None][0] > 0.0  # timm's eps does not: the setting matters at this scale
+    print(f"(fraction of differing token sets, max |dK|, max |dV|, max order inversion, max swap) per eps: {results}")
+    # the reference eps reproduces every token set up to ties at fp32 rounding: a token it leaves out is at most
+    # rounding-level more important than one it takes (the HF model's random initialisation changes between
+    # transformers releases, and with it whether such a tie occurs); order differences likewise
+    assert results[1e-12][4] <= 1e-6 and results[1e-12][0] <= 0.01
+    assert results[1e-12][3] <= 1e-6
+    assert results[None][0] > results[1e-12][0] and results[None][4] > 10 * max(results[1e-12][4], 1e-8)
     assert results[None][1] > 10 * results[1e-12][1]
 
 
