@@ -148,7 +148,8 @@ def test_reference_layer_norm_eps_at_vit_b16_scale(tmp_path, record_property):
 
     With the reference's LayerNorm eps (``layer_norm_eps=1e-12``) every selected token set equals the HF reference's
     up to ties at fp32 rounding (transformers 5.24's initialisation gives one set of 288 that swaps two tokens whose
-    reference importances are 1.4e-8 apart, against 3.9e-7 with eps 1e-6) and the keys/values agree to fp32 rounding; timm's default eps (1e-6) changes a few per cent of the token sets
+    reference importances are 1.4e-8 apart, against 3.9e-7 with eps 1e-6) and the keys/values agree to fp32
+    rounding; timm's default eps (1e-6) changes a few per cent of the token sets
     (measured: 7 of 288 = 2.4 % for this input; 12/288 and 18/288 for two other weight/input seeds) and moves the
     keys by ~1e-2 (1e-12: 3.7e-5, keys up to ~11). Within a set the order may differ from the reference's only
     between tokens whose reference importances are equal up to fp32 rounding (measured: at most 1.3e-8 apart, against
