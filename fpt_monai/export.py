@@ -30,6 +30,8 @@ import torch
 
 __all__ = ["ExportError", "export_bundle", "onnx_metadata"]
 
+# the bundle's metadata template (configs/metadata.json of this repository's bundle)
+_METADATA_TEMPLATE = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "metadata.json"
 _ONNX_NAMES = {"input_names": ["image"], "output_names": ["pred"]}
 _ONNX_DYNAMIC = {"image": {0: "batch"}, "pred": {0: "batch"}}
 
@@ -139,6 +141,7 @@ def export_bundle(
         load_checkpoint,
         portable_record,
         read_model_config,
+        read_record,
         recorded_weights,
         write_model_identity,
     )
@@ -157,16 +160,13 @@ def export_bundle(
     net.load_state_dict(state, strict=True)
     net.eval()
 
-    template = {}
-    if (models / "metadata.json").is_file():  # what training wrote from the bundle's metadata: its descriptive keys
-        try:
-            template = {k: v for k, v in json.loads((models / "metadata.json").read_text()).items() if k != "fpt_monai"}
-        except ValueError:
-            template = {}
+    # the descriptive metadata comes from this package's bundle, never from the bundle's own metadata.json (a file
+    # that anyone who shared the bundle could have edited, e.g. with '%' macros that MONAI's parser would resolve)
+    template = json.loads(_METADATA_TEMPLATE.read_text()) if _METADATA_TEMPLATE.is_file() else {}
     write_model_identity(root, template)  # the identity now: the final checkpoint's SHA-256, the run id
     metadata_text = (models / "metadata.json").read_text()
     metadata = json.loads(metadata_text)
-    raw = json.loads((models / "model_config.json").read_text())
+    raw = read_record(models / "model_config.json")
     extra = {"metadata.json": metadata_text, "model_config.json": json.dumps(portable_record(raw), indent=1)}
 
     size = int(record["img_size"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,14 +61,6 @@ def _embedded_model(path: Path, extra: dict) -> tuple[dict, dict]:
     return metadata, record
 
 
-_IDENTITY_FORMS = {
-    "name": re.compile(r"^[\w .+()\-]{1,120}$"),
-    "version": re.compile(r"^[\w.+\-]{1,40}$"),
-    "run_id": re.compile(r"^[0-9a-f]{32}$"),
-    "checkpoint_sha256": re.compile(r"^[0-9a-f]{64}$"),
-}
-
-
 def _identity(path: Path, metadata: dict) -> dict:
     """The model's identity from its metadata, each value checked (reports and DICOM SRs print them)."""
     section = metadata.get("fpt_monai") if isinstance(metadata.get("fpt_monai"), dict) else {}
@@ -79,9 +70,11 @@ def _identity(path: Path, metadata: dict) -> dict:
         "run_id": section.get("run_id"),
         "checkpoint_sha256": section.get("checkpoint_sha256"),
     }
-    for key, form in _IDENTITY_FORMS.items():
+    from fpt_monai.engines.record_schema import IDENTITY_FORMS
+
+    for key, form in IDENTITY_FORMS.items():
         value = identity[key]
-        if value is not None and not (isinstance(value, str) and form.match(value)):
+        if value is not None and not (isinstance(value, str) and form.fullmatch(value)):
             raise ModelFileError(
                 f"{path}: its embedded metadata's {key} {str(value)[:80]!r} is not a valid {key}; the file was edited "
                 "or not exported by fpt_monai. Export the trained bundle again (`make export BUNDLE=<bundle>`)."

@@ -57,6 +57,11 @@ def _git_commit() -> str | None:
     """The commit of the fpt_monai code when it runs from a git checkout (``-dirty`` with local changes)."""
     here = Path(__file__).resolve().parent
     try:
+        top = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        if not top or Path(top).resolve() != here.parents[1]:  # an installed package inside another checkout
+            return None
         commit = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
@@ -79,6 +84,14 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _run_id(run: Any) -> str | None:
+    """The MLflow run id of a run record, when it has the form reports accept (32 hex digits)."""
+    from fpt_monai.engines.record_schema import IDENTITY_FORMS
+
+    value = run.get("run_id") if isinstance(run, dict) else None
+    return value if isinstance(value, str) and IDENTITY_FORMS["run_id"].fullmatch(value) else None
+
+
 def model_identity(bundle_root: str | os.PathLike) -> dict:
     """Who the trained model in ``bundle_root`` is: ``name``, ``version`` (of fpt_monai), ``run_id`` (the MLflow
     run, ``None`` without tracking), ``checkpoint_sha256`` (of ``models/model.pt``, ``None`` before the first
@@ -98,7 +111,7 @@ def model_identity(bundle_root: str | os.PathLike) -> dict:
     return {
         "name": name,
         "version": fpt_monai.__version__,
-        "run_id": run.get("run_id") if isinstance(run, dict) and isinstance(run.get("run_id"), str) else None,
+        "run_id": _run_id(run),
         "checkpoint_sha256": file_sha256(checkpoint) if checkpoint.is_file() else None,
         "frozen_weights": record["frozen_weights"]["id"],
         "datalist_sha256": record.get("datalist_sha256"),
@@ -165,13 +178,6 @@ def bundle_metadata(record: Mapping, identity: Mapping, template: Mapping | None
     return meta
 
 
-def _raw_record(models: Path) -> dict:
-    from fpt_monai.engines.model_record import read_model_config
-
-    read_model_config(models / "model_config.json")  # checked against the schema first
-    return json.loads((models / "model_config.json").read_text(encoding="utf-8"))
-
-
 def _card(record: Mapping, identity: Mapping, bundle_root: Path) -> str:
     models = bundle_root / "models"
     settings = record.get("training_settings") or {}
@@ -227,9 +233,11 @@ def _card(record: Mapping, identity: Mapping, bundle_root: Path) -> str:
 def write_model_identity(bundle_root: str | os.PathLike, template: Mapping | None = None) -> dict:
     """Write ``models/metadata.json`` and ``models/model_card.md`` of the trained bundle at ``bundle_root``
     (atomically) and return the identity. Only the rank that writes checkpoints calls it under torchrun."""
+    from fpt_monai.engines.model_record import read_record
+
     root = Path(bundle_root)
     models = root / "models"
-    record = _raw_record(models)
+    record = read_record(models / "model_config.json")
     identity = model_identity(root)
     metadata = bundle_metadata(record, identity, template)
     atomic_write_text(models / "metadata.json", json.dumps(metadata, indent=1))

@@ -41,6 +41,7 @@ __all__ = [
     "ModelConfigError",
     "check_model_settings",
     "read_model_config",
+    "read_record",
     "recorded_datalist",
     "recorded_location",
     "recorded_path",
@@ -164,13 +165,9 @@ def write_model_config(
         record["training_settings"] = settings
     clean = json.loads(json.dumps(record, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
     try:  # a record that evaluation would refuse is refused before training starts
-        validate_record(clean, str(path))
+        validate_record(clean, str(path), fix="Fix the setting named (the bundle's options or the datalist).")
     except RecordSchemaError as err:
-        raise ModelConfigError(
-            str(err).replace(
-                "restore it from the training run (MLflow keeps a copy) or train again", "fix the setting named"
-            )
-        ) from err
+        raise ModelConfigError(str(err)) from err
     if resume and path.is_file() and (path.parent / "last.pt").is_file():
         _refuse_another_model(path, clean)
     settings = clean.get("training_settings") or {}
@@ -203,9 +200,9 @@ def _copy_datalist(datalist_file: str, bundle_root: str | os.PathLike) -> dict:
 def _refuse_another_model(path: Path, new: Mapping) -> None:
     """Raise when the record at ``path`` (of the training ``last.pt`` resumes) describes another model than ``new``."""
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return  # an unreadable record is rewritten; the checkpoint's own checks still apply
+        old = read_record(path)
+    except ModelConfigError:
+        return  # an unreadable or invalid record is rewritten; the checkpoint's own checks still apply
     keys = [*MODEL_SETTINGS, "network_spec", "class_names"]
     differ = [
         f"{key} {old[key]!r} -> {new[key]!r}"
@@ -223,14 +220,11 @@ def _refuse_another_model(path: Path, new: Mapping) -> None:
         )
 
 
-def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> dict:
-    """The record at ``path`` as one flat dict (``training_settings`` merged in, paths resolved against
-    ``bundle_root``), with ``_file`` (the path) and ``_assumed`` (keys an older record lacked, filled with the
-    bundle's defaults and not checked).
+def read_record(path: str | os.PathLike) -> dict:
+    """The record at ``path`` as written (not flattened), checked against the schema: the one reader of the file.
 
     Raises:
-        ModelConfigError: no such file (train first, or point ``--bundle_root`` at the trained bundle), or not a
-            record.
+        ModelConfigError: no such file, not JSON, not a valid record, or no frozen weights' identity.
     """
     path = Path(path)
     try:
@@ -256,6 +250,20 @@ def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | 
             '"frozen_weights": {"source": "<the weight file training used>", "id": "sha256:<its sha256sum>"} to '
             "the record."
         )
+    return data
+
+
+def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> dict:
+    """The record at ``path`` as one flat dict (``training_settings`` merged in, paths resolved against
+    ``bundle_root``), with ``_file`` (the path) and ``_assumed`` (keys an older record lacked, filled with the
+    bundle's defaults and not checked).
+
+    Raises:
+        ModelConfigError: no such file (train first, or point ``--bundle_root`` at the trained bundle), or not a
+            record.
+    """
+    path = Path(path)
+    data = read_record(path)
     flat = {k: v for k, v in data.items() if k != "training_settings"}
     flat.update(data.get("training_settings") or {})
     assumed = sorted(k for k in _LEGACY_DEFAULTS if k not in flat)
@@ -338,19 +346,37 @@ def recorded_datalist(
         ModelConfigError: the record's datalist lies outside ``bundle_root`` (records written before training kept a
             copy) and no other ``dataset_dir`` was named.
     """
-    if Path(dataset_dir).resolve() == Path(record["dataset_dir"]).resolve():
-        if bundle_root is None:
-            return str(record["datalist_file"])
-        return recorded_location(record, "datalist_file", bundle_root)
-    return str(Path(dataset_dir) / "datalist.json")
+    if Path(dataset_dir).resolve() != Path(record["dataset_dir"]).resolve():
+        return str(Path(dataset_dir) / "datalist.json")
+    if bundle_root is None:
+        return str(record["datalist_file"])
+    datalist = recorded_location(record, "datalist_file", bundle_root)
+    expected = record.get("datalist_sha256")
+    if expected is not None and Path(datalist).is_file():
+        from fpt_monai.data.feature_store import file_sha256
+
+        if file_sha256(datalist) != expected:
+            raise ModelConfigError(
+                f"{datalist}: training's copy of its datalist was changed after training (SHA-256 differs from the "
+                f"record's {expected[:16]}...); its images would not be the ones the model card describes. Pass "
+                "--dataset_dir <folder> with the datalist to evaluate, or restore the bundle."
+            )
+    return datalist
 
 
 def recorded_weights(record: Mapping) -> bool | str:
-    """The frozen model's weights training used (the default of ``pretrained``): the recorded file, or ``True``/
-    ``False``; ``True`` (timm's hub) for records that do not say."""
+    """The frozen model's weights training used (the default of ``pretrained``): the recorded file, or ``True``
+    (timm's hub) / ``False`` (random).
+
+    Raises:
+        ModelConfigError: the record does not name them (:func:`read_record` refuses such records).
+    """
     weights = record.get("frozen_weights")
-    if not weights or weights.get("source") is None:
-        return True
+    if not isinstance(weights, Mapping) or weights.get("source") is None:
+        raise ModelConfigError(
+            f"{record.get('_file', 'models/model_config.json')}: the record does not name the frozen model's weights "
+            "(frozen_weights). Train again with this fpt_monai."
+        )
     return weights["source"]
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from fpt_monai.data.class_names import MAX_CLASS_NAME, class_name_problem
 
 __all__ = [
+    "IDENTITY_FORMS",
     "KNOWN_RECORD_FORMATS",
     "MAX_CLASS_NAME",
     "RecordSchemaError",
@@ -29,8 +30,28 @@ __all__ = [
 
 # 1: records written before the "format" key existed (defaults assumed for what they lack); 2: the current one
 KNOWN_RECORD_FORMATS = (1, 2)
-_WEIGHTS_ID = re.compile(r"^(sha256:[0-9a-f]{64}|timm-hub|random)$")
-_NAME = re.compile(r"^[A-Za-z0-9_.+\-]{1,120}$")  # timm model names, network class names, variants, heads
+_WEIGHTS_ID = re.compile(r"sha256:[0-9a-f]{64}|timm-hub|random")
+_NAME = re.compile(r"[A-Za-z0-9_.+\-]{1,120}")  # timm model names, network class names, variants, heads
+# what the reports print of a model's identity (fpt_monai.engines.model_card, the Deploy app): matched whole
+IDENTITY_FORMS = {
+    "name": re.compile(r"[\w .+()\-]{1,120}"),
+    "version": re.compile(r"[\w.+\-]{1,40}"),
+    "run_id": re.compile(r"[0-9a-f]{32}"),
+    "checkpoint_sha256": re.compile(r"[0-9a-f]{64}"),
+}
+# constructor arguments of network_spec that must equal the record's checked top-level settings
+_SPEC_SETTINGS = (
+    "num_classes",
+    "variant",
+    "backbone",
+    "img_size",
+    "side_img_size",
+    "token_ratio",
+    "side_init",
+    "head",
+    "fusion_dropout",
+    "lpm_layer_norm_eps",
+)
 
 
 class RecordSchemaError(ValueError):
@@ -68,7 +89,7 @@ def _one_of(*choices: Any) -> Callable[[Any], str | None]:
 
 
 def _name(value: Any) -> str | None:
-    return None if isinstance(value, str) and _NAME.match(value) else "a name of letters, digits and . _ + -"
+    return None if isinstance(value, str) and _NAME.fullmatch(value) else "a name of letters, digits and . _ + -"
 
 
 def _optional_eps(value: Any) -> str | None:
@@ -88,7 +109,7 @@ def _channel_stats(positive: bool) -> Callable[[Any], str | None]:
 
 
 def _normalization(value: Any) -> str | None:
-    if isinstance(value, str) and _NAME.match(value):
+    if isinstance(value, str) and _NAME.fullmatch(value):
         return None
     if isinstance(value, list) and len(value) == 2 and all(_channel_stats(False)(v) is None for v in value):
         return None
@@ -108,7 +129,7 @@ def _json_value(value: Any, depth: int = 0) -> bool:
     if isinstance(value, list):
         return len(value) <= 64 and all(_json_value(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return len(value) <= 64 and all(_NAME.match(str(k)) and _json_value(v, depth + 1) for k, v in value.items())
+        return len(value) <= 64 and all(_NAME.fullmatch(str(k)) and _json_value(v, depth + 1) for k, v in value.items())
     return False
 
 
@@ -120,7 +141,7 @@ def _network_spec(value: Any) -> str | None:
     if value["target"] not in RECORDED_NETWORKS:
         return f"a target among {sorted(RECORDED_NETWORKS)}"
     kwargs = value["kwargs"]
-    if not isinstance(kwargs, dict) or not all(_NAME.match(k) for k in kwargs) or not _json_value(kwargs):
+    if not isinstance(kwargs, dict) or not all(_NAME.fullmatch(k) for k in kwargs) or not _json_value(kwargs):
         return "kwargs of plain JSON values (names as keys)"
     return None
 
@@ -128,7 +149,7 @@ def _network_spec(value: Any) -> str | None:
 def _frozen_weights(value: Any) -> str | None:
     if not isinstance(value, dict) or set(value) != {"source", "id"}:
         return "an object with exactly 'source' and 'id'"
-    if not isinstance(value["id"], str) or not _WEIGHTS_ID.match(value["id"]):
+    if not isinstance(value["id"], str) or not _WEIGHTS_ID.fullmatch(value["id"]):
         return "an id 'sha256:<64 hex digits>', 'timm-hub' or 'random'"
     source = value["source"]
     if not (isinstance(source, bool) or _text(source) is None):
@@ -212,12 +233,18 @@ _SCHEMA: dict[str, tuple[Callable[[Any], str | None], bool]] = {
 _REQUIRED_FORMAT_1 = ("class_names", "num_classes", "backbone", "img_size", "mean", "std")
 
 
-def validate_record(data: Any, source: str = "models/model_config.json") -> int:
+def validate_record(
+    data: Any,
+    source: str = "models/model_config.json",
+    fix: str = "The record is data that training writes; restore it from the training run (MLflow keeps a copy) or "
+    "train again.",
+) -> int:
     """Check a parsed record against the schema; return its format version.
 
     Args:
         data: the parsed JSON.
         source: the file, named in the error.
+        fix: what the error tells the user to do.
 
     Raises:
         RecordSchemaError: naming the file and every problem (unknown keys by name, missing keys, wrong values).
@@ -247,11 +274,14 @@ def validate_record(data: Any, source: str = "models/model_config.json") -> int:
                 problems.append(f"{key} must be {problem} (found {_shown(data[key])})")
     if not problems and data["num_classes"] != len(data["class_names"]):
         problems.append(f"num_classes {data['num_classes']} differs from the {len(data['class_names'])} class_names")
+    if not problems and isinstance(data.get("network_spec"), Mapping):
+        # the network is rebuilt from network_spec: its arguments must be the settings checked above
+        kwargs = data["network_spec"]["kwargs"]
+        differ = [k for k in _SPEC_SETTINGS if k in kwargs and k in data and kwargs[k] != data[k]]
+        if differ:
+            problems.append(f"network_spec's {differ} differ from the record's settings")
     if problems:
-        raise RecordSchemaError(
-            f"{source}: not a valid model record: {'; '.join(problems)}. The record is data that training writes; "
-            "restore it from the training run (MLflow keeps a copy) or train again."
-        )
+        raise RecordSchemaError(f"{source}: not a valid model record: {'; '.join(problems)}. {fix}")
     return int(version)
 
 

@@ -143,11 +143,17 @@ def read_run_record(path: str | os.PathLike) -> dict | None:
     return record
 
 
-def recorded_tracking(run_record: str | os.PathLike, key: str, default: str) -> str:
+def recorded_tracking(
+    run_record: str | os.PathLike, key: str, default: str, bundle_root: str | os.PathLike | None = None
+) -> str:
     """Where evaluation tracks by default: the training run's ``experiment_name`` or ``tracking_uri`` from its run
     record (so that ``--tracking mlflow`` alone puts the evaluation next to its training run), else ``default``.
 
     A recorded sqlite store that is no longer there (the bundle moved) gives ``default``, the bundle's own store.
+    With ``bundle_root``, the record is treated as the data it is (a shared bundle's record could send the results
+    anywhere): a recorded store is used only when it is a local store inside the bundle or the one
+    ``MLFLOW_TRACKING_URI`` names; for any other (a team server, a folder elsewhere) ``default`` is used, with a
+    warning naming the option that logs there.
 
     Raises:
         ValueError: an unknown ``key``, or a run record that cannot be read.
@@ -160,7 +166,28 @@ def recorded_tracking(run_record: str | os.PathLike, key: str, default: str) -> 
         return default
     if key == "tracking_uri" and value.startswith("sqlite:///") and not Path(value[len("sqlite:///") :]).is_file():
         return default
+    if key == "tracking_uri" and bundle_root is not None and not _trusted_store(value, bundle_root):
+        logger.warning(
+            "%s: the training was tracked at %s, outside the bundle; the evaluation is logged to %s. Pass "
+            "--tracking_uri %s to log it next to the training run (a bundle's record never chooses a remote store).",
+            run_record,
+            value,
+            default,
+            value,
+        )
+        return default
     return value
+
+
+def _trusted_store(uri: str, bundle_root: str | os.PathLike) -> bool:
+    """A local store (sqlite file or folder) inside ``bundle_root``, or the store the environment names."""
+    if uri == os.environ.get("MLFLOW_TRACKING_URI"):
+        return True
+    for prefix in ("sqlite:///", "file://"):
+        if uri.startswith(prefix):
+            path = Path(uri[len(prefix) :]).resolve()
+            return path.is_relative_to(Path(bundle_root).resolve())
+    return False
 
 
 _BATCH = 1000  # MLflow's limit of metrics per log_batch request

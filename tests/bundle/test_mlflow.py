@@ -122,7 +122,8 @@ def test_training_and_evaluation_logged_to_a_server(tmp_path, tiny_bundle_data, 
         tmp_path,
         data_dir,
         weights,
-        run_name="tiny_eval",  # the server and the experiment come from the training's run record
+        run_name="tiny_eval",  # the experiment comes from the training's run record
+        tracking_uri=mlflow_server,  # a server is used only when named: a bundle's record never chooses one
         mode="preload",
     )
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
@@ -241,3 +242,32 @@ def test_concurrent_trainings_log_to_one_server(tmp_path, tiny_bundle_data, mlfl
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2, 3]  # nothing lost
         assert {"model.pt", "model_final.pt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_recorded_store_outside_the_bundle_is_used_only_when_named(tmp_path, monkeypatch, caplog):
+    """A shared bundle's mlflow_run.json cannot send the evaluation's results to a server or folder it names."""
+    import logging
+
+    from fpt_monai.engines import recorded_tracking
+
+    record = tmp_path / "bundle" / "models" / "mlflow_run.json"
+    record.parent.mkdir(parents=True)
+    default = f"sqlite:///{tmp_path / 'bundle' / 'eval' / 'mlruns.db'}"
+    inside = tmp_path / "bundle" / "eval" / "train.db"
+    inside.parent.mkdir()
+    inside.write_bytes(b"")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for uri, expected in (
+        ("http://collector.example:5000", default),
+        (f"file://{tmp_path / 'elsewhere'}", default),
+        (f"sqlite:///{inside}", f"sqlite:///{inside}"),
+    ):
+        record.write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": uri, "params": {}}))
+        with caplog.at_level(logging.WARNING):
+            caplog.clear()
+            got = recorded_tracking(record, "tracking_uri", default, bundle_root=tmp_path / "bundle")
+        assert got == expected
+        assert (f"--tracking_uri {uri}" in caplog.text) == (expected == default)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://collector.example:5000")  # named by the user's environment
+    record.write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": "http://collector.example:5000", "params": {}}))
+    assert recorded_tracking(record, "tracking_uri", default, bundle_root=tmp_path / "bundle").startswith("http://")

@@ -229,9 +229,16 @@ def test_a_three_class_bundle_exports_and_deploys_with_one_identity(tiny_bundle_
     assert identity["run_id"] == run_id and identity["checkpoint_sha256"] == digest
     assert ExportedFPT(cli_ts).identity == identity
 
-    # the project's export: any trained bundle, no other option
+    # the project's export: any trained bundle, no other option. The bundle's own metadata.json is not trusted: a
+    # '%' macro planted in it (MONAI's parser would read another file) does not reach the exported files
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"token": "s3cr3t"}))
+    (models / "metadata.json").write_text(json.dumps({**meta, "description": f"%{secret}#token"}))
     done = _run(["make", "export", f"BUNDLE={bundle}"], timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    exported = ExportedFPT(models / "model.ts").metadata
+    assert exported["description"] == meta["description"] and "s3cr3t" not in json.dumps(exported)
+    assert json.loads((models / "metadata.json").read_text())["description"] == meta["description"]
     props = {p.key: p.value for p in onnx.load(str(models / "model.onnx")).metadata_props}
     assert props["run_id"] == run_id and props["checkpoint_sha256"] == digest
     assert json.loads(props["class_names"]) == ["benign", "malignant", "normal"]
@@ -261,3 +268,34 @@ def test_a_three_class_bundle_exports_and_deploys_with_one_identity(tiny_bundle_
     (sr_file,) = out.glob("*.dcm")
     text = pydicom.dcmread(sr_file).ContentSequence[0].TextValue
     assert f"MLflow run {run_id}" in text and f"checkpoint SHA-256 {digest}" in text
+
+
+def test_a_second_training_into_a_bundle_that_is_training_is_refused(tiny_bundle_data, tmp_path):
+    """The bundle's training takes the run lock before it writes anything: a second training started into the same
+    bundle root stops with the first one's PID, and the first one's record is not overwritten."""
+    data_dir, weights = tiny_bundle_data
+    bundle = tmp_path / "bundle"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fpt_monai.engines import acquire_run_lock; "
+            f"acquire_run_lock({str(bundle)!r}); print('held', flush=True); time.sleep(120)",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (bundle / "models" / "model_config.json").write_text("the first training's record")
+        wf = make_workflow(TRAIN_CONFIG, bundle, data_dir, weights, epochs=1)
+        with pytest.raises(Exception) as info:
+            wf.initialize()
+            wf.run()
+        text = error_text(info.value)
+        assert f"PID {holder.pid}" in text and "a training is already running there" in text, text
+        assert (bundle / "models" / "model_config.json").read_text() == "the first training's record"
+    finally:
+        holder.kill()
+        holder.wait()

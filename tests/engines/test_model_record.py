@@ -179,12 +179,13 @@ def test_resuming_into_a_bundle_of_another_model_is_refused(tmp_path, weights):
     write_model_config(**again, **SETTINGS)  # no last.pt: nothing to resume, the record is rewritten
     (path.parent / "last.pt").write_bytes(b"a checkpoint")
     write_model_config(**again, **SETTINGS)  # the same model resumes
+    other = FPT(num_classes=2, pretrained=False, frozen_model=False, side_img_size=32, **{**TINY, "img_size": 96})
     with pytest.raises(ModelConfigError) as info:
-        write_model_config(**again, **{**SETTINGS, "img_size": 96})
+        write_model_config(**{**again, "network": other}, **{**SETTINGS, "img_size": 96})
     text = str(info.value)
     assert "img_size 64 -> 96" in text and "another --bundle_root" in text and "--resume false" in text
     assert json.loads(path.read_text())["img_size"] == 64  # not overwritten
-    write_model_config(**{**again, "resume": False}, **{**SETTINGS, "img_size": 96})  # starting afresh is allowed
+    write_model_config(**{**again, "network": other, "resume": False}, **{**SETTINGS, "img_size": 96})  # afresh
     assert json.loads(path.read_text())["img_size"] == 96 and before != path.read_text()
 
 
