@@ -27,7 +27,12 @@ def summary(bundle_root: str | Path) -> str:
     record_file = root / "models" / "model_config.json"
     if not record_file.is_file():
         raise SummaryError(f"{record_file}: no such file; {root} is not a trained bundle (train it first).")
-    record = json.loads(record_file.read_text())
+    from fpt_monai.engines.model_record import ModelConfigError, read_model_config
+
+    try:  # the record is data: checked against its schema before a value of it is printed
+        record = read_model_config(record_file, bundle_root=root)
+    except ModelConfigError as err:
+        raise SummaryError(str(err)) from err
     metrics_file = root / "eval" / "metrics.json"
     if not metrics_file.is_file():
         raise SummaryError(
@@ -48,6 +53,8 @@ def summary(bundle_root: str | Path) -> str:
         lines.append(f"\nlatest inference, {len(rows)} image(s): {predictions}")
         lines += [f"  {row['id']}: {row['prediction']}" for row in rows[:5]]
     lines.append(f"checkpoints:  {root / 'models'} (model.pt = best validation AUC, model_final.pt, last.pt)")
+    if (root / "models" / "model_card.md").is_file():
+        lines.append(f"model card:   {root / 'models' / 'model_card.md'} (data, settings, identity, test metrics)")
     lines.append(f"plots:        {root / 'eval'} (roc_best.png, confusion_best.png)")
     run_record = root / "models" / "mlflow_run.json"
     if run_record.is_file():
