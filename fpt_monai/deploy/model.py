@@ -92,7 +92,7 @@ class ExportedFPT:
         batch_size: images per forward pass. Defaults to 4.
 
     Raises:
-        ModelFileError: a missing file, or a TorchScript file without the embedded configs.
+        ModelFileError: a missing file, or a TorchScript file without a valid embedded metadata and record.
     """
 
     def __init__(
