@@ -53,9 +53,19 @@ from fpt_monai.data.resident import (
     choose_residency,
     resident_store,
 )
+from fpt_monai.data.sanity import (
+    DEFAULT_MIN_IMAGES_PER_CLASS,
+    datalist_warnings,
+    similar_class_names,
+    warn_about_datalist,
+)
 from fpt_monai.data.tokens import LoadPreloadedTokensd
 
 __all__ = [
+    "DEFAULT_MIN_IMAGES_PER_CLASS",
+    "datalist_warnings",
+    "similar_class_names",
+    "warn_about_datalist",
     "InferenceImages",
     "SkippedImagesError",
     "UnreadableImagesError",

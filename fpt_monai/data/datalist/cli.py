@@ -24,6 +24,7 @@ from fpt_monai.data.datalist import (
     datalist_from_medmnist,
     write_datalist,
 )
+from fpt_monai.data.sanity import DEFAULT_MIN_IMAGES_PER_CLASS, datalist_warnings
 
 __all__ = ["main"]
 _EPILOG = """examples:
@@ -98,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
         "--path-format", metavar="FORMAT", help='turns the CSV path column into a path, e.g. "images/{}.jpg"'
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing datalist file")
+    p.add_argument(
+        "--min-images-per-class",
+        type=int,
+        default=DEFAULT_MIN_IMAGES_PER_CLASS,
+        metavar="N",
+        help=f"warn when a class has fewer than N images in a split (default {DEFAULT_MIN_IMAGES_PER_CLASS}; 0: never)",
+    )
     return p
 
 
@@ -233,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_count_table(datalist))
     print(f"splits: {how}")
     print(f"wrote {written}")
+    for message in datalist_warnings(datalist, args.min_images_per_class):  # too few images, a likely typo
+        print(f"warning: {message}", file=sys.stderr)
     # the bundle takes the number of classes from the datalist's "classes"; one bundle folder per dataset, so that a
     # second dataset does not resume the first one's training
     bundle_root = shlex.quote(f"runs/{written.parent.name or 'my_run'}")
