@@ -12,6 +12,20 @@ import json
 import sys
 from pathlib import Path
 
+# a wider test AUC interval is warned about: such a figure cannot tell two models apart
+MAX_AUC_INTERVAL = 0.2
+
+
+def _with_interval(values: dict, key: str, bare: bool = False) -> str:
+    """``"auc 0.912 [0.850, 0.962]"`` (``bare``: without the name); per-class keys are ``"<figure>/<class>"``."""
+    figure, _, cls = key.partition("/")
+    value = values.get("per_class", {}).get(cls, {}).get(figure) if cls else values.get(key)
+    text = "-" if value is None else f"{value:.3f}"
+    low_high = values.get("ci", {}).get(key)
+    if low_high:
+        text += f" [{low_high[0]:.3f}, {low_high[1]:.3f}]"
+    return text if bare else f"{key} {text}"
+
 
 class SummaryError(ValueError):
     """The folder is not a trained bundle, or it was not evaluated yet."""
@@ -42,11 +56,40 @@ def summary(bundle_root: str | Path) -> str:
     metrics = json.loads(metrics_file.read_text())
     model = f"{record.get('network_name', 'fpt')} {record.get('variant', '')} on {record['backbone']}"
     lines = [f"\n=== {root.name}: {model} at {record['img_size']} px, classes {', '.join(record['class_names'])} ==="]
-    n = next(iter(metrics.values())).get("n", "?")
-    keys = ("auc", "acc", "f1", "kappa")
-    lines.append(f"test split ({n} images)  " + "  ".join(f"{k:>7s}" for k in keys))
+    first = next(iter(metrics.values()))
+    n = first.get("n", "?")
+    level = f"{100 * first.get('ci_level', 0.95):.0f} % intervals" if "ci" in first else "no intervals"
+    kappa = "kappa_quadratic" if "kappa_quadratic" in first else "kappa"
+    keys = ("auc", "acc", "balanced_acc", kappa)
+    lines.append(f"test split ({n} images; {level}, stratified bootstrap)")
+    warnings = []
     for name, values in metrics.items():
-        lines.append(f"{name + ' weights':23s} " + "  ".join(f"{values[k]:7.3f}" for k in keys))
+        cells = [_with_interval(values, k) for k in keys if k in values]
+        lines.append(f"  {name + ' weights':14s} " + "  ".join(cells))
+        per_class = values.get("per_class") or {}
+        if per_class:
+            lines.append(
+                "  "
+                + " " * 15
+                + "sensitivity: "
+                + ", ".join(
+                    f"{c} {_with_interval(values, f'sensitivity/{c}', bare=True)} (n={v['support']})"
+                    for c, v in per_class.items()
+                )
+            )
+        low_high = values.get("ci", {}).get("auc")
+        if low_high and low_high[1] - low_high[0] > MAX_AUC_INTERVAL:
+            warnings.append(
+                f"warning: the {name} weights' test AUC interval [{low_high[0]:.3f}, {low_high[1]:.3f}] is wider than "
+                f"{MAX_AUC_INTERVAL}: the test split is too small for this figure to decide anything (more test "
+                "images, or cross-validation with scripts/study.py)."
+            )
+    datalist = root / "models" / "datalist.json"
+    if datalist.is_file():
+        from fpt_monai.data import datalist_from_json, datalist_warnings
+
+        warnings += [f"warning: {w}" for w in datalist_warnings(datalist_from_json(datalist), source=str(datalist))]
+    lines += warnings
     predictions = root / "eval" / "predictions.csv"
     if predictions.is_file():
         rows = list(csv.DictReader(open(predictions, newline="")))
@@ -55,7 +98,7 @@ def summary(bundle_root: str | Path) -> str:
     lines.append(f"checkpoints:  {root / 'models'} (model.pt = best validation AUC, model_final.pt, last.pt)")
     if (root / "models" / "model_card.md").is_file():
         lines.append(f"model card:   {root / 'models' / 'model_card.md'} (data, settings, identity, test metrics)")
-    lines.append(f"plots:        {root / 'eval'} (roc_best.png, confusion_best.png)")
+    lines.append(f"plots:        {root / 'eval'} (roc_best.png, confusion_best.png, reliability_best.png)")
     run_record = root / "models" / "mlflow_run.json"
     if run_record.is_file():
         run = json.loads(run_record.read_text())

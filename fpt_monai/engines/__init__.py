@@ -41,7 +41,9 @@ from fpt_monai.engines.record_schema import RecordSchemaError, class_name_proble
 from fpt_monai.engines.reports import (
     PredictionCollector,
     PredictionWriter,
+    checkpoint_report,
     evaluate_checkpoints,
+    flat_metrics,
     plot_confusion_matrix,
     plot_roc,
 )
@@ -111,7 +113,9 @@ __all__ = [
     "configure_evaluation_mlflow",
     "configure_mlflow",
     "denormalize",
+    "checkpoint_report",
     "evaluate_checkpoints",
+    "flat_metrics",
     "find_mlflow_handlers",
     "heatmap_name",
     "heatmap_overlay",

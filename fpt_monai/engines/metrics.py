@@ -15,17 +15,24 @@ from sklearn import metrics as skm
 
 __all__ = ["METRIC_NAMES", "ClassificationMetric", "classification_metrics"]
 
-METRIC_NAMES = ("auc", "acc", "f1", "precision", "recall", "kappa", "loss")
+METRIC_NAMES = ("auc", "acc", "f1", "precision", "recall", "kappa", "kappa_quadratic", "loss")
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> dict[str, float]:
-    """AUC, accuracy, macro F1/precision/recall, quadratic-weighted kappa and the loss (mean negative
-    log-likelihood of the labels, i.e. the cross-entropy of the logits).
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, num_classes: int | None = None, ordinal: bool = False
+) -> dict[str, float]:
+    """AUC, accuracy, macro F1/precision/recall, Cohen's kappa and the loss (mean negative log-likelihood of the
+    labels, i.e. the cross-entropy of the logits).
 
     Args:
         probs: ``[N, C]`` class probabilities (softmax of the logits).
         labels: ``[N]`` integer labels.
         num_classes: C (defaults to ``probs.shape[1]``).
+        ordinal: the labels are ordered grades (diabetic-retinopathy grading): also ``kappa_quadratic``, the
+            quadratic-weighted kappa, whose value would depend on the (alphabetical) order of nominal classes.
+
+    ``kappa`` is Cohen's unweighted kappa (agreement beyond chance on nominal classes); 0 when only one class occurs
+    in the labels and predictions together.
 
     Binary AUC uses the positive class's probability; multi-class AUC is the macro one-vs-rest average. AUC is NaN
     when a class is absent from ``labels``. F1/precision/recall are macro averages (the reference's pre-2025 micro
@@ -54,9 +61,13 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: i
         "loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
         if len(labels)
         else float("nan"),
-        "kappa": float(skm.cohen_kappa_score(labels, preds, labels=classes, weights="quadratic"))
-        if len(np.unique(np.concatenate([labels, preds]))) > 1
-        else 0.0,
+        **{
+            name: float(skm.cohen_kappa_score(labels, preds, labels=classes, weights=weights))
+            if len(np.unique(np.concatenate([labels, preds]))) > 1
+            else 0.0
+            for name, weights in (("kappa", None), ("kappa_quadratic", "quadratic"))
+            if weights is None or ordinal
+        },
     }
 
 
@@ -64,8 +75,8 @@ class ClassificationMetric(EpochMetric):
     """One of :data:`METRIC_NAMES` over an epoch, from ``(probabilities [C], label)`` outputs.
 
     Args:
-        name: ``"auc"``, ``"acc"``, ``"f1"``, ``"precision"``, ``"recall"``, ``"kappa"`` or ``"loss"`` (lower is
-            better).
+        name: ``"auc"``, ``"acc"``, ``"f1"``, ``"precision"``, ``"recall"``, ``"kappa"`` (Cohen's, unweighted),
+            ``"kappa_quadratic"`` (for ordinal grades) or ``"loss"`` (lower is better).
         output_transform: maps the engine output to ``(probs, labels)``, e.g.
             ``monai.handlers.from_engine(["pred", "label"])`` after a softmax postprocessing.
     """
@@ -77,6 +88,7 @@ class ClassificationMetric(EpochMetric):
 
         def compute(y_pred: torch.Tensor, y: torch.Tensor) -> float:
             y = y.reshape(-1) if y.ndim > 1 and y.shape[-1] == 1 else (y.argmax(1) if y.ndim > 1 else y)
-            return classification_metrics(y_pred.float().cpu().numpy(), y.cpu().numpy())[name]
+            ordinal = name == "kappa_quadratic"
+            return classification_metrics(y_pred.float().cpu().numpy(), y.cpu().numpy(), ordinal=ordinal)[name]
 
         super().__init__(compute, output_transform=output_transform, check_compute_fn=False)

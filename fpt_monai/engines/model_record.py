@@ -266,6 +266,7 @@ def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | 
     data = read_record(path)
     flat = {k: v for k, v in data.items() if k != "training_settings"}
     flat.update(data.get("training_settings") or {})
+    flat.setdefault("ordinal_labels", False)  # nominal classes unless training said otherwise
     assumed = sorted(k for k in _LEGACY_DEFAULTS if k not in flat)
     for key in assumed:
         flat[key] = _LEGACY_DEFAULTS[key]

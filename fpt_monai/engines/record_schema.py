@@ -228,6 +228,7 @@ _SCHEMA: dict[str, tuple[Callable[[Any], str | None], bool]] = {
     "network_spec": (_network_spec, False),
     "frozen_weights": (_frozen_weights, False),
     "training_settings": (_training_settings, False),
+    "ordinal_labels": (lambda v: None if isinstance(v, bool) else "true or false", False),
 }
 # format 1 (no "format" key) records held only these for sure
 _REQUIRED_FORMAT_1 = ("class_names", "num_classes", "backbone", "img_size", "mean", "std")

@@ -24,7 +24,9 @@ from fpt_monai.engines.metrics import classification_metrics
 __all__ = [
     "PredictionCollector",
     "PredictionWriter",
+    "checkpoint_report",
     "evaluate_checkpoints",
+    "flat_metrics",
     "plot_confusion_matrix",
     "plot_roc",
 ]
@@ -137,9 +139,14 @@ def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], 
 
 
 def plot_confusion_matrix(
-    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike
+    probs: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
 ) -> None:
-    """Confusion matrix (counts, rows = true class) as a PNG."""
+    """Confusion matrix (rows = true class) as a PNG: counts beside the row-normalised matrix (each row's share: the
+    diagonal is each class's sensitivity), titled ``title`` (e.g. the checkpoint, split and n)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,13 +154,101 @@ def plot_confusion_matrix(
     from sklearn.metrics import ConfusionMatrixDisplay
 
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 3, 1.2 * n + 2.5))
-    ConfusionMatrixDisplay.from_predictions(
-        labels, probs.argmax(1), labels=list(range(n)), display_labels=list(class_names), ax=ax, colorbar=False
-    )
+    fig, axes = plt.subplots(1, 2, figsize=(2.4 * n + 5, 1.2 * n + 2.8))
+    preds = probs.argmax(1)
+    for ax, normalize, name in ((axes[0], None, "counts"), (axes[1], "true", "share of each true class")):
+        ConfusionMatrixDisplay.from_predictions(
+            labels,
+            preds,
+            labels=list(range(n)),
+            display_labels=list(class_names),
+            ax=ax,
+            colorbar=False,
+            normalize=normalize,
+            values_format=None if normalize is None else ".2f",
+        )
+        ax.set_title(name)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# bootstrap interval names (fpt_monai.engines.statistics) -> the metric names of metrics.json
+_INTERVAL_NAMES = {"macro_auc": "auc", "accuracy": "acc", "balanced_accuracy": "balanced_acc"}
+_PER_CLASS_FIGURES = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc", "support")
+
+
+def checkpoint_report(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    ordinal: bool = False,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """Every figure of one evaluated checkpoint, each estimate with its stratified-bootstrap interval.
+
+    Returns:
+        The point metrics of :func:`classification_metrics` and ``balanced_acc``, ``n``, ``ece`` (expected
+        calibration error); ``ci``: ``{metric: [low, high]}`` for ``auc``, ``acc``, ``balanced_acc`` and, per
+        class, ``auc/<class>``, ``sensitivity/<class>``, ``specificity/<class>``; ``per_class``: ``{class:
+        {sensitivity, specificity, ppv, npv, f1, auc, support}}``; ``confusion_matrix`` (rows = true class);
+        ``ci_level`` and ``bootstrap_resamples``.
+    """
+    from fpt_monai.engines.statistics import bootstrap_intervals, expected_calibration_error, per_class_metrics
+
+    names = list(class_names)
+    point = classification_metrics(probs, labels, len(names), ordinal=ordinal)
+    detail = per_class_metrics(probs, labels, names)
+    intervals = bootstrap_intervals(
+        probs, labels, n_resamples=n_resamples, confidence=confidence, seed=seed, class_names=names
+    )
+    ci = {}
+    for key, interval in intervals.items():
+        metric, _, cls = key.partition("/")
+        ci[_INTERVAL_NAMES.get(metric, metric) + (f"/{cls}" if cls else "")] = [interval.low, interval.high]
+    return {
+        **point,
+        "balanced_acc": detail["balanced_accuracy"],
+        "ece": expected_calibration_error(probs, labels),
+        "n": int(len(labels)),
+        "ci": ci,
+        "ci_level": confidence,
+        "bootstrap_resamples": int(n_resamples),
+        "per_class": {c: {k: detail["per_class"][c][k] for k in _PER_CLASS_FIGURES} for c in names},
+        "confusion_matrix": detail["confusion_matrix"],
+    }
+
+
+def flat_metrics(report: Mapping) -> dict[str, float]:
+    """One checkpoint's :func:`checkpoint_report` as flat columns: ``auc``, ``auc_ci_low``, ``auc_ci_high``, ...,
+    ``sensitivity_<class>`` (and its interval), ``specificity_<class>``, ``ppv_<class>``, ... (metrics.csv, MLflow)."""
+    out: dict[str, float] = {}
+    for key, value in report.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("ci_level",):
+            out[key] = value
+            if key in report.get("ci", {}):
+                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = report["ci"][key]
+    for cls, figures in report.get("per_class", {}).items():
+        for figure, value in figures.items():
+            out[f"{figure}_{cls}"] = value
+            if f"{figure}/{cls}" in report.get("ci", {}):
+                out[f"{figure}_{cls}_ci_low"], out[f"{figure}_{cls}_ci_high"] = report["ci"][f"{figure}/{cls}"]
+    return out
+
+
+def _interval_text(report: Mapping, key: str) -> str:
+    """``"auc 0.912 [0.850, 0.962]"``; a per-class key ``"sensitivity/<class>"`` reads ``"<class> 0.500 [...]"``."""
+    figure, _, cls = key.partition("/")
+    value = report["per_class"][cls][figure] if cls else report.get(key)
+    if value is None:
+        return f"{cls or key} -"
+    low_high = report.get("ci", {}).get(key)
+    return f"{cls or key} {value:.3f}" + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "")
 
 
 def evaluate_checkpoints(
@@ -164,49 +259,101 @@ def evaluate_checkpoints(
     class_names: Sequence[str],
     handlers: Sequence | None = None,
     split: str = "test",
-) -> dict[str, dict[str, float]]:
+    ordinal: bool = False,
+    bootstrap_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, dict]:
     """Run ``evaluator`` once per checkpoint (e.g. ``{"best": models/model.pt, "final": models/model_final.pt}``)
-    and write ``metrics.json``, ``metrics.csv``, ``predictions_<name>.csv``, ``roc_<name>.png`` and
-    ``confusion_<name>.png`` to ``output_dir``. Missing checkpoint files are an error naming the file. With MLflow
-    tracking (an ``MLFlowHandler`` among ``handlers``), the files and the metrics (``<split>_<checkpoint>_<metric>``,
-    e.g. ``test_best_auc``) are logged to its run.
+    and write ``metrics.json``, ``metrics.csv``, ``predictions_<name>.csv``, ``roc_<name>.png``,
+    ``confusion_<name>.png`` and ``reliability_<name>.png`` to ``output_dir``, saying each file it wrote. Every
+    estimate comes with its stratified-bootstrap 95 % interval (:func:`checkpoint_report`), and each class's
+    sensitivity, specificity, PPV, NPV and F1. Missing checkpoint files are an error naming the file. With MLflow
+    tracking (an ``MLFlowHandler`` among ``handlers``), the files and the flat metrics
+    (``<split>_<checkpoint>_<metric>``, e.g. ``test_best_auc``, ``test_best_auc_ci_low``,
+    ``test_best_sensitivity_<class>``) are logged to its run.
+
+    Args:
+        ordinal: the labels are ordered grades: ``kappa_quadratic`` is reported beside Cohen's ``kappa``.
+        bootstrap_resamples: resamples of the intervals (seeded with ``seed``).
 
     Returns:
-        ``{checkpoint name: {metric: value}}``.
+        ``{checkpoint name: checkpoint_report}``.
     """
+    import logging
+
+    from fpt_monai.engines.statistics import reliability_diagram
+
+    logger = logging.getLogger(__name__)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     collector = PredictionCollector()
     collector.attach(evaluator)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict] = {}
+    files: list[Path] = []
     for name, path in checkpoints.items():
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint {path} ({name}) not found; train first or point ckpt_dir at it.")
         network.load_state_dict(load_checkpoint(path), strict=True)
         evaluator.run()
         probs, labels = np.stack(collector.probs), np.asarray(collector.labels)
-        results[name] = {**classification_metrics(probs, labels, len(class_names)), "n": int(len(labels))}
-        with open(output_dir / f"predictions_{name}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "label", *[f"prob_{c}" for c in class_names]])
-            for item_id, label, p in zip(collector.ids, labels, probs, strict=True):
-                writer.writerow([item_id, int(label), *[f"{v:.6f}" for v in p]])
+        report = checkpoint_report(probs, labels, class_names, ordinal, int(bootstrap_resamples), int(seed))
+        results[name] = report
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["id", "label", *[f"prob_{c}" for c in class_names]])
+        for item_id, label, p in zip(collector.ids, labels, probs, strict=True):
+            writer.writerow([item_id, int(label), *[f"{v:.6f}" for v in p]])
+        atomic_write_text(output_dir / f"predictions_{name}.csv", table.getvalue())
+        title = f"{name} weights ({Path(path).name}), {split} split, n = {len(labels)}"
         plot_roc(probs, labels, class_names, output_dir / f"roc_{name}.png")
-        plot_confusion_matrix(probs, labels, class_names, output_dir / f"confusion_{name}.png")
-    (output_dir / "metrics.json").write_text(json.dumps(results, indent=1))
-    keys = list(next(iter(results.values())))
-    with open(output_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["checkpoint", *keys])
-        for name, values in results.items():
-            writer.writerow([name, *[values[k] for k in keys]])
+        plot_confusion_matrix(probs, labels, class_names, output_dir / f"confusion_{name}.png", title=title)
+        reliability_diagram(probs, labels, output_dir / f"reliability_{name}.png", title=title)
+        files += [output_dir / f"{kind}_{name}.{ext}" for kind, ext in _CHECKPOINT_FILES]
+        level = f"{100 * report['ci_level']:.0f} % CI"
+        logger.info(
+            "%s_%s (%s, n=%d): %s; %s",
+            split,
+            name,
+            Path(path).name,
+            report["n"],
+            ", ".join(_interval_text(report, k) for k in ("auc", "acc", "balanced_acc")),
+            level,
+        )
+        logger.info(
+            "%s_%s sensitivity per class: %s",
+            split,
+            name,
+            ", ".join(
+                f"{_interval_text(report, f'sensitivity/{c}')} (n={v['support']})"
+                for c, v in report["per_class"].items()
+            ),
+        )
+    atomic_write_text(output_dir / "metrics.json", json.dumps(results, indent=1))
+    flat = {name: flat_metrics(report) for name, report in results.items()}
+    keys = list(dict.fromkeys(k for values in flat.values() for k in values))
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["checkpoint", *keys])
+    for name, values in flat.items():
+        writer.writerow([name, *[values.get(k, "") for k in keys]])
+    atomic_write_text(output_dir / "metrics.csv", table.getvalue())
+    files = [output_dir / "metrics.json", output_dir / "metrics.csv", *files]
+    for file in files:
+        logger.info("wrote %s", file)
     from fpt_monai.engines.tracking import log_mlflow_artifacts
 
-    files = [output_dir / n for n in ("metrics.json", "metrics.csv")] + [
-        output_dir / f"{kind}_{name}.{ext}"
-        for name in results
-        for kind, ext in (("predictions", "csv"), ("roc", "png"), ("confusion", "png"))
-    ]
-    flat = {f"{split}_{name}_{k}": v for name, values in results.items() for k, v in values.items() if k != "n"}
-    log_mlflow_artifacts(handlers, files, flat)
+    logged = {
+        _mlflow_name(f"{split}_{name}_{k}"): v for name, values in flat.items() for k, v in values.items() if k != "n"
+    }
+    log_mlflow_artifacts(handlers, files, logged)
     return results
+
+
+_CHECKPOINT_FILES = (("predictions", "csv"), ("roc", "png"), ("confusion", "png"), ("reliability", "png"))
+
+
+def _mlflow_name(name: str) -> str:
+    """A metric name MLflow accepts (letters, digits, ``_ - . /`` and spaces): class names may hold anything else."""
+    import re
+
+    return re.sub(r"[^\w\-. /]", "_", name)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from fpt_monai.data import datalist_from_json
@@ -44,8 +45,29 @@ def test_evaluate_best_and_final(tmp_path, tiny_bundle_data, mode):
     preds = list(csv.DictReader(open(out / "predictions_best.csv")))
     assert len(preds) == n_test and preds[0]["id"].startswith("images/test/")
     assert abs(float(preds[0]["prob_normal"]) + float(preds[0]["prob_abnormal"]) - 1) < 1e-5
-    for name in ("roc_best.png", "confusion_final.png"):
+    for name in ("roc_best.png", "confusion_final.png", "reliability_best.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # issue 20: each figure with its bootstrap interval, per-class figures against an independent computation
+    from sklearn.metrics import confusion_matrix, recall_score
+
+    best = metrics["best"]
+    labels = np.array([int(r["label"]) for r in preds])
+    probs = np.array([[float(r["prob_normal"]), float(r["prob_abnormal"])] for r in preds])
+    predicted = probs.argmax(1)
+    sensitivity = recall_score(labels, predicted, labels=[0, 1], average=None, zero_division=np.nan)
+    for c, name in enumerate(("normal", "abnormal")):
+        assert best["per_class"][name]["sensitivity"] == pytest.approx(sensitivity[c], nan_ok=True)
+        assert best["per_class"][name]["support"] == int((labels == c).sum())
+    assert best["confusion_matrix"] == confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+    assert best["bootstrap_resamples"] == 2000 and best["ci_level"] == 0.95
+    for key in ("acc", "balanced_acc", "sensitivity/normal", "specificity/abnormal"):
+        low, high = best["ci"][key]
+        value = best[key] if "/" not in key else best["per_class"][key.split("/")[1]][key.split("/")[0]]
+        assert low <= value <= high, key
+    assert "kappa_quadratic" not in best  # nominal classes: Cohen's unweighted kappa only
+    assert {"auc_ci_low", "acc_ci_high", "sensitivity_abnormal", "sensitivity_abnormal_ci_low", "npv_normal"} <= set(
+        rows[0]
+    )
 
 
 def test_evaluate_without_training_names_the_checkpoint(tmp_path, tiny_bundle_data):

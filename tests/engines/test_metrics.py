@@ -37,13 +37,22 @@ def test_multiclass_metrics():
     assert m["recall"] == pytest.approx(np.mean(per_class_recall))  # macro, not micro
     aucs = [_auc_by_pairs(probs[:, c], (labels == c).astype(int)) for c in range(3)]
     assert m["auc"] == pytest.approx(np.mean(aucs))
-    # quadratic weighted kappa from its definition
+    # Cohen's kappa from its definition: unweighted by default (nominal classes), quadratic only for ordinal labels
     observed = np.zeros((3, 3))
     for t, p in zip(labels, preds, strict=True):
         observed[t, p] += 1
-    W = np.array([[(i - j) ** 2 / 4 for j in range(3)] for i in range(3)])
     expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
-    assert m["kappa"] == pytest.approx(1 - (W * observed).sum() / (W * expected).sum())
+    p_o, p_e = np.trace(observed) / observed.sum(), np.trace(expected) / observed.sum()
+    assert m["kappa"] == pytest.approx((p_o - p_e) / (1 - p_e)) and "kappa_quadratic" not in m
+    W = np.array([[(i - j) ** 2 / 4 for j in range(3)] for i in range(3)])
+    ordinal = classification_metrics(probs, labels, ordinal=True)
+    assert ordinal["kappa_quadratic"] == pytest.approx(1 - (W * observed).sum() / (W * expected).sum())
+    assert ordinal["kappa"] == m["kappa"]
+    # the unweighted kappa does not depend on the order of the class names; the quadratic one does
+    order = np.array([2, 0, 1])
+    renamed = classification_metrics(probs[:, np.argsort(order)], order[labels], ordinal=True)
+    assert renamed["kappa"] == pytest.approx(m["kappa"])
+    assert renamed["kappa_quadratic"] != pytest.approx(ordinal["kappa_quadratic"])
 
 
 def test_auc_is_nan_with_one_class():
@@ -60,11 +69,11 @@ def test_ignite_metric_on_decollated_outputs():
         return [{"pred": probs[j], "label": labels[j]} for j in (2 * i, 2 * i + 1)]
 
     engine = Engine(step)
-    for name in ("auc", "acc", "kappa"):
+    for name in ("auc", "acc", "kappa", "kappa_quadratic"):
         ClassificationMetric(name, output_transform=from_engine(["pred", "label"])).attach(engine, name)
     engine.run([0, 1], max_epochs=1)
-    expected = classification_metrics(probs.numpy(), labels.numpy())
-    for name in ("auc", "acc", "kappa"):
+    expected = classification_metrics(probs.numpy(), labels.numpy(), ordinal=True)
+    for name in ("auc", "acc", "kappa", "kappa_quadratic"):
         assert engine.state.metrics[name] == pytest.approx(expected[name])
     with pytest.raises(ValueError, match="metric must be one of"):
         ClassificationMetric("mcc")
