@@ -11,7 +11,12 @@ the store does not depend on the fold.
 
 The summary gives per method the mean ± sd of test AUC/accuracy over folds × seeds, the per-fold means and chosen
 learning rates, and a paired comparison of test AUC against the linear probe (or ``--reference``): per (fold,
-seed) differences, folds won and a paired test (Wilcoxon signed-rank from 6 pairs, else paired t-test).
+seed) differences, folds won and a fold-wise paired test (Wilcoxon signed-rank from 6 pairs, else paired t-test).
+Beside it, DeLong's test for correlated AUCs on the pooled test predictions: every image is in one fold's test part,
+so each method has one prediction per image (the chosen learning rate's probabilities averaged over seeds, read from
+each run's ``eval/predictions_best.csv``), and both methods' AUCs over the same images are compared. A multi-class
+task is tested one class against the rest, per class, without correction for testing several (the table shows the
+smallest p). Runs without a predictions file (older studies) give DeLong "n/a".
 
     # the ISIC dermoscopy images in ../shared, 5 folds, the DINOv2 ViT-S/14 weights there
     python scripts/study.py --device cuda --methods fpt_plus,fpt,linear_probe,full_finetune --epochs 20
@@ -324,6 +329,8 @@ class Runner:
     def __init__(self, out: Path, fold_dirs: list[Path], overrides: dict, bar, verbose: bool = False) -> None:
         self.out, self.fold_dirs, self.overrides, self.bar, self.verbose = out, fold_dirs, overrides, bar, verbose
         self.new_runs = 0
+        # (fold, method, lr, seed) -> the run's test predictions (read_predictions), None without the file
+        self.predictions: dict[tuple, dict | None] = {}
 
     def __call__(self, fold: int, method: str, lr: float, seed: int) -> dict:
         bundle_root = self.out / "runs" / f"fold{fold}" / f"{method}_lr{lr:g}_seed{seed}"
@@ -337,6 +344,7 @@ class Runner:
             run_bundle(configs + [EVAL_CONFIG], bundle_root, overrides, self.verbose)
             self.new_runs += 1
         self.bar.update(1)
+        self.predictions[(fold, method, lr, seed)] = read_predictions(bundle_root / "eval" / "predictions_best.csv")
         return read_run(bundle_root, fold, method, lr, seed)
 
 
@@ -353,6 +361,49 @@ def read_run(bundle_root: Path, fold: int, method: str, lr: float, seed: int) ->
         "val_auc": finite_or_none(last["best_metric"]),
         "test_auc": finite_or_none(test["auc"]),
         "test_acc": finite_or_none(test["acc"]),
+    }
+
+
+def read_predictions(path: Path) -> dict | None:
+    """A run's test predictions (``id, label, prob_<class>...``, written by the bundle's evaluation) as ``{"ids",
+    "labels" [N], "probs" [N, C], "class_names"}``; ``None`` when the file does not exist (a run of an older study).
+    The file is checked as any input: a malformed one is an error naming it."""
+    if not path.is_file():
+        return None
+
+    def bad(reason: str) -> SystemExit:
+        return SystemExit(
+            f"{path}: {reason}; move that run's folder out of the study to rerun it, or use a new --out-dir."
+        )
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise bad("empty predictions file")
+    header = rows[0]
+    class_names = [h[len("prob_") :] for h in header[2:]]
+    if header[:2] != ["id", "label"] or len(class_names) < 2 or not all(h.startswith("prob_") for h in header[2:]):
+        raise bad(f"expected the columns id, label, prob_<class>... (two classes or more), found {header[:6]}")
+    ids, labels, probs = [], [], []
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise bad(f"line {n} has {len(row)} fields, the header {len(header)}")
+        try:
+            label, values = int(row[1]), [float(v) for v in row[2:]]
+        except ValueError:
+            raise bad(f"line {n}: the label is not an integer or a probability is not a number") from None
+        if not 0 <= label < len(class_names) or not all(math.isfinite(v) for v in values):
+            raise bad(f"line {n}: label {label} outside 0..{len(class_names) - 1} or a probability is not finite")
+        ids.append(row[0])
+        labels.append(label)
+        probs.append(values)
+    if len(set(ids)) != len(ids):
+        raise bad("an id appears twice")
+    return {
+        "ids": ids,
+        "labels": np.asarray(labels, dtype=int),
+        "probs": np.asarray(probs, dtype=float).reshape(len(ids), len(class_names)),
+        "class_names": class_names,
     }
 
 
@@ -384,10 +435,11 @@ def pooled_store(out: Path, ids: list[str]):
     return None
 
 
-def logreg_runs(out: Path, folds: list[dict], seeds: list[int]) -> list[dict]:
+def logreg_runs(out: Path, folds: list[dict], seeds: list[int]) -> tuple[list[dict], dict[tuple, dict]]:
     """scikit-learn logistic regression on the stored pooled features of each fold (standardised; C chosen on the
     fold's validation AUC): the strongest cheap reference, outside the bundle. One row per fold and seed (it is
-    deterministic, so seeds repeat it), ``lr`` holding the chosen C; empty without a store of pooled features."""
+    deterministic, so seeds repeat it), ``lr`` holding the chosen C; empty without a store of pooled features.
+    Also its test predictions per ``(fold, method, C, seed)``, as :func:`read_predictions` gives a bundle run's."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -397,7 +449,9 @@ def logreg_runs(out: Path, folds: list[dict], seeds: list[int]) -> list[dict]:
     ids = [str(item["id"]) for item in folds[0]["training"] + folds[0]["validation"] + folds[0]["test"]]
     store = pooled_store(out, ids)
     if store is None:
-        return []
+        return [], {}
+    class_names = [str(c) for c in folds[0].get("classes") or range(num_classes(folds[0]))]
+    predictions = {}
     features = {i: store.get_pooled(i).float().numpy() for i in ids}  # read once, shared by every fold
     rows = []
     for fold, dl in enumerate(folds):
@@ -411,8 +465,19 @@ def logreg_runs(out: Path, folds: list[dict], seeds: list[int]) -> list[dict]:
             if best is None or val > best[0]:
                 best = (val, c, model)
         val_auc, c, model = best
-        test = classification_metrics(model.predict_proba(x["test"]), y["test"])
+        probs = model.predict_proba(x["test"])
+        test = classification_metrics(probs, y["test"])
+        # predict_proba has a column per class seen in training; the folds are stratified, so every class is there
+        full = np.zeros((len(probs), len(class_names)))
+        full[:, model.classes_] = probs
+        pred = {
+            "ids": [str(i["id"]) for i in dl["test"]],
+            "labels": y["test"],
+            "probs": full,
+            "class_names": class_names,
+        }
         for seed in seeds:
+            predictions[(fold, LOGREG, c, seed)] = pred
             rows.append(
                 {
                     "fold": fold,
@@ -424,7 +489,7 @@ def logreg_runs(out: Path, folds: list[dict], seeds: list[int]) -> list[dict]:
                     "test_acc": finite_or_none(test["acc"]),
                 }
             )
-    return rows
+    return rows, predictions
 
 
 # ------------------------------------------------------------------------------------------------------ summary
@@ -460,6 +525,143 @@ def method_summary(runs: list[dict], chosen: dict, method: str) -> dict:
     }
 
 
+def pool_predictions(per_fold: dict[int, list[dict]]) -> dict:
+    """One prediction per test image from the runs of each fold: the probabilities of a fold's runs (its seeds)
+    averaged per image id, then the folds concatenated (in fold order; their test parts are disjoint).
+
+    Args:
+        per_fold: ``{fold: [predictions of each run]}``, each as :func:`read_predictions` gives it.
+
+    Returns:
+        ``{"ids", "labels", "probs", "class_names"}`` as :func:`read_predictions`.
+
+    Raises:
+        ValueError: a fold without runs, runs of one fold on different images, labels or classes, or an image in
+            two folds' test parts.
+    """
+    ids: list[str] = []
+    labels, probs, class_names = [], [], None
+    for fold in sorted(per_fold):
+        preds = per_fold[fold]
+        if not preds:
+            raise ValueError(f"fold {fold} has no predictions")
+        first = preds[0]
+        order = {item: k for k, item in enumerate(first["ids"])}
+        total = np.zeros_like(first["probs"], dtype=float)
+        for pred in preds:
+            if sorted(pred["ids"]) != sorted(first["ids"]) or pred["class_names"] != first["class_names"]:
+                raise ValueError(f"the runs of fold {fold} predict different images or classes")
+            rows = np.asarray([order[item] for item in pred["ids"]], dtype=int)  # into the first run's order
+            if not np.array_equal(np.asarray(first["labels"])[rows], pred["labels"]):
+                raise ValueError(f"the runs of fold {fold} give an image two labels")
+            total[rows] += pred["probs"]
+        if class_names is not None and first["class_names"] != class_names:
+            raise ValueError(f"fold {fold} predicts other classes than the folds before it")
+        class_names = first["class_names"]
+        ids += first["ids"]
+        labels.append(np.asarray(first["labels"], dtype=int))
+        probs.append(total / len(preds))
+    if len(set(ids)) != len(ids):
+        raise ValueError("an image is in the test part of two folds")
+    return {"ids": ids, "labels": np.concatenate(labels), "probs": np.concatenate(probs), "class_names": class_names}
+
+
+def method_predictions(runs: list[dict], chosen: dict, method: str, predictions: dict) -> tuple[dict | None, str]:
+    """The pooled test predictions of ``method`` (its chosen learning rate's runs, :func:`pool_predictions`), or
+    ``None`` and why not."""
+    per_fold: dict[int, list[dict]] = {}
+    for r in chosen_runs(runs, chosen, method):
+        pred = predictions.get((r["fold"], r["method"], r["lr"], r["seed"]))
+        if pred is None:
+            return None, f"{method}: a run without eval/predictions_best.csv (an older study)"
+        per_fold.setdefault(r["fold"], []).append(pred)
+    if not per_fold:
+        return None, f"{method}: no runs"
+    try:
+        return pool_predictions(per_fold), ""
+    except ValueError as err:
+        return None, f"{method}: {err}"
+
+
+DELONG_KEYS = (
+    "delong_auc_method",
+    "delong_auc_reference",
+    "delong_difference",
+    "delong_ci",
+    "delong_p",
+    "delong_per_class",
+    "delong_p_min",
+    "delong_n",
+    "delong_note",
+)
+
+
+def delong_comparison(pred: dict | None, ref: dict | None, note: str = "") -> dict:
+    """DeLong's test of the pooled predictions ``pred`` against ``ref`` over the image ids both have.
+
+    Binary tasks: the AUCs of class 1's probability, their difference with its 95 % interval and p
+    (``delong_p``). Multi-class tasks: one class against the rest per class (``delong_per_class``), the mean of
+    the tested classes' AUCs and the smallest p (``delong_p_min``), uncorrected for testing several classes.
+    Every ``DELONG_KEYS`` entry is there; those that do not apply are ``None``, and ``delong_note`` says why
+    the test is missing (``note``: the reason a side has no predictions).
+    """
+    from fpt_monai.engines.statistics import delong_test, delong_test_ovr
+
+    out = dict.fromkeys(DELONG_KEYS)
+    out["delong_n"] = 0
+    if pred is None or ref is None:
+        out["delong_note"] = note or "no pooled predictions"
+        return out
+    ref_row = {item: k for k, item in enumerate(ref["ids"])}
+    common = [(k, ref_row[item]) for k, item in enumerate(pred["ids"]) if item in ref_row]
+    rows_p = np.asarray([k for k, _ in common], dtype=int)
+    rows_r = np.asarray([k for _, k in common], dtype=int)
+    out["delong_n"] = len(common)
+    labels = pred["labels"][rows_p]
+    if pred["class_names"] != ref["class_names"]:
+        out["delong_note"] = "the two methods predict different classes"
+        return out
+    if not np.array_equal(labels, ref["labels"][rows_r]):
+        out["delong_note"] = "the two methods' prediction files give an image two labels"
+        return out
+    pm, pr = pred["probs"][rows_p], ref["probs"][rows_r]
+    try:
+        if pm.shape[1] == 2:
+            result = delong_test(labels == 1, pm[:, 1], pr[:, 1])
+            out.update(
+                delong_auc_method=result["auc_a"],
+                delong_auc_reference=result["auc_b"],
+                delong_difference=result["difference"],
+                delong_ci=[result["ci_low"], result["ci_high"]],
+                delong_p=finite_or_none(result["p_value"]),
+            )
+            return out
+        per_class = delong_test_ovr(labels, pm, pr, class_names=pred["class_names"])
+    except ValueError as err:
+        out["delong_note"] = str(err)
+        return out
+    if not per_class:
+        out["delong_note"] = "no class has 2 images and 2 others among the common images"
+        return out
+    out["delong_per_class"] = {
+        name: {
+            "auc_method": r["auc_a"],
+            "auc_reference": r["auc_b"],
+            "difference": r["difference"],
+            "ci": [r["ci_low"], r["ci_high"]],
+            "p": finite_or_none(r["p_value"]),
+            "n_positive": r["n_positive"],
+        }
+        for name, r in per_class.items()
+    }
+    out["delong_auc_method"] = statistics.mean(r["auc_a"] for r in per_class.values())
+    out["delong_auc_reference"] = statistics.mean(r["auc_b"] for r in per_class.values())
+    out["delong_difference"] = out["delong_auc_method"] - out["delong_auc_reference"]
+    out["delong_p_min"] = min((v["p"] for v in out["delong_per_class"].values() if v["p"] is not None), default=None)
+    out["delong_note"] = f"per class, one against the rest ({len(per_class)} tests), no correction for several tests"
+    return out
+
+
 def paired_p_value(a: list[float], b: list[float]) -> tuple[float | None, str]:
     """Wilcoxon signed-rank (6 pairs or more) or paired t-test: (p, test); p 1 when all differences are 0, None
     when undefined (fewer than 2 pairs, or a t-test of identical differences)."""
@@ -482,8 +684,10 @@ def paired_p_value(a: list[float], b: list[float]) -> tuple[float | None, str]:
     return finite_or_none(p), name
 
 
-def paired_comparison(runs: list[dict], chosen: dict, method: str, reference: str) -> dict:
-    """Test AUC of ``method`` minus ``reference`` per (fold, seed), with folds won and a paired test."""
+def paired_comparison(runs: list[dict], chosen: dict, method: str, reference: str, pooled: dict | None = None) -> dict:
+    """Test AUC of ``method`` minus ``reference`` per (fold, seed), with folds won and a fold-wise paired test; and
+    DeLong's test on the pooled test predictions (``pooled``: ``{method: (predictions or None, why not)}`` from
+    :func:`method_predictions`; without it, DeLong's fields say n/a)."""
     ref = {(r["fold"], r["seed"]): r["test_auc"] for r in chosen_runs(runs, chosen, reference)}
     pairs = [
         (r["fold"], r["test_auc"], ref[(r["fold"], r["seed"])])
@@ -504,13 +708,26 @@ def paired_comparison(runs: list[dict], chosen: dict, method: str, reference: st
         "folds": len(per_fold),
         "p_value": p,
         "test": test,
+        **delong_comparison(*delong_sides((pooled or {}).get(method), (pooled or {}).get(reference))),
     }
 
 
-def summarize(runs: list[dict], chosen: dict, methods: list[str], references: list[str]) -> dict:
+def delong_sides(pred: tuple | None, ref: tuple | None) -> tuple[dict | None, dict | None, str]:
+    """Arguments of :func:`delong_comparison` from two :func:`method_predictions` results."""
+    pred, why_pred = pred or (None, "no predictions")
+    ref, why_ref = ref or (None, "no predictions")
+    return pred, ref, "; ".join(w for w, side in ((why_pred, pred), (why_ref, ref)) if side is None)
+
+
+def summarize(
+    runs: list[dict], chosen: dict, methods: list[str], references: list[str], predictions: dict | None = None
+) -> dict:
+    """Per-method summaries and the paired comparisons against each reference; ``predictions`` (per run key, see
+    :attr:`Runner.predictions`) feed DeLong's test."""
+    pooled = {m: method_predictions(runs, chosen, m, predictions or {}) for m in methods}
     return {
         "methods": [method_summary(runs, chosen, m) for m in methods],
-        "paired": [paired_comparison(runs, chosen, m, ref) for ref in references for m in methods if m != ref],
+        "paired": [paired_comparison(runs, chosen, m, ref, pooled) for ref in references for m in methods if m != ref],
     }
 
 
@@ -548,15 +765,47 @@ def markdown(summary: dict, header: str) -> str:
     if summary["paired"]:
         lines += [
             "",
-            "| method | vs | pairs (fold × seed) | test AUC difference | folds won | p (test) |",
-            "|---|---|---|---|---|---|",
+            "| method | vs | pairs (fold × seed) | test AUC difference | folds won | fold-wise p (test) "
+            "| pooled AUC (DeLong) | DeLong p |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for c in summary["paired"]:
             lines.append(
                 f"| {c['method']} | {c['reference']} | {c['pairs']} | {fmt(c['auc_diff_mean'], '+.3f')} ± "
-                f"{fmt(c['auc_diff_sd'])} | {c['folds_won']}/{c['folds']} | {fmt(c['p_value'])} ({c['test']}) |"
+                f"{fmt(c['auc_diff_sd'])} | {c['folds_won']}/{c['folds']} | {fmt(c['p_value'])} ({c['test']}) | "
+                f"{delong_cells(c)} |"
             )
+        lines += ["", DELONG_FOOTNOTE]
+        lines += [f"- {c['method']} vs {c['reference']}: {c['delong_note']}" for c in summary["paired"] if notes(c)]
     return "\n".join(lines) + "\n"
+
+
+DELONG_FOOTNOTE = (
+    "pooled AUC (DeLong): each method's AUC on every test image once (each fold's test part; the chosen lr's "
+    "probabilities averaged over seeds), method vs reference, their difference and its 95 % interval; DeLong p: "
+    "DeLong's test for correlated AUCs on the same images. Multi-class: mean of the per-class AUCs (one class "
+    "against the rest) and the smallest per-class p, without correction for testing several classes "
+    "(study.json has each class)."
+)
+
+
+def notes(c: dict) -> bool:
+    """Whether a comparison's DeLong note says why the test is missing (multi-class notes are in the footnote)."""
+    return c["delong_note"] is not None and c["delong_per_class"] is None
+
+
+def delong_cells(c: dict) -> str:
+    """The "pooled AUC (DeLong)" and "DeLong p" cells of a paired comparison."""
+    if c["delong_auc_method"] is None:
+        return "n/a | n/a"
+    ci = f" [{fmt(c['delong_ci'][0], '+.3f')}, {fmt(c['delong_ci'][1], '+.3f')}]" if c["delong_ci"] else ""
+    auc = (
+        f"{fmt(c['delong_auc_method'])} vs {fmt(c['delong_auc_reference'])}, "
+        f"{fmt(c['delong_difference'], '+.3f')}{ci} (n={c['delong_n']})"
+    )
+    if c["delong_per_class"] is not None:
+        return f"{auc} | min {fmt(c['delong_p_min'])} of {len(c['delong_per_class'])} classes, uncorrected"
+    return f"{auc} | {fmt(c['delong_p'])}"
 
 
 def write_csv(runs: list[dict], path: Path) -> None:
@@ -638,14 +887,16 @@ def main(argv: list[str] | None = None) -> None:
                 fold_runs, chosen[method][fold] = study_method(run, fold, method, grids[method], seeds)
                 runs.extend(fold_runs)
     bundle_runs = len(runs)
+    predictions = dict(run.predictions)
     if not args.no_logreg:
-        extra_rows = logreg_runs(out, folds, seeds)
+        extra_rows, logreg_predictions = logreg_runs(out, folds, seeds)
+        predictions.update(logreg_predictions)
         if extra_rows:
             methods.append(LOGREG)
             chosen[LOGREG] = {r["fold"]: r["lr"] for r in extra_rows}
             runs.extend(extra_rows)
     references = [m for m in (reference, LOGREG) if m in methods]
-    summary = summarize(runs, chosen, methods, references)
+    summary = summarize(runs, chosen, methods, references, predictions)
     text = markdown(summary, settings_line(args, seeds, grids, len(folds)))
     meta = {"settings": vars(args), "reference": reference, "new_runs": run.new_runs, "total_runs": len(runs)}
     write_outputs(out, runs, chosen, summary, text, meta)

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from safetensors.torch import save_file
+from sklearn.metrics import roc_auc_score
 
 from fpt_monai.data import datalist_from_json, make_demo_dataset
 from fpt_monai.networks import create_vit_backbone
@@ -16,6 +19,134 @@ from ..conftest import REPO_ROOT
 
 PROBE = "linear_probe"  # from stored pooled features: the store also feeds the scikit-learn logistic regression
 SPLITS = ("training", "validation", "test")
+
+
+def _load_study():
+    """scripts/study.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("fpt_study_script", REPO_ROOT / "scripts" / "study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _load_study()
+
+
+def _pred(ids, labels, probs, classes=("a", "b")):
+    return {
+        "ids": list(ids),
+        "labels": np.asarray(labels),
+        "probs": np.asarray(probs, float),
+        "class_names": list(classes),
+    }
+
+
+def test_pool_predictions_averages_seeds_per_id_and_concatenates_folds():
+    # fold 0: two seeds listing the same images in different orders; fold 1: one seed
+    seed0 = _pred(["x", "y", "z"], [0, 1, 1], [[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]])
+    seed1 = _pred(["z", "x", "y"], [1, 0, 1], [[0.4, 0.6], [0.7, 0.3], [0.0, 1.0]])
+    fold1 = _pred(["u", "v"], [0, 1], [[0.5, 0.5], [0.1, 0.9]])
+    pooled = study.pool_predictions({1: [fold1], 0: [seed0, seed1]})
+    assert pooled["ids"] == ["x", "y", "z", "u", "v"]  # folds in order, each in its first run's order
+    assert pooled["labels"].tolist() == [0, 1, 1, 0, 1]
+    expected = [[0.8, 0.2], [0.2, 0.8], [0.3, 0.7], [0.5, 0.5], [0.1, 0.9]]  # x: (0.9+0.7)/2, y: (0.4+0.0)/2 ...
+    np.testing.assert_allclose(pooled["probs"], expected)
+    assert pooled["class_names"] == ["a", "b"]
+
+    with pytest.raises(ValueError, match="different images"):
+        study.pool_predictions({0: [seed0, _pred(["x", "y", "w"], [0, 1, 1], seed0["probs"])]})
+    with pytest.raises(ValueError, match="two labels"):
+        study.pool_predictions({0: [seed0, _pred(["x", "y", "z"], [1, 1, 1], seed0["probs"])]})
+    with pytest.raises(ValueError, match="two folds"):
+        study.pool_predictions({0: [seed0], 1: [_pred(["x"], [0], [[0.5, 0.5]])]})
+
+
+def test_delong_comparison_matches_ids_binary_and_reports_multiclass_per_class(tmp_path):
+    from fpt_monai.engines.statistics import delong_test, delong_test_ovr
+
+    rng = np.random.default_rng(0)
+    n = 40
+    labels = np.arange(n) % 2
+    pa = np.clip(0.5 + 0.3 * (labels - 0.5) + rng.normal(0, 0.2, n), 0, 1)
+    pb = np.clip(0.5 + 0.1 * (labels - 0.5) + rng.normal(0, 0.2, n), 0, 1)
+    ids = [f"i{k}" for k in range(n)]
+    pred = _pred(ids, labels, np.stack([1 - pa, pa], 1))
+    order = rng.permutation(n)  # the reference lists the same images in another order
+    ref = _pred([ids[k] for k in order], labels[order], np.stack([1 - pb, pb], 1)[order])
+    out = study.delong_comparison(pred, ref)
+    expected = delong_test(labels == 1, pa, pb)
+    assert out["delong_n"] == n and out["delong_per_class"] is None and out["delong_note"] is None
+    assert out["delong_auc_method"] == pytest.approx(roc_auc_score(labels, pa))
+    assert out["delong_auc_reference"] == pytest.approx(roc_auc_score(labels, pb))
+    assert out["delong_p"] == pytest.approx(expected["p_value"]) and 0 <= out["delong_p"] <= 1
+    assert out["delong_ci"] == pytest.approx([expected["ci_low"], expected["ci_high"]])
+
+    # a file on disk reads back to the same comparison; a missing one is "n/a"
+    path = tmp_path / "predictions_best.csv"
+    rows = [["id", "label", "prob_a", "prob_b"]] + [
+        [i, int(y), 1 - p, p] for i, y, p in zip(ids, labels, pa, strict=True)
+    ]
+    path.write_text("\n".join(",".join(str(v) for v in r) for r in rows) + "\n")
+    assert study.delong_comparison(study.read_predictions(path), ref)["delong_p"] == pytest.approx(out["delong_p"])
+    assert study.read_predictions(tmp_path / "missing.csv") is None
+    path.write_text("id,label,prob_a,prob_b\nx,7,0.5,0.5\n")
+    with pytest.raises(SystemExit, match="label 7 outside"):
+        study.read_predictions(path)
+    missing = study.delong_comparison(None, ref, "m: a run without eval/predictions_best.csv (an older study)")
+    assert missing["delong_p"] is None and "older study" in missing["delong_note"]
+    assert "| n/a | n/a |" in study.markdown(
+        {
+            "methods": [],
+            "paired": [
+                {
+                    **missing,
+                    "method": "m",
+                    "reference": "r",
+                    "pairs": 0,
+                    "auc_diff_mean": None,
+                    "auc_diff_sd": None,
+                    "folds_won": 0,
+                    "folds": 0,
+                    "p_value": None,
+                    "test": "t",
+                }
+            ],
+        },
+        "header",
+    )
+
+    # three classes: one test per class against the rest, the smallest p, no binary p
+    y3 = np.arange(60) % 3
+    p3a = rng.dirichlet(np.ones(3), 60) + 0.5 * np.eye(3)[y3]
+    p3b = rng.dirichlet(np.ones(3), 60)
+    p3a /= p3a.sum(1, keepdims=True)
+    names = ("u", "v", "w")
+    out3 = study.delong_comparison(_pred(range(60), y3, p3a, names), _pred(range(60), y3, p3b, names))
+    per_class = delong_test_ovr(y3, p3a, p3b, class_names=names)
+    assert out3["delong_p"] is None and set(out3["delong_per_class"]) == set(names)
+    for k, name in enumerate(names):
+        assert out3["delong_per_class"][name]["auc_method"] == pytest.approx(roc_auc_score(y3 == k, p3a[:, k]))
+        assert out3["delong_per_class"][name]["p"] == pytest.approx(per_class[name]["p_value"])
+    assert out3["delong_p_min"] == pytest.approx(min(r["p_value"] for r in per_class.values()))
+    assert out3["delong_auc_method"] == pytest.approx(roc_auc_score(y3, p3a, multi_class="ovr"))
+    assert "no correction" in out3["delong_note"]
+
+
+def _pooled_from_files(out, method, lrs_per_fold, seeds):
+    """The method's pooled test predictions rebuilt from the runs' eval/predictions_best.csv: per fold the chosen
+    lr's seeds averaged per id, then the folds together: {id: (label, probability of class 1)}."""
+    pooled = {}
+    for fold, lr in enumerate(lrs_per_fold):
+        per_id = {}
+        for seed in seeds:
+            path = out / "runs" / f"fold{fold}" / f"{method}_lr{lr:g}_seed{seed}" / "eval" / "predictions_best.csv"
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    per_id.setdefault(row["id"], (int(row["label"]), []))[1].append(float(row["prob_abnormal"]))
+        for item, (label, probs) in per_id.items():
+            assert len(probs) == len(seeds) and item not in pooled
+            pooled[item] = (label, sum(probs) / len(probs))
+    return pooled
 
 
 def _study(tmp_path, weights):
@@ -84,8 +215,27 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     paired = next(c for c in result["summary"]["paired"] if (c["method"], c["reference"]) == ("fpt_plus", PROBE))
     assert paired["pairs"] == 6
     assert paired["folds"] == 3 and paired["test"] == "wilcoxon"
+    # DeLong on the pooled test predictions: every image once, the chosen lr's seeds averaged
+    pooled = {m: _pooled_from_files(out, m, summary[m]["lr_per_fold"], [0, 1]) for m in ("fpt_plus", PROBE)}
+    assert set(pooled["fpt_plus"]) == set(pooled[PROBE]) == set(all_ids)
+    labels = [pooled[PROBE][i][0] for i in sorted(all_ids)]
+    auc = {m: roc_auc_score(labels, [pooled[m][i][1] for i in sorted(all_ids)]) for m in pooled}
+    assert paired["delong_auc_method"] == pytest.approx(auc["fpt_plus"], abs=1e-9)
+    assert paired["delong_auc_reference"] == pytest.approx(auc[PROBE], abs=1e-9)
+    assert paired["delong_difference"] == pytest.approx(auc["fpt_plus"] - auc[PROBE], abs=1e-9)
+    assert paired["delong_n"] == len(all_ids) and paired["delong_per_class"] is None
+    for c in result["summary"]["paired"]:  # the logistic regression's comparisons too
+        assert set(study.DELONG_KEYS) <= set(c) and c["delong_n"] == len(all_ids), c
+        assert c["delong_p"] is not None and 0.0 <= c["delong_p"] <= 1.0, c
+        low, high = c["delong_ci"]
+        assert low <= c["delong_difference"] <= high
+    vs_logreg = next(c for c in result["summary"]["paired"] if c["reference"] == "logreg_sklearn")
+    assert vs_logreg["delong_auc_method"] == pytest.approx(auc[vs_logreg["method"]], abs=1e-9)
     text = (out / "study.md").read_text()
     assert "| fpt_plus |" in text and f"| fpt_plus | {PROBE} | 6 |" in text
+    assert "| fold-wise p (test) | pooled AUC (DeLong) | DeLong p |" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| fpt_plus | {PROBE} | 6 |"))
+    assert f"{auc['fpt_plus']:.3f} vs {auc[PROBE]:.3f}" in row and row.endswith(f"| {paired['delong_p']:.3f} |")
     with open(out / "study.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 15 + 6 and list(rows[0]) == ["fold", "method", "lr", "seed", "val_auc", "test_auc", "test_acc"]
@@ -94,7 +244,9 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     assert len([s for s in stores if s.startswith("fpt_plus_")]) == 1  # one store for every fold, seed and method
 
     proc, second_time = _study(tmp_path, weights)
+    first_paired = result["summary"]["paired"]
     result = json.loads((out / "study.json").read_text())
     assert result["new_runs"] == 0 and len(result["runs"]) == 15 + 6
+    assert result["summary"]["paired"] == first_paired  # DeLong read back from the runs' files
     assert "0 new runs, 15 reused" in proc.stdout
     assert second_time < first_time / 2
