@@ -97,7 +97,7 @@ def test_readme_worked_example_runs_as_written(tmp_path):
     for result in outputs[1:4]:
         warned = [line for line in result.stderr.splitlines() if re.search(r"warn", line, re.I)]
         assert all(re.search(f"{BEFORE_OUR_CODE}|{small}", line) for line in warned), warned
-    assert re.search(small, outputs[1].stderr)  # said again when training starts
+    assert re.search(small, outputs[1].stdout + outputs[1].stderr)  # said again in the log when training starts
     datalist = json.loads((tmp_path / "my_images" / "datalist.json").read_text())
     assert datalist["classes"] == sorted(DEMO_CLASSES)  # the class folders, in sorted order
     assert all(datalist[s] for s in ("training", "validation", "test"))

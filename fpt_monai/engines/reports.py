@@ -66,6 +66,8 @@ class PredictionWriter(PredictionCollector):
     items are frames of multi-frame images (bundle inference with ``frames``), a ``frame`` column follows ``id``.
     ``heatmap`` names the row's heatmap file relative to ``output_dir`` (``heatmaps/<name>.png``, written by a
     :class:`~fpt_monai.engines.HeatmapWriter` on the same engine), empty (``null`` in the JSON) without heatmaps.
+    Predictions of an earlier run in the same folder are kept, renamed after their time; the first predictions and
+    the files written are logged.
 
     Args:
         output_dir: where the files go.
@@ -111,8 +113,37 @@ class PredictionWriter(PredictionCollector):
             frame_value = [r["frame"]] if with_frames else []
             probs = [f"{v:.6f}" for v in r["probabilities"].values()]
             writer.writerow([r["id"], *frame_value, r["prediction"], *probs, r["heatmap"] or ""])
+        self._keep_previous()
         atomic_write_text(self.output_dir / "predictions.csv", table.getvalue())
         atomic_write_text(self.output_dir / "predictions.json", json.dumps(records, indent=1))
+        import logging
+
+        logger = logging.getLogger(__name__)
+        for r in records[:5]:
+            logger.info("%s: %s (p=%.3f)", r["id"], r["prediction"], r["probabilities"][r["prediction"]])
+        if len(records) > 5:
+            logger.info("... %d more", len(records) - 5)
+        for name in ("predictions.csv", "predictions.json"):
+            logger.info("wrote %s", self.output_dir / name)
+
+    def _keep_previous(self) -> None:
+        """An earlier run's predictions are never overwritten silently: they are renamed after the time they were
+        written (``predictions_<YYYYmmdd-HHMMSS>.csv`` and ``.json``), and the log says so."""
+        import datetime
+        import logging
+
+        previous = self.output_dir / "predictions.csv"
+        if not previous.is_file():
+            return
+        stamp = datetime.datetime.fromtimestamp(previous.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+        n = 0
+        while (self.output_dir / f"predictions_{stamp}{f'_{n}' if n else ''}.csv").exists():
+            n += 1
+        stem = f"predictions_{stamp}{f'_{n}' if n else ''}"
+        for suffix in (".csv", ".json"):
+            if (self.output_dir / f"predictions{suffix}").is_file():
+                os.replace(self.output_dir / f"predictions{suffix}", self.output_dir / f"{stem}{suffix}")
+        logging.getLogger(__name__).info("kept the previous predictions as %s", self.output_dir / f"{stem}.csv")
 
 
 def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:
