@@ -39,19 +39,6 @@ IDENTITY_FORMS = {
     "run_id": re.compile(r"[0-9a-f]{32}"),
     "checkpoint_sha256": re.compile(r"[0-9a-f]{64}"),
 }
-# constructor arguments of network_spec that must equal the record's checked top-level settings
-_SPEC_SETTINGS = (
-    "num_classes",
-    "variant",
-    "backbone",
-    "img_size",
-    "side_img_size",
-    "token_ratio",
-    "side_init",
-    "head",
-    "fusion_dropout",
-    "lpm_layer_norm_eps",
-)
 
 
 class RecordSchemaError(ValueError):
@@ -277,8 +264,10 @@ def validate_record(
         problems.append(f"num_classes {data['num_classes']} differs from the {len(data['class_names'])} class_names")
     if not problems and isinstance(data.get("network_spec"), Mapping):
         # the network is rebuilt from network_spec: its arguments must be the settings checked above
+        from fpt_monai.engines.model_record import MODEL_SETTINGS  # here: model_record imports this module
+
         kwargs = data["network_spec"]["kwargs"]
-        differ = [k for k in _SPEC_SETTINGS if k in kwargs and k in data and kwargs[k] != data[k]]
+        differ = [k for k in MODEL_SETTINGS if k in kwargs and k in data and kwargs[k] != data[k]]
         if differ:
             problems.append(f"network_spec's {differ} differ from the record's settings")
     if problems:
