@@ -59,6 +59,13 @@ from fpt_monai.data.sanity import (
     similar_class_names,
     warn_about_datalist,
 )
+from fpt_monai.data.store_location import (
+    STORE_ROOT_NAME,
+    dataset_identity,
+    default_store_root,
+    store_key,
+    store_location,
+)
 from fpt_monai.data.tokens import LoadPreloadedTokensd
 
 __all__ = [
@@ -66,6 +73,11 @@ __all__ = [
     "datalist_warnings",
     "similar_class_names",
     "warn_about_datalist",
+    "STORE_ROOT_NAME",
+    "dataset_identity",
+    "default_store_root",
+    "store_key",
+    "store_location",
     "InferenceImages",
     "SkippedImagesError",
     "UnreadableImagesError",

@@ -92,14 +92,28 @@ class ModelConfigError(ValueError):
     """``models/model_config.json`` is missing or unreadable, or a given setting contradicts it."""
 
 
-def _portable(path: str | os.PathLike, bundle_root: str | os.PathLike | None) -> str:
-    """A path relative to the bundle folder when it is inside it (the bundle can move), else absolute."""
+def _portable(path: str | os.PathLike, bundle_root: str | os.PathLike | None, beside: bool = False) -> str:
+    """A path relative to the bundle folder when it is inside it (the bundle can move), else absolute. With
+    ``beside``, one under the store root beside the bundle (train.yaml's default ``store_root``,
+    :func:`fpt_monai.data.default_store_root`) is relative too, ``../feature_stores/<name>``: a folder of bundles
+    moved as a whole keeps the stores they share."""
     absolute = Path(path).resolve()
     if bundle_root is not None:
         root = Path(bundle_root).resolve()
         if absolute.is_relative_to(root):
             return absolute.relative_to(root).as_posix()
+        if beside and _below_default_store_root(absolute, root):
+            return Path(os.path.relpath(absolute, root)).as_posix()
     return absolute.as_posix()
+
+
+def _below_default_store_root(path: str | os.PathLike, bundle_root: str | os.PathLike) -> bool:
+    """Whether ``path`` lies inside (not at) the store root beside the bundle, ``<parent>/feature_stores``."""
+    from fpt_monai.data.store_location import default_store_root
+
+    stores = Path(default_store_root(Path(bundle_root).resolve())).resolve()
+    resolved = Path(path).resolve()
+    return resolved != stores and resolved.is_relative_to(stores)
 
 
 def _weights_record(pretrained: bool | str | os.PathLike | None) -> dict:
@@ -132,7 +146,8 @@ def write_model_config(
         pretrained: the frozen model's weights (file, ``True`` for timm's hub, ``False`` for random); recorded as
             ``frozen_weights``: the absolute file path and its SHA-256.
         training_settings: ``mode``, the store settings and the ``store_dir``/``dataset_dir``/``datalist_file`` of the
-            run; paths inside ``bundle_root`` are recorded relative to it.
+            run; paths inside ``bundle_root`` are recorded relative to it, and so is a ``store_dir`` in the store root
+            beside it (``../feature_stores/<name>``).
         bundle_root: the bundle folder.
         resume: whether the training resumes from ``last.pt`` (the bundle's ``resume``).
         config: the model settings (:data:`MODEL_SETTINGS`), ``class_names``, ``mean``, ``std``.
@@ -161,7 +176,7 @@ def write_model_config(
         settings = dict(training_settings)
         for key in ("store_dir", "dataset_dir", "datalist_file"):
             if settings.get(key) is not None:
-                settings[key] = _portable(settings[key], bundle_root)
+                settings[key] = _portable(settings[key], bundle_root, beside=key == "store_dir")
         record["training_settings"] = settings
     clean = json.loads(json.dumps(record, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
     try:  # a record that evaluation would refuse is refused before training starts
@@ -317,8 +332,9 @@ def recorded_location(
 ) -> str:
     """A folder or file the record names (``store_dir``, ``dataset_dir``, ``datalist_file``), used as a default only
     when it lies inside the bundle folder (or inside a folder the user ``named`` on the command line, such as
-    ``--store_root``): a record is data that anyone who shared the bundle could have edited, and the store is
-    written to.
+    ``--store_root``; a ``store_dir`` also inside the store root beside the bundle, ``<parent>/feature_stores``,
+    where training puts its stores by default): a record is data that anyone who shared the bundle could have
+    edited, and the store is written to.
 
     Raises:
         ModelConfigError: the recorded path leads outside, naming the key, the path and the option that uses it.
@@ -328,6 +344,8 @@ def recorded_location(
     resolved = value.resolve()
     if any(resolved == r.resolve() or resolved.is_relative_to(r.resolve()) for r in inside):
         return str(value)
+    if key == "store_dir" and _below_default_store_root(resolved, bundle_root):
+        return str(value)  # a store shared with the bundles beside this one (train.yaml's default store_root)
     option = f"{key} <{'file' if key == 'datalist_file' else 'folder'}>"
     source = record.get("_file", "models/model_config.json")
     raise ModelConfigError(
