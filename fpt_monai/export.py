@@ -55,6 +55,13 @@ def onnx_metadata(metadata: dict) -> dict[str, str]:
         "checkpoint_sha256": str(ident.get("checkpoint_sha256") or ""),
         "fpt_monai_version": str(ident.get("version", "")),
     }
+    # what training chose on validation: the temperature is inside the exported model (its logits are logits / T),
+    # the operating point is for the consumer to apply to the softmax
+    calibration = ident["model_config"].get("calibration") or {}
+    if calibration.get("temperature") is not None:
+        props["temperature_in_model"] = json.dumps(calibration["temperature"])
+    if calibration.get("operating_point"):
+        props["operating_point"] = json.dumps(calibration["operating_point"])
     return props
 
 
@@ -137,6 +144,7 @@ def export_bundle(
     from tqdm.auto import tqdm
 
     from fpt_monai.engines import (
+        check_calibration,
         check_model_settings,
         load_checkpoint,
         portable_record,
@@ -145,7 +153,12 @@ def export_bundle(
         recorded_weights,
         write_model_identity,
     )
-    from fpt_monai.networks import FPTExplainer, network_from_model_config
+    from fpt_monai.networks import (
+        FPTExplainer,
+        TemperatureScaled,
+        TemperatureScaledExplainer,
+        network_from_model_config,
+    )
 
     root = Path(bundle_root).resolve()
     models = root / "models"
@@ -159,13 +172,21 @@ def export_bundle(
     net = network_from_model_config(record, pretrained=weights, frozen_model=True)
     net.load_state_dict(state, strict=True)
     net.eval()
+    # the temperature chosen on validation goes inside the exports (they return logits / T); its record must be
+    # model.pt's
+    calibration = record.get("calibration")
+    check_calibration(calibration, checkpoint, record["class_names"])
+    temperature = (calibration or {}).get("temperature")
+    exported = net if temperature is None else TemperatureScaled(net, temperature).eval()
 
     # the descriptive metadata comes from this package's bundle, never from the bundle's own metadata.json (a file
     # that anyone who shared the bundle could have edited, e.g. with '%' macros that MONAI's parser would resolve)
     template = json.loads(_METADATA_TEMPLATE.read_text()) if _METADATA_TEMPLATE.is_file() else {}
     write_model_identity(root, template)  # the identity now: the final checkpoint's SHA-256, the run id
-    metadata_text = (models / "metadata.json").read_text()
-    metadata = json.loads(metadata_text)
+    metadata = json.loads((models / "metadata.json").read_text())
+    if temperature is not None:  # Deploy must not divide by T a second time
+        metadata["fpt_monai"]["temperature_in_model"] = float(temperature)
+    metadata_text = json.dumps(metadata, indent=1)
     raw = read_record(models / "model_config.json")
     extra = {"metadata.json": metadata_text, "model_config.json": json.dumps(portable_record(raw), indent=1)}
 
@@ -178,17 +199,20 @@ def export_bundle(
         exports.append(("onnx", models / "model.onnx"))
     for kind, path in tqdm(exports, desc="export", unit="model", disable=not progress):
         if kind == "torchscript":
-            _save_torchscript(net, torch.rand(1, 3, size, size), path, extra)
+            _save_torchscript(exported, torch.rand(1, 3, size, size), path, extra)
         elif kind == "torchscript_explainer":
-            _save_torchscript(FPTExplainer(net).eval(), torch.rand(1, 3, size, size), path, extra)
+            explainer = FPTExplainer(net).eval()
+            if temperature is not None:
+                explainer = TemperatureScaledExplainer(explainer, temperature).eval()
+            _save_torchscript(explainer, torch.rand(1, 3, size, size), path, extra)
         else:  # torch.export specialises a batch of 1 into the graph: the example batch is 2, the axis dynamic
-            _save_onnx(net, torch.rand(2, 3, size, size), path, onnx_metadata(metadata))
+            _save_onnx(exported, torch.rand(2, 3, size, size), path, onnx_metadata(metadata))
 
     image = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     probs: dict[str, torch.Tensor] = {}
     heatmap = None
     with torch.no_grad():
-        reference = torch.softmax(net(image), dim=1)
+        reference = torch.softmax(exported(image), dim=1)
         probs["torchscript"] = torch.softmax(torch.jit.load(str(models / "model.ts"))(image), dim=1)
         if explain:
             logits, heatmap = torch.jit.load(str(models / "model_explain.ts"))(image)

@@ -125,6 +125,7 @@ class ExportedFPT:
         self.run_id: str | None = ident["run_id"]
         self.checkpoint_sha256: str | None = ident["checkpoint_sha256"]
         self.batch_size = int(batch_size)
+        self.calibration, self.temperature = self._calibration()
         from fpt_monai.transforms.pipeline import fpt_transforms
 
         record = self.model_config
@@ -152,6 +153,23 @@ class ExportedFPT:
                 )
             self.explainer = torch.jit.load(str(explain_path), map_location=self.device).eval()
 
+    def _calibration(self) -> tuple[dict | None, float | None]:
+        """The record's temperature and operating point (chosen on validation by training) and the temperature this
+        class still has to apply: none when the export put it inside the model (its logits are logits / T)."""
+        calibration = self.model_config.get("calibration") or None
+        if not calibration:
+            return None, None
+        if self.checkpoint_sha256 is not None and calibration["checkpoint_sha256"] != self.checkpoint_sha256:
+            raise ModelFileError(
+                f"{self.path}: its record's temperature and operating point were chosen for the checkpoint "
+                f"{calibration['checkpoint_sha256'][:16]}..., the model is {self.checkpoint_sha256[:16]}...: the file "
+                "was edited. Export the trained bundle again (`make export BUNDLE=<bundle>`)."
+            )
+        section = self.metadata.get("fpt_monai") if isinstance(self.metadata.get("fpt_monai"), dict) else {}
+        inside = section.get("temperature_in_model") is not None
+        temperature = calibration.get("temperature")
+        return calibration, (None if inside or temperature is None else float(temperature))
+
     @property
     def identity(self) -> dict:
         """``{"name", "version", "run_id", "checkpoint_sha256"}`` of the model, as reports name it."""
@@ -175,7 +193,10 @@ class ExportedFPT:
         return self.preprocessing(item)["image"]
 
     def predict(self, images: Sequence[torch.Tensor]) -> list[dict]:
-        """Per preprocessed image: ``{"class", "probabilities" {name: p}, "heatmap" (or None)}``."""
+        """Per preprocessed image: ``{"class", "probabilities" {name: p}, "heatmap" (or None)}``: the calibrated
+        probabilities and the class at the operating point that training recorded (else the most probable one)."""
+        from fpt_monai.engines.operating_point import decide
+
         results: list[dict] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -185,11 +206,13 @@ class ExportedFPT:
                     logits, heatmaps = self.explainer(batch)
                 else:
                     logits, heatmaps = self.network(batch), None
-            probs = torch.softmax(logits.float(), dim=1).cpu()
+            logits = logits.float() / (self.temperature or 1.0)
+            probs = torch.softmax(logits, dim=1).cpu()
+            chosen = decide(probs.numpy(), self.class_names, self.calibration)  # at the recorded operating point
             for n in range(len(chunk)):
                 results.append(
                     {
-                        "class": self.class_names[int(probs[n].argmax())],
+                        "class": self.class_names[chosen[n]],
                         "probabilities": dict(zip(self.class_names, probs[n].tolist(), strict=True)),
                         "heatmap": None if heatmaps is None else heatmaps[n, 0].cpu(),
                     }

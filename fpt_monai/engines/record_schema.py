@@ -191,6 +191,65 @@ def _class_names(value: Any) -> str | None:
     return None
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _unit_or_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value) or _is_number(value) and 0.0 <= value <= 1.0
+
+
+def _operating_point(value: Any) -> str | None:
+    keys = {
+        "positive_class",
+        "rule",
+        "target_sensitivity",
+        "threshold",
+        "validation_sensitivity",
+        "validation_specificity",
+    }
+    if not isinstance(value, dict) or set(value) != keys:
+        return f"an object with exactly {sorted(keys)}"
+    if class_name_problem(value["positive_class"]):
+        return "an object whose positive_class is a class name"
+    if value["rule"] not in ("youden", "target_sensitivity"):
+        return "an object whose rule is 'youden' or 'target_sensitivity'"
+    target = value["target_sensitivity"]
+    if not (target is None and value["rule"] == "youden" or _is_number(target) and 0.0 < target <= 1.0):
+        return "an object whose target_sensitivity is a number in (0, 1] (null for youden)"
+    if not all(_unit_or_nan(value[k]) for k in ("threshold", "validation_sensitivity", "validation_specificity")):
+        return "an object whose threshold and validation figures are numbers in [0, 1]"
+    return None
+
+
+def _calibration(value: Any) -> str | None:
+    """The temperature and operating point chosen on validation (fpt_monai.engines.operating_point)."""
+    if not isinstance(value, dict) or not {"checkpoint_sha256", "temperature", "operating_point"} <= set(value):
+        return "an object with checkpoint_sha256, temperature and operating_point"
+    unknown = sorted(set(value) - {"checkpoint_sha256", "temperature", "operating_point", "validation"})
+    if unknown:
+        return f"an object without unknown keys (found {unknown})"
+    if not isinstance(value["checkpoint_sha256"], str) or not _SHA256.fullmatch(value["checkpoint_sha256"]):
+        return "an object whose checkpoint_sha256 is 64 hex digits"
+    temperature = value["temperature"]
+    if not (temperature is None or _is_number(temperature) and 0.01 <= temperature <= 100.0):
+        return "an object whose temperature is null or a number in [0.01, 100]"
+    if value["operating_point"] is not None:
+        problem = _operating_point(value["operating_point"])
+        if problem:
+            return f"an object whose operating_point is {problem}"
+    validation = value.get("validation", {})
+    if (
+        not isinstance(validation, dict)
+        or not all(
+            _NAME.fullmatch(str(k)) and (_is_number(v) or isinstance(v, float) and math.isnan(v))
+            for k, v in validation.items()
+        )
+        or len(validation) > 16
+    ):
+        return "an object whose validation holds named numbers"
+    return None
+
+
 # key -> (check, required from format 2 on); each check returns what the value should be, or None when it is fine
 _SCHEMA: dict[str, tuple[Callable[[Any], str | None], bool]] = {
     "format": (
@@ -216,6 +275,7 @@ _SCHEMA: dict[str, tuple[Callable[[Any], str | None], bool]] = {
     "frozen_weights": (_frozen_weights, False),
     "training_settings": (_training_settings, False),
     "ordinal_labels": (lambda v: None if isinstance(v, bool) else "true or false", False),
+    "calibration": (_calibration, False),
 }
 # format 1 (no "format" key) records held only these for sure
 _REQUIRED_FORMAT_1 = ("class_names", "num_classes", "backbone", "img_size", "mean", "std")
@@ -262,6 +322,10 @@ def validate_record(
                 problems.append(f"{key} must be {problem} (found {_shown(data[key])})")
     if not problems and data["num_classes"] != len(data["class_names"]):
         problems.append(f"num_classes {data['num_classes']} differs from the {len(data['class_names'])} class_names")
+    calibration = data.get("calibration")
+    if not problems and isinstance(calibration, Mapping) and calibration.get("operating_point"):
+        if calibration["operating_point"]["positive_class"] not in data["class_names"]:
+            problems.append("calibration's positive_class is not one of class_names")
     if not problems and isinstance(data.get("network_spec"), Mapping):
         # the network is rebuilt from network_spec: its arguments must be the settings checked above
         from fpt_monai.engines.model_record import MODEL_SETTINGS  # here: model_record imports this module

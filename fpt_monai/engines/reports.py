@@ -72,12 +72,18 @@ class PredictionWriter(PredictionCollector):
     Args:
         output_dir: where the files go.
         class_names: class names in index order.
+        calibration: the record's ``calibration`` (:mod:`fpt_monai.engines.operating_point`): the probabilities
+            are temperature-scaled and the prediction made at the operating point it holds. Defaults to ``None``
+            (the softmax probabilities and their most probable class).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str]) -> None:
+    def __init__(
+        self, output_dir: str | os.PathLike, class_names: Sequence[str], calibration: Mapping | None = None
+    ) -> None:
         super().__init__()
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
+        self.calibration = dict(calibration) if calibration else None
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
@@ -90,9 +96,14 @@ class PredictionWriter(PredictionCollector):
         # the HeatmapWriter's files, relative to its output folder, made relative to ours
         heatmaps = getattr(engine.state, "heatmap_files", None) if engine is not None else None
         heatmap_root = Path(getattr(engine.state, "heatmap_root", self.output_dir)) if engine is not None else None
-        for item_id, frame, p in zip(self.ids, self.frames, self.probs, strict=True):
+        from fpt_monai.engines.operating_point import apply_calibration, decide, describe_calibration
+
+        for p in self.probs:
             if len(p) != len(self.class_names):
                 raise ValueError(f"the model gives {len(p)} outputs but there are {len(self.class_names)} class names.")
+        probs = apply_calibration(np.stack(self.probs), self.calibration) if self.probs else []
+        chosen = decide(probs, self.class_names, self.calibration) if self.probs else []
+        for item_id, frame, p, k in zip(self.ids, self.frames, probs, chosen, strict=True):
             heatmap = (heatmaps or {}).get((item_id, frame))
             if heatmap is not None and heatmap_root is not None and heatmap_root.resolve() != self.output_dir.resolve():
                 heatmap = Path(os.path.relpath(heatmap_root / heatmap, self.output_dir)).as_posix()
@@ -100,7 +111,7 @@ class PredictionWriter(PredictionCollector):
                 {
                     "id": item_id,
                     **({"frame": frame} if with_frames else {}),
-                    "prediction": self.class_names[int(np.argmax(p))],
+                    "prediction": self.class_names[k],
                     "probabilities": {c: float(v) for c, v in zip(self.class_names, p, strict=True)},
                     "heatmap": heatmap,
                 }
@@ -119,6 +130,8 @@ class PredictionWriter(PredictionCollector):
         import logging
 
         logger = logging.getLogger(__name__)
+        for line in describe_calibration(self.calibration):
+            logger.info("predictions with the recorded %s", line)
         for r in records[:5]:
             logger.info("%s: %s (p=%.3f)", r["id"], r["prediction"], r["probabilities"][r["prediction"]])
         if len(records) > 5:
@@ -264,6 +277,12 @@ def flat_metrics(report: Mapping) -> dict[str, float]:
             out[key] = value
             if key in report.get("ci", {}):
                 out[f"{key}_ci_low"], out[f"{key}_ci_high"] = report["ci"][key]
+    point = report.get("operating_point")
+    if point:
+        for figure in ("threshold", "sensitivity", "specificity", "ppv", "npv"):
+            out[f"op_{figure}"] = point[figure]
+            if figure in point["ci"]:
+                out[f"op_{figure}_ci_low"], out[f"op_{figure}_ci_high"] = point["ci"][figure]
     for cls, figures in report.get("per_class", {}).items():
         for figure, value in figures.items():
             out[f"{figure}_{cls}"] = value
@@ -293,6 +312,7 @@ def evaluate_checkpoints(
     ordinal: bool = False,
     bootstrap_resamples: int = 2000,
     seed: int = 0,
+    calibration: Mapping | None = None,
 ) -> dict[str, dict]:
     """Run ``evaluator`` once per checkpoint (e.g. ``{"best": models/model.pt, "final": models/model_final.pt}``)
     and write ``metrics.json``, ``metrics.csv``, ``predictions_<name>.csv``, ``roc_<name>.png``,
@@ -306,13 +326,19 @@ def evaluate_checkpoints(
     Args:
         ordinal: the labels are ordered grades: ``kappa_quadratic`` is reported beside Cohen's ``kappa``.
         bootstrap_resamples: resamples of the intervals (seeded with ``seed``).
+        calibration: the record's ``calibration`` (:mod:`fpt_monai.engines.operating_point`): the checkpoint it was
+            chosen for (by SHA-256, i.e. ``model.pt``) is reported as deployed, with the temperature applied to its
+            probabilities (``ece_uncalibrated`` beside ``ece``) and, with an operating point, the sensitivity,
+            specificity, PPV and NPV of its threshold with Wilson intervals (``operating_point``; ``op_*`` columns).
 
     Returns:
         ``{checkpoint name: checkpoint_report}``.
     """
     import logging
 
-    from fpt_monai.engines.statistics import reliability_diagram
+    from fpt_monai.data.feature_store import file_sha256
+    from fpt_monai.engines.operating_point import apply_calibration, operating_point_report
+    from fpt_monai.engines.statistics import expected_calibration_error, reliability_diagram
 
     logger = logging.getLogger(__name__)
     output_dir = Path(output_dir)
@@ -327,7 +353,17 @@ def evaluate_checkpoints(
         network.load_state_dict(load_checkpoint(path), strict=True)
         evaluator.run()
         probs, labels = np.stack(collector.probs), np.asarray(collector.labels)
+        deployed = calibration is not None and file_sha256(path) == calibration.get("checkpoint_sha256")
+        raw_ece = expected_calibration_error(probs, labels)
+        if deployed:  # what inference and Deploy give: the recorded temperature applied
+            probs = apply_calibration(probs, calibration)
         report = checkpoint_report(probs, labels, class_names, ordinal, int(bootstrap_resamples), int(seed))
+        if deployed and calibration.get("temperature") is not None:
+            report["temperature"] = float(calibration["temperature"])
+            report["ece_uncalibrated"] = raw_ece
+        point = operating_point_report(probs, labels, class_names, calibration) if deployed else None
+        if point is not None:
+            report["operating_point"] = point
         results[name] = report
         table = io.StringIO()
         writer = csv.writer(table)
@@ -336,6 +372,8 @@ def evaluate_checkpoints(
             writer.writerow([item_id, int(label), *[f"{v:.6f}" for v in p]])
         atomic_write_text(output_dir / f"predictions_{name}.csv", table.getvalue())
         title = f"{name} weights ({Path(path).name}), {split} split, n = {len(labels)}"
+        if "temperature" in report:
+            title += f", temperature {report['temperature']:.2f}"
         plot_roc(probs, labels, class_names, output_dir / f"roc_{name}.png")
         plot_confusion_matrix(probs, labels, class_names, output_dir / f"confusion_{name}.png", title=title)
         reliability_diagram(probs, labels, output_dir / f"reliability_{name}.png", title=title)
@@ -359,6 +397,34 @@ def evaluate_checkpoints(
                 for c, v in report["per_class"].items()
             ),
         )
+        if "temperature" in report:
+            logger.info(
+                "%s_%s with the recorded temperature %.3f: ECE %.3f (%.3f without)",
+                split,
+                name,
+                report["temperature"],
+                report["ece"],
+                report["ece_uncalibrated"],
+            )
+        if point is not None:
+            ci = point["ci"]
+            logger.info(
+                "%s_%s at the recorded operating point (%s when p >= %.4f, chosen on validation): sensitivity %.3f "
+                "[%.3f, %.3f] (%d/%d), specificity %.3f [%.3f, %.3f] (%d/%d); Wilson %s",
+                split,
+                name,
+                point["positive_class"],
+                point["threshold"],
+                point["sensitivity"],
+                *ci["sensitivity"],
+                point["tp"],
+                point["tp"] + point["fn"],
+                point["specificity"],
+                *ci["specificity"],
+                point["tn"],
+                point["tn"] + point["fp"],
+                level,
+            )
     atomic_write_text(output_dir / "metrics.json", json.dumps(results, indent=1))
     flat = {name: flat_metrics(report) for name, report in results.items()}
     keys = list(dict.fromkeys(k for values in flat.values() for k in values))

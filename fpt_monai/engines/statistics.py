@@ -49,6 +49,7 @@ __all__ = [
     "metrics_at_threshold",
     "per_class_metrics",
     "reliability_diagram",
+    "wilson_interval",
 ]
 
 # metrics the vectorised bootstrap computes; the per-class ones expand to "<metric>/<class name>"
@@ -863,3 +864,33 @@ def choose_threshold(
         "specificity": float(spec[best]),
         "youden_j": float(sens[best] + spec[best] - 1.0),
     }
+
+
+def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of a binomial proportion ``successes / n`` (Wilson, JASA 1927).
+
+    For a figure whose denominator is fixed by the labels (sensitivity: the positives; specificity: the negatives),
+    it is the analytic counterpart of the stratified bootstrap and stays honest where the bootstrap collapses: 3 of
+    3 positives found gives [0.44, 1.00], not [1.00, 1.00].
+
+    Args:
+        successes: the count of successes, ``0 <= successes <= n``.
+        n: the number of trials.
+        confidence: the interval's level in (0, 1).
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` when ``n`` is 0.
+    """
+    from statistics import NormalDist
+
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}.")
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes!r}, n={n!r}.")
+    if n == 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(0.5 + float(confidence) / 2.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

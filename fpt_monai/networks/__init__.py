@@ -22,6 +22,7 @@ from fpt_monai.networks.layers import parse_layers
 from fpt_monai.networks.pooled_head import PooledHead
 from fpt_monai.networks.side_vit import SIDE_INIT_MODES, SideViT, init_weights_hf_vit
 from fpt_monai.networks.spec import RECORDED_NETWORKS, network_from_spec, network_spec, recorded
+from fpt_monai.networks.temperature import TemperatureScaled, TemperatureScaledExplainer
 from fpt_monai.networks.token_selection import (
     TOKEN_IMPORTANCE_MODES,
     num_selected_tokens,
@@ -38,6 +39,8 @@ __all__ = [
     "FPT_VARIANTS",
     "INFERENCE_NETWORKS",
     "FPTExplainer",
+    "TemperatureScaled",
+    "TemperatureScaledExplainer",
     "POS_INTERP_MODES",
     "RECORDED_NETWORKS",
     "RESIDUAL_MODES",
