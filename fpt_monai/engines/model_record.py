@@ -185,6 +185,8 @@ def write_model_config(
         raise ModelConfigError(str(err)) from err
     if resume and path.is_file() and (path.parent / "last.pt").is_file():
         _refuse_another_model(path, clean)
+    if resume and path.is_file():
+        clean.update(_kept_calibration(path))
     settings = clean.get("training_settings") or {}
     if bundle_root is not None and settings.get("datalist_file"):
         settings.update(_copy_datalist(recorded_path(settings["datalist_file"], bundle_root), bundle_root))
@@ -210,6 +212,21 @@ def _copy_datalist(datalist_file: str, bundle_root: str | os.PathLike) -> dict:
         "datalist_source": source.resolve().as_posix(),
         "datalist_sha256": file_sha256(copy),
     }
+
+
+def _kept_calibration(path: Path) -> dict:
+    """The earlier record's ``calibration`` (temperature, operating point) while ``model.pt`` is still the checkpoint
+    it was chosen for: a finished training that is run again trains nothing and must not lose it."""
+    from fpt_monai.data.feature_store import file_sha256
+
+    try:
+        calibration = read_record(path).get("calibration")
+    except ModelConfigError:
+        return {}
+    checkpoint = path.parent / "model.pt"
+    if calibration and checkpoint.is_file() and file_sha256(checkpoint) == calibration.get("checkpoint_sha256"):
+        return {"calibration": calibration}
+    return {}
 
 
 def _refuse_another_model(path: Path, new: Mapping) -> None:
