@@ -77,6 +77,22 @@ def summary(bundle_root: str | Path) -> str:
                     for c, v in per_class.items()
                 )
             )
+        if "temperature" in values:
+            lines.append(
+                " " * 17 + f"temperature {values['temperature']:.3f} (chosen on validation): ECE {values['ece']:.3f}, "
+                f"{values['ece_uncalibrated']:.3f} without"
+            )
+        point = values.get("operating_point")
+        if point:
+            sens_ci, spec_ci = point["ci"]["sensitivity"], point["ci"]["specificity"]
+            lines.append(
+                " "
+                * 17
+                + f"at the operating point ({point['positive_class']} when p >= {point['threshold']:.3f}, chosen on "
+                f"validation): sensitivity {point['sensitivity']:.3f} [{sens_ci[0]:.3f}, {sens_ci[1]:.3f}] "
+                f"({point['tp']}/{point['tp'] + point['fn']}), specificity {point['specificity']:.3f} "
+                f"[{spec_ci[0]:.3f}, {spec_ci[1]:.3f}] ({point['tn']}/{point['tn'] + point['fp']})"
+            )
         low_high = values.get("ci", {}).get("auc")
         if low_high and low_high[1] - low_high[0] > MAX_AUC_INTERVAL:
             warnings.append(
