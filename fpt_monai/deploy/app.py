@@ -267,7 +267,7 @@ def run(
         complete = counts[FAILED] == 0
         output = {
             "status": "complete" if complete else "incomplete",
-            "model": {**model.identity, "file": model.path.name},
+            "model": {**model.identity, "file": model.path.name, "calibration": model.calibration},
             "frames": frames,
             "counts": counts,
             "studies": results,

@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = ["ExportedFPT", "ModelFileError"]
@@ -169,6 +170,13 @@ class ExportedFPT:
         inside = section.get("temperature_in_model") is not None
         temperature = calibration.get("temperature")
         return calibration, (None if inside or temperature is None else float(temperature))
+
+    def decide(self, probabilities: dict[str, float]) -> str:
+        """The class of (mean) probabilities ``{name: p}`` at the recorded operating point (else the most probable)."""
+        from fpt_monai.engines.operating_point import decide
+
+        row = np.array([[float(probabilities[c]) for c in self.class_names]])
+        return self.class_names[decide(row, self.class_names, self.calibration)[0]]
 
     @property
     def identity(self) -> dict:

@@ -163,7 +163,7 @@ class FPTClassifierOperator(Operator):
         for record in records:
             results = per_record[id(record)]
             record["probabilities"] = _mean([r["probabilities"] for _, r in results])
-            record["class"] = max(record["probabilities"], key=record["probabilities"].get)
+            record["class"] = self.model.decide(record["probabilities"])  # at the recorded operating point
             if results[0][0] is None:  # single-frame
                 if "heatmap_file" in results[0][1]:
                     record["heatmap"] = results[0][1]["heatmap_file"]
@@ -181,7 +181,7 @@ class FPTClassifierOperator(Operator):
                 "probabilities": _mean([r["probabilities"] for r in records]),
                 "instances": records,
             }
-            study_result["class"] = max(study_result["probabilities"], key=study_result["probabilities"].get)
+            study_result["class"] = self.model.decide(study_result["probabilities"])
         self.output_folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_folder / "study.json", json.dumps({"study": study_result, "files": verdicts}))
         if study_result is not None:
@@ -207,6 +207,10 @@ class FPTClassifierOperator(Operator):
             f"Class probabilities: {probs}.",
             f"Images analysed: {len(study['instances'])}.",
         ]
+        from fpt_monai.engines.operating_point import describe_calibration
+
+        # how the class was decided (the temperature and threshold training chose on its validation split)
+        lines[3:3] = [f"Decision: {line}." for line in describe_calibration(model.calibration)]
         for r in study["instances"]:
             frames = f" ({len(r['frames'])} frame(s))" if "frames" in r else ""
             lines.append(f"- SOP Instance {r['sop_instance_uid']}{frames}: {r['class']}")

@@ -92,6 +92,13 @@ def test_chosen_on_validation_and_applied_everywhere(tmp_path, tiny_bundle_data,
     want = apply_calibration(raw, calibration)
     got = np.array([[d["probabilities"]["normal"], d["probabilities"]["abnormal"]] for d in deployed])
     np.testing.assert_allclose(got, want, atol=1e-5)
+    assert [model.decide(d["probabilities"]) for d in deployed] == [d["class"] for d in deployed]
+    from fpt_monai.deploy.operators import FPTClassifierOperator
+
+    report = FPTClassifierOperator.report_text(
+        {"class": deployed[0]["class"], "probabilities": deployed[0]["probabilities"], "instances": []}, model
+    )
+    assert "Decision: operating point: abnormal when p(abnormal) >=" in report
     assert [d["class"] for d in deployed] == [
         ["normal", "abnormal"][k] for k in decide(want, model.class_names, calibration)
     ]

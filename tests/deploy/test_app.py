@@ -43,6 +43,7 @@ def test_cli_classifies_the_selected_series_and_writes_json_sr_and_heatmaps(
         "run_id": None,
         "checkpoint_sha256": digest,
         "file": "model.ts",
+        "calibration": None,  # no operating point or temperature chosen: the most probable class
     }
     assert output["status"] == "complete"
     assert output["counts"] == {"classified": 2, "skipped": 1, "failed": 0, "duplicates": 0}
