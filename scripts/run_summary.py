@@ -2,6 +2,7 @@
 the MLflow UI on its store (`make demo` ends with it; the README's worked example too).
 
     python scripts/run_summary.py runs/my_fpt
+    python scripts/run_summary.py runs/my_fpt runs/my_probe   # both, and DeLong's paired test on their test images
 """
 
 from __future__ import annotations
@@ -127,12 +128,80 @@ def summary(bundle_root: str | Path) -> str:
     return "\n".join(lines)
 
 
+def _best_predictions(root: Path) -> tuple[list[str], list[int], list[list[float]], list[str]]:
+    """ids, labels, probabilities and class names of ``eval/predictions_best.csv`` (model.pt on the test split)."""
+    file = root / "eval" / "predictions_best.csv"
+    if not file.is_file():
+        raise SummaryError(f"{file}: no such file; evaluate {root} first.")
+    with open(file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [k[len("prob_") :] for k in (rows[0] if rows else {}) if k.startswith("prob_")]
+    return (
+        [r["id"] for r in rows],
+        [int(r["label"]) for r in rows],
+        [[float(r[f"prob_{c}"]) for c in names] for r in rows],
+        names,
+    )
+
+
+def comparison(first: str | Path, second: str | Path) -> str:
+    """DeLong's test for the correlated test AUCs of two bundles' best weights on the same test images (binary: the
+    second class's AUC; more classes: each class against the rest, uncorrected).
+
+    Raises:
+        SummaryError: a bundle not evaluated, or test splits with other images or classes.
+    """
+    import numpy as np
+
+    from fpt_monai.engines.statistics import delong_test
+
+    a, b = Path(first).resolve(), Path(second).resolve()
+    ids_a, labels_a, probs_a, names_a = _best_predictions(a)
+    ids_b, labels_b, probs_b, names_b = _best_predictions(b)
+    if names_a != names_b or sorted(zip(ids_a, labels_a, strict=True)) != sorted(zip(ids_b, labels_b, strict=True)):
+        raise SummaryError(
+            f"{a.name} and {b.name} were evaluated on different test images or classes: a paired comparison needs the "
+            "same test split (train both from the same datalist)."
+        )
+    order = {item: n for n, item in enumerate(ids_b)}
+    labels = np.array(labels_a)
+    pa = np.array(probs_a)
+    pb = np.array(probs_b)[[order[i] for i in ids_a]]
+    classes = [1] if len(names_a) == 2 else range(len(names_a))
+    lines = [f"\n=== paired comparison on the same {len(labels)} test images (best weights, DeLong's test) ==="]
+    for k in classes:
+        label = names_a[k] if len(names_a) == 2 else f"{names_a[k]} vs rest"
+        try:
+            t = delong_test((labels == k).astype(int), pa[:, k], pb[:, k])
+        except ValueError as err:
+            lines.append(f"  AUC ({label}): not testable: {err}")
+            continue
+        lines.append(
+            f"  AUC ({label}): {a.name} {t['auc_a']:.3f}, {b.name} {t['auc_b']:.3f}; difference {t['difference']:+.3f} "
+            f"[{t['ci_low']:+.3f}, {t['ci_high']:+.3f}], p = {t['p_value']:.3g}"
+        )
+    if len(classes) > 1:
+        lines.append(
+            f"  (one test per class, uncorrected: with {len(classes)} classes compare p with 0.05/{len(classes)})"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle_root", nargs="?", default="outputs/demo_bundle", help="the trained bundle's folder")
+    p.add_argument(
+        "other_bundle",
+        nargs="?",
+        default=None,
+        help="a second bundle trained on the same datalist: its summary and DeLong's paired test of the two",
+    )
     args = p.parse_args(argv)
     try:
         print(summary(args.bundle_root))
+        if args.other_bundle:
+            print(summary(args.other_bundle))
+            print(comparison(args.bundle_root, args.other_bundle))
     except SummaryError as err:
         print(f"fpt_monai: error: {err}", file=sys.stderr)
         return 1
