@@ -81,6 +81,7 @@ from fpt_monai.engines.training import (
     class_weights,
     warmup_cosine_schedule,
 )
+from fpt_monai.engines.training_summary import TrainingSummary, epoch_metrics_print, evaluate_command, training_summary
 
 __all__ = [
     "ClassificationMetric",
@@ -102,6 +103,10 @@ __all__ = [
     "RunLockedError",
     "RecordSchemaError",
     "StopOnNonFiniteLoss",
+    "TrainingSummary",
+    "epoch_metrics_print",
+    "evaluate_command",
+    "training_summary",
     "STORE_SETTINGS",
     "acquire_run_lock",
     "atomic_torch_save",

@@ -8,7 +8,10 @@ the reference code saves only at epochs 0 and 10 and forgets the best metric on 
 
 - ``last.pt`` after every epoch (after validation): network, optimizer, scheduler, trainer state (epoch,
   iteration), best metric and its epoch;
-- ``model.pt`` when the validation key metric improves (strictly, NaN never counts), ``model_final.pt`` at the end;
+- ``model.pt`` when the validation key metric improves (strictly, NaN never counts; a tie goes to the lower
+  ``tie_metric`` when one is set), ``model_final.pt`` at the end;
+- a MONAI validator's best (``state.best_metric`` / ``best_metric_epoch``, which its ``StatsHandler`` prints as "Key
+  metric: ... best value: ... at epoch: ...") is the checkpointer's: the epoch of ``model.pt``, ties included;
 - every file is written to a temporary file, fsynced and renamed, so a crash or a full disk never leaves a
   half-written checkpoint, and its SHA-256 goes to ``checksums.json``: a file corrupted later is refused
   (:func:`verify_checkpoint`) instead of being loaded;
@@ -225,6 +228,9 @@ class FPTCheckpointer:
         self.best_metric = -math.inf
         self.best_tie = math.inf
         self.best_epoch = -1
+        # the first epoch that reached best_metric and its tie_metric: a later best_epoch won the tie on tie_metric
+        self.best_first_epoch = -1
+        self.best_first_tie = math.inf
         self.trainer: Engine | None = None
         self._before_save: list[Callable[[Engine], None]] = []
 
@@ -242,15 +248,37 @@ class FPTCheckpointer:
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load_last)
         if self.validator is not None:
+            if self._shares_best(self.validator):
+                # MONAI compares the key metric (its "Got new best metric" line and state.best_metric_epoch) on the
+                # validator's EPOCH_COMPLETED before the validation handlers run (its StatsHandler prints the best
+                # there), and this checkpointer's update_best runs after them: MONAI's comparison asks ours, so its
+                # state names model.pt's epoch in the same epoch, a tie won on tie_metric included
+                self.validator.metric_cmp_fn = self._monai_metric_cmp
+                self._sync_validator_best()
             self.validator.add_event_handler(Events.EPOCH_COMPLETED, self.update_best)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save_last)
         engine.add_event_handler(Events.COMPLETED, self.save_final)
 
-    def update_best(self, validator: Engine) -> None:
+    def _shares_best(self, validator: Engine) -> bool:
+        """Whether ``validator`` is a MONAI workflow that tracks the best of this checkpointer's key metric."""
+        return (
+            hasattr(validator, "metric_cmp_fn") and getattr(validator.state, "key_metric_name", None) == self.key_metric
+        )
+
+    def _sync_validator_best(self) -> None:
+        """The validator's ``state.best_metric`` / ``best_metric_epoch`` set to this checkpointer's best."""
+        if self.validator is None or not self._shares_best(self.validator):
+            return
+        state = self.validator.state
+        state.best_metric = self.best_metric
+        # no best yet: epoch 0, not MONAI's -1, which takes the next value unasked (NaN included, never a model.pt)
+        state.best_metric_epoch = max(self.best_epoch, 0)
+
+    def _candidate(self, validator: Engine) -> tuple[float, float]:
+        """The validation's ``(key_metric, tie_metric)``; a NaN tie metric never wins a tie."""
         value = validator.state.metrics.get(self.key_metric)
         if value is None:
             raise KeyError(f"validation metric {self.key_metric!r} not found; have {sorted(validator.state.metrics)}")
-        value = float(value)
         tie = math.inf
         if self.tie_metric is not None:
             if self.tie_metric not in validator.state.metrics:
@@ -260,18 +288,40 @@ class FPTCheckpointer:
                 )
             tie = float(validator.state.metrics[self.tie_metric])
             tie = math.inf if math.isnan(tie) else tie
+        return float(value), tie
+
+    def _is_better(self, value: float, tie: float) -> bool:
         if math.isnan(value):
-            return
-        if value > self.best_metric or (value == self.best_metric and tie < self.best_tie):
+            return False
+        return value > self.best_metric or (value == self.best_metric and tie < self.best_tie)
+
+    def _monai_metric_cmp(self, current: object, best: object) -> bool:
+        """MONAI's ``metric_cmp_fn(current, best)`` of the validator, answered by :meth:`_is_better` (``best`` is
+        the validator's copy of this checkpointer's)."""
+        return self._is_better(*self._candidate(self.validator))
+
+    def update_best(self, validator: Engine) -> None:
+        value, tie = self._candidate(validator)
+        if self._is_better(value, tie):
+            won_tie = value == self.best_metric
             self.best_metric = value
             self.best_tie = tie
             self.best_epoch = self.trainer.state.epoch if self.trainer is not None else validator.state.epoch
+            if not won_tie:
+                self.best_first_epoch, self.best_first_tie = self.best_epoch, tie
             if _is_main_process():
                 atomic_torch_save(self._model.state_dict(), self.save_dir / "model.pt")
                 tie_note = f", {self.tie_metric} {tie:.4f}" if self.tie_metric is not None else ""
+                why = "the best so far"
+                if won_tie:
+                    why += (
+                        f"; {self.key_metric} ties epoch {self.best_first_epoch}'s, "
+                        f"tie broken by the lower {self.tie_metric}"
+                    )
                 validator.logger.info(
-                    f"model.pt <- epoch {self.best_epoch}: {self.key_metric} {value:.4f}{tie_note} (the best so far)"
+                    f"model.pt <- epoch {self.best_epoch}: {self.key_metric} {value:.4f}{tie_note} ({why})"
                 )
+        self._sync_validator_best()
 
     def add_before_save(self, callback: Callable[[Engine], None]) -> None:
         """Call ``callback(trainer)`` at the end of every epoch just before ``last.pt`` is written (on the process
@@ -294,6 +344,10 @@ class FPTCheckpointer:
             "best_metric": self.best_metric,
             "best_tie": self.best_tie,
             "best_epoch": self.best_epoch,
+            "best_first_epoch": self.best_first_epoch,
+            "best_first_tie": self.best_first_tie,
+            "key_metric": self.key_metric,
+            "tie_metric": self.tie_metric,
         }
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
@@ -327,6 +381,10 @@ class FPTCheckpointer:
         self.best_metric = float(state["best_metric"])
         self.best_tie = float(state.get("best_tie", math.inf))
         self.best_epoch = int(state["best_epoch"])
+        # a last.pt of an older version has no first epoch: the tie history is unknown, best_epoch stands for it
+        self.best_first_epoch = int(state.get("best_first_epoch", self.best_epoch))
+        self.best_first_tie = float(state.get("best_first_tie", self.best_tie))
+        self._sync_validator_best()
         trainer_state = state["trainer"]
         engine.state.epoch = int(trainer_state["epoch"])
         engine.state.iteration = int(trainer_state["iteration"])
