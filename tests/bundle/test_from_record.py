@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from fpt_monai.data import datalist_from_json
+from fpt_monai.data import FeatureStore, datalist_from_json
+from fpt_monai.engines import read_model_config
 
 from ..conftest import REPO_ROOT, error_text
 from .conftest import META, TRAIN_CONFIG, run_workflow
@@ -42,25 +44,31 @@ def _run(wf: ConfigWorkflow) -> ConfigWorkflow:
 
 @pytest.fixture
 def moved_bundle(tmp_path, trained_tiny_bundle):
-    """A copy of the trained tiny bundle in another folder (its feature store inside it)."""
+    """A copy of the trained tiny bundle in another folder, with its feature store beside it (``feature_stores/``):
+    the folder of bundles moved as a whole."""
     root, data_dir, weights = trained_tiny_bundle
-    copy = tmp_path / "moved_bundle"
+    copy = tmp_path / "runs" / "moved_bundle"
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns("eval"))
+    store = Path(read_model_config(root / "models" / "model_config.json", bundle_root=root)["store_dir"]).resolve()
+    shutil.copytree(store, tmp_path / "runs" / "feature_stores" / store.name)
     return copy, data_dir, weights
 
 
 def test_evaluation_needs_only_the_bundle_root(moved_bundle):
     root, data_dir, _ = moved_bundle
     record = json.loads((root / "models" / "model_config.json").read_text())
-    assert record["training_settings"]["store_dir"].startswith("tokens/")  # inside the bundle: moves with it
-    stored = {p.name for p in (root / record["training_settings"]["store_dir"]).iterdir()}
+    # beside the bundle, recorded relative: it moves with the folder of bundles
+    name = record["training_settings"]["store_dir"].removeprefix("../feature_stores/")
+    assert name != record["training_settings"]["store_dir"] and "/" not in name
+    stores = root.parent / "feature_stores"
+    stored = set(FeatureStore.open(stores / name).ids)
     _run(_bare([TRAIN_CONFIG, EVAL_CONFIG], root))
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    n_test = len(datalist_from_json(data_dir / "datalist.json")["test"])
-    assert metrics["best"]["n"] == metrics["final"]["n"] == n_test  # the training's datalist, its test split
-    # the test split went into the moved bundle's own store, not a new one built with default settings
-    assert {p.name for p in (root / record["training_settings"]["store_dir"]).iterdir()} >= stored
-    assert not (root / "tokens" / "fpt_plus_vit_base_patch16_384_512").exists()
+    test_ids = [i["id"] for i in datalist_from_json(data_dir / "datalist.json")["test"]]
+    assert metrics["best"]["n"] == metrics["final"]["n"] == len(test_ids)  # the training's datalist, its test split
+    # the test split went into the moved store, not a new one built with default settings
+    assert set(FeatureStore.open(stores / name).ids) == stored | set(test_ids)
+    assert [p.name for p in stores.iterdir()] == [name]
 
 
 def test_a_contradicting_option_is_refused_before_anything_is_written(moved_bundle):

@@ -22,7 +22,8 @@ def _workflow(bundle_root, data_dir, weights, **extra):
 @pytest.mark.parametrize("mode", ["preload", "online"])
 def test_training_in_both_modes(tmp_path, tiny_bundle_data, mode):
     data_dir, weights = tiny_bundle_data
-    wf = _workflow(tmp_path, data_dir, weights, mode=mode)
+    bundle = tmp_path / "bundle"
+    wf = _workflow(bundle, data_dir, weights, mode=mode)
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
@@ -30,17 +31,21 @@ def test_training_in_both_modes(tmp_path, tiny_bundle_data, mode):
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     wf.finalize()
     assert set(metrics) == {"val_auc", "val_acc", "val_f1", "val_precision", "val_recall", "val_kappa", "val_loss"}
-    models = tmp_path / "models"
+    models = bundle / "models"
     assert {"model.pt", "last.pt", "model_final.pt"} <= set(os.listdir(models))
     last = torch.load(models / "last.pt", weights_only=True)
     assert last["trainer"]["epoch"] == 2 and "optimizer" in last and "lr_scheduler" in last
     if mode == "preload":
         assert network.lpm is None  # trained from stored tokens: the frozen model was never loaded
         dl = datalist_from_json(data_dir / "datalist.json")
-        store = FeatureStore.open(next((tmp_path / "tokens").iterdir()))
+        # the store beside the bundle, named after its settings (fpt_monai.data.store_location)
+        (store_dir,) = (tmp_path / "feature_stores").iterdir()
+        assert store_dir.name.startswith("vit_tiny_patch16_224_64_")
+        store = FeatureStore.open(store_dir)
         store.require(i["id"] for i in dl["training"] + dl["validation"])
     else:
         assert network.lpm is not None
+        assert not (tmp_path / "feature_stores").exists()  # online: no store
     # the best checkpoint loads strictly into a full model built from the same weight file
     full = FPT(num_classes=2, backbone="vit_tiny_patch16_224", pretrained=str(weights), img_size=64, side_img_size=32)
     full.load_state_dict(torch.load(models / "model.pt", weights_only=True), strict=True)
@@ -98,12 +103,14 @@ def test_wrong_num_classes_and_missing_dataset(tmp_path, tiny_bundle_data):
 
 def test_stale_feature_store_is_refused(tmp_path, tiny_bundle_data):
     data_dir, weights = tiny_bundle_data
-    wf = _workflow(tmp_path, data_dir, weights, epochs=1)
+    # a store folder named outright (--store_dir); the default one is named after its settings, so it never is stale
+    store_dir = str(tmp_path / "store")
+    wf = _workflow(tmp_path / "bundle", data_dir, weights, epochs=1, store_dir=store_dir)
     wf.initialize()
     wf.run()
     wf.finalize()
     # same store folder, other settings; starting afresh (resuming another model is refused before, by the record)
-    wf = _workflow(tmp_path, data_dir, weights, epochs=1, token_ratio=0.5, resume=False)
+    wf = _workflow(tmp_path / "bundle", data_dir, weights, epochs=1, token_ratio=0.5, resume=False, store_dir=store_dir)
     with pytest.raises(Exception) as info:
         wf.initialize()
         wf.run()
@@ -146,7 +153,8 @@ def test_a_resident_store_trains_exactly_as_reading_it(tmp_path, tiny_bundle_dat
     for resident in ("true", "false"):
         root = tmp_path / resident
         with caplog.at_level(logging.INFO, logger="fpt_monai.data.resident"):
-            wf = _workflow(root, data_dir, weights, resident_store=resident, epochs=1)
+            # a store of its own: both runs preload (the preload draws on the random state the training then uses)
+            wf = _workflow(root, data_dir, weights, resident_store=resident, epochs=1, store_root=str(root / "stores"))
             wf.initialize()
             wf.run()
             assert (wf.parser.get_parsed_content("resident_tokens") is not None) == (resident == "true")

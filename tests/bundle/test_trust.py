@@ -24,10 +24,11 @@ INFERENCE = str(REPO_ROOT / "bundle" / "configs" / "inference.yaml")
 
 
 def _copy_bundle(source: Path, dest: Path) -> Path:
-    """A copy of a trained bundle's models/ (and feature store) to tamper with."""
+    """A copy of a trained bundle's models/ (and of its feature store, beside it in feature_stores/) to tamper with."""
     shutil.copytree(source / "models", dest / "models")
-    if (source / "tokens").is_dir():
-        shutil.copytree(source / "tokens", dest / "tokens")
+    store = json.loads((source / "models" / "model_config.json").read_text())["training_settings"]["store_dir"]
+    if store.startswith("../feature_stores/") and (source / store).is_dir():
+        shutil.copytree(source / store, dest / store, dirs_exist_ok=True)  # copies beside each other share it
     return dest
 
 
@@ -98,7 +99,8 @@ def test_evaluation_never_writes_or_deletes_outside_the_bundle(trained_tiny_bund
     (victim / "shards" / "keep_me.npy").write_bytes(b"precious")
     (victim / "shards" / ".keep_me_hidden").write_bytes(b"precious too")
     before = sorted(p.name for p in tmp_path.iterdir())
-    for store_dir in (str(victim), "../../../x", "/tmp/fpt_monai_outside_store"):
+    # (the store root beside the bundle, feature_stores/, is trusted like the bundle; ../ out of it is not)
+    for store_dir in (str(victim), "../../../x", "/tmp/fpt_monai_outside_store", "../feature_stores/../victim"):
         _edit_record(bundle, lambda r, s=store_dir: r["training_settings"].update(store_dir=s))
         wf = make_workflow(EVAL_CONFIGS, bundle, data_dir, weights, workflow_type="infer")
         with pytest.raises(Exception) as info:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,7 @@ def weights(tmp_path):
     return path
 
 
-def _write(tmp_path, weights, **extra):
+def _write(tmp_path, weights, store_dir=None, **extra):
     bundle = tmp_path / "bundle"
     net = FPT(num_classes=2, pretrained=False, frozen_model=False, side_img_size=32, **TINY)
     settings = {
@@ -59,7 +60,7 @@ def _write(tmp_path, weights, **extra):
         "preload_precision": "fp32",
         "store_fields": ("tokens",),
         "side_view": True,
-        "store_dir": bundle / "tokens" / "s",
+        "store_dir": store_dir if store_dir is not None else bundle / "tokens" / "s",
         "dataset_dir": tmp_path / "data",
     }
     path = bundle / "models" / "model_config.json"
@@ -91,6 +92,34 @@ def test_record_round_trip_with_portable_paths(tmp_path, weights):
     assert record["_assumed"] == [] and record["store_fields"] == ["tokens"] and record["mode"] == "preload"
     assert recorded_weights(record) == str(weights.resolve())
     check_model_settings(record, pretrained=recorded_weights(record), **{k: record[k] for k in MODEL_SETTINGS})
+
+
+def test_a_store_beside_the_bundle_is_recorded_relative_and_trusted(tmp_path, weights):
+    """train.yaml's default store root is <parent>/feature_stores, shared with the sibling bundles: a store there is
+    recorded as ../feature_stores/<name>, found again when the folder of bundles moves, and accepted without being
+    named; a path that leaves that folder (or names the folder itself, or another sibling) is not."""
+    runs = tmp_path / "runs"
+    bundle, path = _write(runs, weights, store_dir=runs / "feature_stores" / "s")
+    raw = json.loads(path.read_text())
+    assert raw["training_settings"]["store_dir"] == "../feature_stores/s"
+    # elsewhere (not beside the bundle): absolute, as before
+    _write(tmp_path / "other", weights, store_dir=tmp_path / "feature_stores" / "s")
+    other = json.loads((tmp_path / "other" / "bundle" / "models" / "model_config.json").read_text())
+    assert other["training_settings"]["store_dir"] == str((tmp_path / "feature_stores" / "s").resolve())
+
+    moved = tmp_path / "moved_runs"
+    shutil.move(str(runs), moved)
+    record = read_model_config(moved / "bundle" / "models" / "model_config.json", bundle_root=moved / "bundle")
+    store = recorded_location(record, "store_dir", moved / "bundle")
+    assert Path(store).resolve() == (moved / "feature_stores" / "s").resolve()
+    for bad in ("../feature_stores/../victim", "../feature_stores", "../victim"):
+        record["store_dir"] = str(moved / "bundle" / bad)
+        with pytest.raises(ModelConfigError, match=r"store_dir .* is outside the bundle .*Pass --store_dir <folder>"):
+            recorded_location(record, "store_dir", moved / "bundle")
+    # only the store: a dataset or datalist there is not trusted
+    record["dataset_dir"] = str(moved / "feature_stores" / "s")
+    with pytest.raises(ModelConfigError, match="dataset_dir .* is outside the bundle"):
+        recorded_location(record, "dataset_dir", moved / "bundle")
 
 
 def test_baselines_are_named_by_their_class(tmp_path):

@@ -42,7 +42,7 @@ RECORD = {
         "preload_precision": "fp32",
         "store_fields": ["tokens"],
         "side_view": True,
-        "store_dir": "tokens/fpt_plus_vit_small_patch14_dinov2_518",
+        "store_dir": "../feature_stores/vit_small_patch14_dinov2_518_3f9a0c1b2d4e",
         "dataset_dir": "/data/us",
         "datalist_file": "models/datalist.json",
         "datalist_source": "/data/us/datalist.json",
