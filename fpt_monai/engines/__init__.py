@@ -36,6 +36,15 @@ from fpt_monai.engines.model_record import (
     recorded_weights,
     write_model_config,
 )
+from fpt_monai.engines.operating_point import (
+    CalibrationError,
+    OperatingPointChooser,
+    apply_calibration,
+    check_calibration,
+    check_operating_point_options,
+    decide,
+    describe_calibration,
+)
 from fpt_monai.engines.prepare_batch import FPTPrepareBatch
 from fpt_monai.engines.record_schema import RecordSchemaError, class_name_problem, validate_record
 from fpt_monai.engines.reports import (
@@ -99,6 +108,13 @@ __all__ = [
     "NonFiniteLossError",
     "PredictionCollector",
     "PredictionWriter",
+    "CalibrationError",
+    "OperatingPointChooser",
+    "apply_calibration",
+    "check_calibration",
+    "check_operating_point_options",
+    "decide",
+    "describe_calibration",
     "RunLock",
     "RunLockedError",
     "RecordSchemaError",
