@@ -124,9 +124,27 @@ def test_linear_probe_trains_from_stored_pooled_features_and_classifies_images(t
 
 def test_a_store_without_pooled_features_gets_them_added(tmp_path, tiny_bundle_data):
     data_dir, weights = tiny_bundle_data
-    _train([TRAIN_CONFIG], tmp_path / "plain", data_dir, weights, epochs=1)
+    # a store as an older fpt_monai (or the preload command without --pooled) wrote it: tokens only. The bundle's
+    # own preload stores the pooled features too, so the store is written here with the bundle's settings
+    from fpt_monai.data.preload import preload
+    from fpt_monai.networks import FrozenViTExtractor
+
+    wf = make_workflow([TRAIN_CONFIG], tmp_path / "plain", data_dir, weights, store_root=str(tmp_path / "tokens"))
+    parsed = wf.parser.get_parsed_content
+    mean, std = parsed("norm")
+    datalist = parsed("datalist")
+    preload(
+        datalist["training"] + datalist["validation"],
+        FrozenViTExtractor(**parsed("extractor_kwargs")),
+        parsed("store_dir"),
+        mean,
+        std,
+        progress=False,
+    )
     (store_dir,) = (tmp_path / "tokens").iterdir()
     assert FeatureStore.open(store_dir).fields == ("tokens",)
+    _train([TRAIN_CONFIG], tmp_path / "plain", data_dir, weights, epochs=1)
+    assert FeatureStore.open(store_dir).fields == ("tokens",)  # an older store is not extracted again for them
     tokens_before = {p.name: p.stat().st_mtime_ns for p in store_dir.glob("shards/r000-*")}
     _train([TRAIN_CONFIG, str(METHODS / "fpt_plus_hybrid.yaml")], tmp_path / "hybrid", data_dir, weights, epochs=1)
     assert FeatureStore.open(store_dir).fields == ("tokens", "pooled")

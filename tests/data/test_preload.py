@@ -208,10 +208,12 @@ def test_ensure_feature_store_refuses_a_folder_that_is_not_a_store_before_loadin
     assert sorted(p.name for p in other.iterdir()) == ["shards"]
     store = ensure_feature_store(dl["test"], tmp_path / "s", MEAN, STD, kwargs, progress=False)
     assert len(store) == 4
+    shards = sorted((tmp_path / "s" / "shards").iterdir())  # tokens and pooled features: data and index each
+    assert len(shards) == 4
     (tmp_path / "s" / "manifest.json").unlink()
     with pytest.raises(CorruptStoreError, match="no manifest.json"):
         ensure_feature_store(dl["test"], tmp_path / "s", MEAN, STD, kwargs, progress=False)
-    assert not (tmp_path / "s" / "manifest.json").exists() and len(list((tmp_path / "s" / "shards").iterdir())) == 2
+    assert not (tmp_path / "s" / "manifest.json").exists() and sorted((tmp_path / "s" / "shards").iterdir()) == shards
 
 
 @pytest.mark.slow

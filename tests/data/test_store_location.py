@@ -188,19 +188,41 @@ def test_the_linear_probe_and_fpt_plus_preload_once_into_one_store_that_moves_wi
     assert [p.name for p in (moved / "feature_stores").iterdir()] == [store.name] and not runs.exists()
 
 
-def test_fpt_plus_first_then_the_probe_adds_only_the_pooled_features(tmp_path, tiny_bundle_data):
-    """The other order: FPT+ stores the tokens; the probe's preload adds its pooled features to the same store and
-    stores no token twice (a store gains a missing field)."""
+def test_fpt_plus_first_then_the_probe_preloads_nothing(tmp_path, tiny_bundle_data):
+    """The other order: FPT+'s preload runs the frozen model anyway and stores the pooled features beside the tokens
+    (almost free), so the probe trained afterwards on the same data finds everything and extracts nothing."""
     data_dir, weights = tiny_bundle_data
     runs = tmp_path / "runs"
     run_workflow(TRAIN_CONFIG, runs / "my_fpt", data_dir, weights, epochs=1)
     (store,) = (runs / "feature_stores").iterdir()
-    tokens = [s for s in _shards(runs / "feature_stores") if not Path(s[0]).name.startswith("pooled-")]
-    assert tokens and FeatureStore.open(store).fields == ("tokens",)
+    before = _shards(runs / "feature_stores")
+    assert any(Path(s[0]).name.startswith("pooled-") for s in before)
+    assert FeatureStore.open(store).fields == ("tokens", "pooled")
     run_workflow(PROBE_CONFIGS, runs / "my_probe", data_dir, weights, epochs=1)
     assert [p.name for p in (runs / "feature_stores").iterdir()] == [store.name]
-    after = _shards(runs / "feature_stores")
-    assert [s for s in after if not Path(s[0]).name.startswith("pooled-")] == tokens
-    assert FeatureStore.open(store).fields == ("tokens", "pooled") and _store_dir(runs / "my_probe") == _store_dir(
-        runs / "my_fpt"
+    assert _shards(runs / "feature_stores") == before  # nothing extracted again
+    assert _store_dir(runs / "my_probe") == _store_dir(runs / "my_fpt")
+
+
+def test_evaluating_another_dataset_uses_a_store_of_its_own_images(tmp_path, tiny_bundle_data):
+    """Another --dataset_dir whose ids equal the training's (images/test/...) must not read the training images'
+    features: its store is named after its own images."""
+    from fpt_monai.data import make_demo_dataset
+
+    data_dir, weights = tiny_bundle_data
+    runs = tmp_path / "runs"
+    run_workflow(TRAIN_CONFIG, runs / "my_fpt", data_dir, weights, epochs=1)
+    (trained,) = (runs / "feature_stores").iterdir()
+    other = tmp_path / "other_site"
+    make_demo_dataset(other, per_class=6, size=96, seed=7)  # the same ids, other pixels
+    assert (
+        datalist_from_json(other / "datalist.json")["test"][0]["id"]
+        == datalist_from_json(data_dir / "datalist.json")["test"][0]["id"]
+    )
+    run_workflow(EVAL_CONFIGS, runs / "my_fpt", other, weights, workflow_type="infer")
+    stores = sorted(p.name for p in (runs / "feature_stores").iterdir())
+    assert len(stores) == 2 and trained.name in stores
+    (new,) = [p for p in (runs / "feature_stores").iterdir() if p.name != trained.name]
+    assert sorted(FeatureStore.open(new).ids) == sorted(
+        str(i["id"]) for i in datalist_from_json(other / "datalist.json")["test"]
     )

@@ -350,29 +350,41 @@ def ensure_feature_store(
     settings = store_settings(
         skeleton, mean, std, weights=weights_id(kwargs.get("pretrained", True)), precision=precision
     )
+    # the frozen model runs anyway: its pooled features come almost free (the final norm of the last block), so a
+    # store that holds them for every item keeps doing so; a linear probe or the hybrid head trained on the same
+    # data later finds them instead of running the frozen model again. Not for an older store whose items lack them
+    # (that would extract every item again).
     if Path(store_dir, "manifest.json").is_file():
         store = FeatureStore.open(store_dir, settings, dtype, skeleton.token_shape)
         if all(
             field in store.fields and not store.missing((str(item["id"]) for item in items), field) for field in fields
         ):
             return store
+        also_pooled = POOLED not in fields and POOLED in store.fields and not store.missing(store.ids, POOLED)
     else:  # a folder that is not a store (or shards without a manifest) is refused before the frozen model loads
         FeatureStore.open_or_create(store_dir, settings, skeleton.token_shape, dtype)
+        also_pooled = POOLED not in fields
+    if also_pooled:
+        fields, kwargs["pooled"] = (*fields, POOLED), True
     extractor = FrozenViTExtractor(**kwargs)
-    report = preload(
-        items,
-        extractor,
-        store_dir,
-        mean,
-        std,
-        dtype=dtype,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        progress=progress,
-        fields=fields,
-        precision=precision,
-    )
+    # the preload's own random draws (its DataLoader's seed) must not shift the training's: with shared stores a
+    # run finds its store ready or not, and its results must not depend on which
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        report = preload(
+            items,
+            extractor,
+            store_dir,
+            mean,
+            std,
+            dtype=dtype,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            progress=progress,
+            fields=fields,
+            precision=precision,
+        )
     del extractor
     gc.collect()
     if torch.cuda.is_available():
