@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_WEIGHT_DECAYS",
     "PROBE_SELECTION_FORMAT",
     "choose_probe_settings",
+    "recorded_probe_choice",
 ]
 
 logger = logging.getLogger(__name__)
@@ -312,6 +313,28 @@ def _read_record(path: Path) -> dict | None:
         logger.warning("%s: not a probe selection record; the linear probe's settings are chosen again.", path)
         return None
     return record
+
+
+def recorded_probe_choice(
+    path: str | os.PathLike, weight_decay: float | str | None = None, learning_rate: float | str | None = None
+) -> dict:
+    """The weight decay and learning rate a trained probe's bundle chose (``models/probe_selection.json``), for
+    evaluation's MLflow parameters: evaluation never searches. Values given as numbers win; a setting neither given
+    nor recorded (a bundle trained before the search existed) is ``None``.
+
+    The file is the bundle's data: only finite numbers are taken from it.
+    """
+    given = {"weight_decay": _setting(weight_decay, "weight_decay"), "learning_rate": _setting(learning_rate, "lr")}
+    record = _read_record(Path(path)) if Path(path).is_file() else None
+    chosen = record.get("chosen", {}) if isinstance(record, dict) and isinstance(record.get("chosen"), dict) else {}
+    out: dict[str, Any] = {"searched": []}
+    for key, value in given.items():
+        stored = chosen.get(key)
+        ok = isinstance(stored, (int, float)) and not isinstance(stored, bool) and math.isfinite(stored)
+        out[key] = value if value is not None else (float(stored) if ok else None)
+        if value is None and ok and key in (record.get("searched") or []):
+            out["searched"].append(key)
+    return out
 
 
 def _distributed() -> bool:

@@ -53,7 +53,14 @@ def test_the_probe_trains_with_the_settings_chosen_on_validation(tmp_path, tiny_
         assert _optimizer_settings(again) == (chosen["weight_decay"], chosen["learning_rate"])
         evaluation = run_workflow([*PROBE, EVAL_CONFIG], root, data_dir, weights, store_root=store_root)
         assert evaluation.parser.get_parsed_content("hyper_params")["weight_decay"] == chosen["weight_decay"]
-    assert "linear probe: chose" not in caplog.text and caplog.text.count("as chosen before") == 2
+        # evaluation reads the recorded choice and never searches, also on another dataset
+        from fpt_monai.data import make_demo_dataset
+
+        other = tmp_path / "other_site"
+        make_demo_dataset(other, per_class=6, size=96, seed=3)
+        elsewhere = run_workflow([*PROBE, EVAL_CONFIG], root, other, weights, store_root=store_root)
+        assert elsewhere.parser.get_parsed_content("hyper_params")["learning_rate"] == chosen["learning_rate"]
+    assert "linear probe: chose" not in caplog.text and caplog.text.count("as chosen before") == 1
     assert record_file.read_text() == text and (root / "eval" / "metrics.json").is_file()
 
 
