@@ -10,7 +10,7 @@ Usage (the ISIC study's store: DINOv2 ViT-S/14 at 518 px, FPT+; fold 0 of output
 
     W=../shared/data/vit_small_patch14_dinov2_imgfocus/vit_small_patch14_dinov2_imgfocus.fp16.safetensors
     python scripts/bench_epoch.py --datalist outputs/study_isic518/folds/fold0/datalist.json \\
-        --store-dir outputs/study_isic518/tokens/fpt_plus_vit_small_patch14_dinov2_518 \\
+        --store-dir "$(echo outputs/study_isic518/tokens/vit_small_patch14_dinov2_518_*)" \\
         --set backbone=vit_small_patch14_dinov2 --set img_size=518 --set side_img_size=126 \\
         --set normalization=backbone --set pretrained=$W --epochs 3
 
