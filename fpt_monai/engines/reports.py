@@ -239,11 +239,17 @@ def checkpoint_report(
     Returns:
         The point metrics of :func:`classification_metrics` and ``balanced_acc``, ``n``, ``ece`` (expected
         calibration error); ``ci``: ``{metric: [low, high]}`` for ``auc``, ``acc``, ``balanced_acc`` and, per
-        class, ``auc/<class>``, ``sensitivity/<class>``, ``specificity/<class>``; ``per_class``: ``{class:
+        class, ``auc/<class>`` (bootstrap), ``sensitivity/<class>``, ``specificity/<class>`` (Wilson's interval:
+        their denominators are fixed by the labels); ``per_class``: ``{class:
         {sensitivity, specificity, ppv, npv, f1, auc, support}}``; ``confusion_matrix`` (rows = true class);
         ``ci_level`` and ``bootstrap_resamples``.
     """
-    from fpt_monai.engines.statistics import bootstrap_intervals, expected_calibration_error, per_class_metrics
+    from fpt_monai.engines.statistics import (
+        bootstrap_intervals,
+        expected_calibration_error,
+        per_class_metrics,
+        wilson_interval,
+    )
 
     names = list(class_names)
     point = classification_metrics(probs, labels, len(names), ordinal=ordinal)
@@ -255,6 +261,15 @@ def checkpoint_report(
     for key, interval in intervals.items():
         metric, _, cls = key.partition("/")
         ci[_INTERVAL_NAMES.get(metric, metric) + (f"/{cls}" if cls else "")] = [interval.low, interval.high]
+    # a class's sensitivity and specificity are proportions whose denominators the stratified resampling keeps fixed:
+    # Wilson's interval is their analytic counterpart and does not collapse on a small class (3 of 3 found: [0.44, 1],
+    # where the bootstrap says [1, 1])
+    matrix = np.asarray(detail["confusion_matrix"])
+    for k, cls in enumerate(names):
+        tp, positives = matrix[k, k], matrix[k].sum()
+        tn = matrix.sum() - positives - matrix[:, k].sum() + tp
+        ci[f"sensitivity/{cls}"] = list(wilson_interval(float(tp), float(positives), confidence))
+        ci[f"specificity/{cls}"] = list(wilson_interval(float(tn), float(matrix.sum() - positives), confidence))
     return {
         **point,
         "balanced_acc": detail["balanced_accuracy"],

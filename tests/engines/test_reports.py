@@ -49,3 +49,19 @@ def test_a_checkpoint_report_puts_an_interval_beside_each_figure():
     assert {"auc_ci_low", "auc_ci_high", "ppv_a", "npv_c", "f1_b", "ece", "n"} <= set(flat)
     assert "kappa_quadratic" not in flat
     assert "kappa_quadratic" in checkpoint_report(probs, labels, ["a", "b", "c"], ordinal=True, n_resamples=50)
+
+
+def test_a_small_class_keeps_an_honest_interval():
+    """3 of 3 found: the stratified bootstrap can only say [1, 1]; Wilson's interval says [0.44, 1]."""
+    from fpt_monai.engines.statistics import wilson_interval
+
+    labels = np.array([0] * 20 + [1] * 3)
+    probs = np.tile([[0.9, 0.1]], (23, 1))
+    probs[20:] = [0.2, 0.8]
+    probs[:2] = [0.3, 0.7]  # two false positives
+    report = checkpoint_report(probs, labels, ["benign", "malignant"], n_resamples=200)
+    assert report["per_class"]["malignant"]["sensitivity"] == 1.0
+    assert report["ci"]["sensitivity/malignant"] == pytest.approx(list(wilson_interval(3, 3)))
+    assert report["ci"]["sensitivity/malignant"][0] < 0.5
+    assert report["ci"]["specificity/malignant"] == pytest.approx(list(wilson_interval(18, 20)))
+    assert report["ci"]["sensitivity/benign"] == pytest.approx(list(wilson_interval(18, 20)))
