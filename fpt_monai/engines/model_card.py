@@ -218,16 +218,58 @@ def _card(record: Mapping, identity: Mapping, bundle_root: Path) -> str:
     if isinstance(run, dict) and isinstance(run.get("params"), dict):
         shown.update({k: v for k, v in run["params"].items() if k not in shown})
     lines += [f"| {k} | {v} |" for k, v in sorted(shown.items())]
+    from fpt_monai.engines.operating_point import describe_calibration
+
+    lines += ["", "## Decision rule", ""]
+    rule = describe_calibration(record.get("calibration"))
+    lines += [f"- {line}" for line in rule] or ["- the most probable class (no operating point chosen on validation)"]
     metrics = _read_json(bundle_root / "eval" / "metrics.json")
     if isinstance(metrics, dict) and metrics:
-        keys = [k for k in ("n", "auc", "acc", "f1", "kappa") if k in next(iter(metrics.values()), {})]
-        lines += ["", "## Test metrics (eval/metrics.json)", "", "| weights | " + " | ".join(keys) + " |"]
+        keys = [
+            k
+            for k in ("n", "auc", "acc", "balanced_acc", "f1", "kappa", "ece")
+            if k in next(iter(metrics.values()), {})
+        ]
+        lines += [
+            "",
+            "## Test metrics (eval/metrics.json, 95 % intervals)",
+            "",
+            "| weights | " + " | ".join(keys) + " |",
+        ]
         lines.append("|---" * (len(keys) + 1) + "|")
         for which, values in metrics.items():
             if isinstance(values, dict):
-                cells = [f"{values[k]:.4f}" if isinstance(values.get(k), float) else str(values.get(k)) for k in keys]
-                lines.append(f"| {which} | " + " | ".join(cells) + " |")
+                lines.append(f"| {which} | " + " | ".join(_cell(values, k) for k in keys) + " |")
+        for which, values in metrics.items():
+            if not isinstance(values, dict):
+                continue
+            per_class = values.get("per_class") if isinstance(values.get("per_class"), dict) else {}
+            if per_class:
+                lines.append(
+                    f"\n{which} weights, sensitivity per class: "
+                    + ", ".join(f"{c} {_cell(values, f'sensitivity/{c}')}" for c in per_class)
+                )
+            point = values.get("operating_point")
+            if isinstance(point, dict) and isinstance(point.get("ci"), dict):
+                lines.append(
+                    f"\n{which} weights at the operating point ({point.get('positive_class')} when p >= "
+                    f"{point.get('threshold', float('nan')):.3f}): sensitivity {_cell(point, 'sensitivity')}, "
+                    f"specificity {_cell(point, 'specificity')}"
+                )
     return "\n".join(lines) + "\n"
+
+
+def _cell(values: Mapping, key: str) -> str:
+    """``"0.912 [0.850, 0.962]"`` for ``key`` of a metrics.json entry (``"<figure>/<class>"`` for per-class ones)."""
+    figure, _, cls = key.partition("/")
+    value = values.get("per_class", {}).get(cls, {}).get(figure) if cls else values.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    text = f"{value:.4f}" if isinstance(value, float) else str(value)
+    low_high = values.get("ci", {}).get(key) if isinstance(values.get("ci"), dict) else None
+    if isinstance(low_high, list) and len(low_high) == 2 and all(isinstance(v, (int, float)) for v in low_high):
+        text += f" [{low_high[0]:.3f}, {low_high[1]:.3f}]"
+    return text
 
 
 def write_model_identity(bundle_root: str | os.PathLike, template: Mapping | None = None) -> dict:

@@ -52,6 +52,9 @@ def test_chosen_on_validation_and_applied_everywhere(tmp_path, tiny_bundle_data,
     assert point["tp"] == int((called & (labels == 1)).sum()) and point["tn"] == int((~called & (labels == 0)).sum())
     low, high = point["ci"]["sensitivity"]
     assert low <= point["sensitivity"] <= high
+    card = (root / "models" / "model_card.md").read_text()  # the card a clinician reads: the rule and its figures
+    assert "## Decision rule" in card and "operating point: abnormal when p(abnormal) >=" in card
+    assert "best weights at the operating point (abnormal when p >=" in card and "sensitivity per class" in card
     flat = next(csv.DictReader(open(root / "eval" / "metrics.csv")))
     assert float(flat["op_threshold"]) == pytest.approx(calibration["operating_point"]["threshold"])
 
