@@ -360,6 +360,9 @@ def evaluate_checkpoints(
     output_dir.mkdir(parents=True, exist_ok=True)
     collector = PredictionCollector()
     collector.attach(evaluator)
+    # the evaluator's own lines ("Got new best metric of val_auc", "Epoch[1] Complete") name test figures val_* and
+    # compare the second checkpoint with the first: ours below say which checkpoint each figure is
+    evaluator.logger.setLevel(max(evaluator.logger.getEffectiveLevel(), logging.WARNING))
     results: dict[str, dict] = {}
     files: list[Path] = []
     for name, path in checkpoints.items():

@@ -94,3 +94,21 @@ def test_evaluate_an_empty_split_names_the_datalist_before_writing(tmp_path, tin
     # evaluation reads training's copy of its datalist, kept inside the bundle (issue 19)
     assert str(tmp_path / "bundle" / "models" / "datalist.json") in text and "the test split is empty" in text
     assert not (tmp_path / "bundle" / "eval").exists()
+
+
+def test_evaluation_names_its_lines_test_best_and_test_final(tmp_path, trained_tiny_bundle, caplog):
+    """Issue 20: no val_* line for test figures, no first checkpoint's 'best value' given to the second; one line
+    per checkpoint named for it, with intervals, and a 'wrote' line per file."""
+    import shutil
+
+    source, data_dir, weights = trained_tiny_bundle
+    root = tmp_path / "bundle"
+    shutil.copytree(source, root, ignore=shutil.ignore_patterns("eval"))
+    with caplog.at_level("INFO"):
+        _run([TRAIN_CONFIG, EVAL_CONFIG], root, data_dir, weights)
+    text = caplog.text
+    assert "val_auc" not in text and "val_acc" not in text and "Key metric" not in text
+    assert "test_best (model.pt, n=" in text and "test_final (model_final.pt, n=" in text
+    assert "95 % CI" in text and "test_best sensitivity per class" in text
+    for name in ("metrics.json", "metrics.csv", "predictions_best.csv", "confusion_final.png", "reliability_best.png"):
+        assert f"wrote {root / 'eval' / name}" in text
