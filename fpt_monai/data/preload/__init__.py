@@ -364,7 +364,11 @@ def ensure_feature_store(
     else:  # a folder that is not a store (or shards without a manifest) is refused before the frozen model loads
         FeatureStore.open_or_create(store_dir, settings, skeleton.token_shape, dtype)
         also_pooled = POOLED not in fields
-    if also_pooled:
+    import torch.distributed as dist
+
+    # under torchrun every rank must ask for the same fields, and a rank may see the store another rank just created:
+    # the extra field only for a single process
+    if also_pooled and not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         fields, kwargs["pooled"] = (*fields, POOLED), True
     extractor = FrozenViTExtractor(**kwargs)
     # the preload's own random draws (its DataLoader's seed) must not shift the training's: with shared stores a
