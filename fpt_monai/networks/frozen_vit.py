@@ -24,7 +24,21 @@ from fpt_monai.networks.backbone import POS_INTERP_MODES, create_vit_backbone
 from fpt_monai.networks.layers import parse_layers
 from fpt_monai.networks.token_selection import TOKEN_IMPORTANCE_MODES, num_selected_tokens, select_important_tokens
 
-__all__ = ["FrozenViTExtractor"]
+__all__ = ["IMPORTANCE_PATHS", "FrozenViTExtractor"]
+
+IMPORTANCE_PATHS = ("auto", "tiled", "batched")
+_LOG2E = 1.4426950408889634  # scores in base 2: exp2 is about twice as fast as exp on CPU, the same softmax
+_TILE_BYTES = 2**21  # the tiled path's scores buffer [N, tile] of one head: about the size of a core's L2 cache
+
+
+def _tile_width(num_tokens: int, query_chunk_size: int) -> int:
+    """Queries per tile: a power of two in [64, 256] (MKL's GEMMs are slower at other widths, e.g. 48) whose fp32
+    scores buffer ``[N, width]`` stays near :data:`_TILE_BYTES` (measured on CPU: 256 best at 1,370 tokens, 64 at
+    5,477 and 21,317), at most ``query_chunk_size`` when that is set."""
+    width = 64
+    while width < 256 and 2 * width * num_tokens * 4 <= _TILE_BYTES:
+        width *= 2
+    return min(width, query_chunk_size) if query_chunk_size > 0 else width
 
 
 def _autocast_active(device_type: str) -> bool:
@@ -44,11 +58,95 @@ def _finish_block(blk: nn.Module, x: torch.Tensor, y: torch.Tensor, heads_out: t
     return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
 
+def _portable_graph() -> bool:
+    """Whether the forward is being traced, compiled or exported: the per-(sample, head) loops of the tiled path
+    would be unrolled into the graph for one batch size, so the batched path is used there."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or exporting()
+
+
+def _tiled_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, need_output: bool, tile: int
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Exact attention output and global importance (mean over queries of the softmax rows), fp32, one pass.
+
+    Per sample and head, the scores of ``tile`` queries are computed transposed (``[N_keys, tile]``, ``k @ q^T``:
+    MKL's GEMM into that layout is about twice as fast on CPU as ``q @ k^T`` into ``[tile, N]``) into one buffer
+    that is reused, so it stays in cache, and the same exponentials give the attention output and the column sums.
+    The batched path instead materialises ``[B, H, chunk, N]`` scores for all heads at once (tens of MB at 1,036
+    px), which streams through memory several times per chunk. ``q`` is already scaled; all fp32.
+
+    Returns:
+        ``(output [B, H, N, head_dim] or None, importance [B, H, N])``.
+    """
+    B, H, N, hd = q.shape
+    qs = (q * _LOG2E).reshape(B * H, N, hd)
+    kk, vv = k.reshape(B * H, N, hd), v.reshape(B * H, N, hd)
+    importance = torch.zeros(B * H, N, device=q.device, dtype=torch.float32)
+    out = torch.empty(B * H, N, hd, device=q.device, dtype=torch.float32) if need_output else None
+    width = max(1, min(tile, N))
+    buf = torch.empty(N, width, device=q.device, dtype=torch.float32)
+    tail = torch.empty(N, N % width, device=q.device, dtype=torch.float32)
+    for bh in range(B * H):
+        k_bh, v_bh, q_bh, imp_bh = kk[bh], vv[bh], qs[bh], importance[bh]
+        for start in range(0, N, width):
+            cols = min(width, N - start)
+            s = buf if cols == width else tail
+            torch.mm(k_bh, q_bh[start : start + cols].t(), out=s)  # [keys, queries], log2 units
+            s.sub_(s.amax(dim=0, keepdim=True)).exp2_()
+            inv_sum = s.sum(dim=0).reciprocal_()  # [queries]
+            imp_bh.addmv_(s, inv_sum)  # column sums of the softmax rows of these queries
+            if out is not None:
+                o = out[bh, start : start + cols]
+                torch.mm(s.t(), v_bh, out=o)
+                o.mul_(inv_sum.unsqueeze(1))
+    return (None if out is None else out.view(B, H, N, hd)), importance.view(B, H, N) / N
+
+
+# From this many tokens the tiled path takes the block output and its log-sum-exp from the fused kernel and sums the
+# columns of exp(QK^T - lse) in key x query blocks that stay in cache (measured on CPU with DINOv2 ViT-S/14, in CPU
+# time relative to the fused kernel: 1.65x against 1.66x at 5,477 tokens, 1.73x against 1.99x at 21,317).
+_LSE_MIN_TOKENS = 8192
+_LSE_BLOCK = (512, 256)  # keys x queries: 512 KB of fp32 scores
+_flash_cpu = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _fused_attention_with_importance(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output and global importance for many tokens (CPU, fp32, ``q`` already scaled): the output and
+    the row log-sum-exp from the fused kernel, then the column sums of ``2^(q k log2(e) - lse log2(e))`` with the
+    ``-lse`` term folded into the GEMM as a 65th column, in ``_LSE_BLOCK`` blocks."""
+    B, H, N, hd = q.shape
+    out, lse = _flash_cpu(q, k, v, 0.0, False, scale=1.0)
+    qa = torch.cat([q * _LOG2E, (lse.float() * -_LOG2E).unsqueeze(-1)], dim=-1).reshape(B * H, N, hd + 1)
+    ka = torch.cat([k, torch.ones_like(k[..., :1])], dim=-1).reshape(B * H, N, hd + 1)
+    importance = torch.zeros(B * H, N, device=q.device, dtype=torch.float32)
+    kb, qb = _LSE_BLOCK
+    buf = torch.empty(kb, qb, device=q.device, dtype=torch.float32)
+    for bh in range(B * H):
+        for j in range(0, N, kb):
+            keys, col_sums = ka[bh, j : j + kb], importance[bh, j : j + kb]
+            for start in range(0, N, qb):
+                queries = qa[bh, start : start + qb]
+                full = keys.shape[0] == kb and queries.shape[0] == qb
+                p = torch.mm(keys, queries.t(), out=buf) if full else keys @ queries.t()
+                col_sums.add_(p.exp2_().sum(dim=1))
+    return out, importance.view(B, H, N) / N
+
+
+def _class_token_importance(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The class token's attention row ``[B, H, N]`` in fp32 (``q`` already scaled)."""
+    with torch.autocast(q.device.type, enabled=False):
+        return torch.softmax(q[:, :, :1].float() @ k.float().transpose(-2, -1), dim=-1)[:, :, 0]
+
+
 class FrozenViTExtractor(nn.Module):
     """Frozen timm Vision Transformer that extracts the keys and values of its top-k tokens.
 
     In every extracted block the self-attention is evaluated explicitly (timm's fused attention hides the
-    probabilities), token importance is computed from the post-softmax attention map and, per sample and head, the
+    probabilities; on CPU in cache-sized tiles per head that give the block output and the importance in one pass,
+    ``importance_path``), token importance is computed from the post-softmax attention map and, per sample and head, the
     ``k = int(N * token_ratio)`` most important tokens keep their keys and values (after the key/value projection,
     bias included; after ``k_norm`` for models that have one). The model stops after the deepest extracted block
     (its MLP, the final norm and the head are never run) and is always in ``eval()`` mode without gradients.
@@ -73,8 +171,18 @@ class FrozenViTExtractor(nn.Module):
         pos_interp: ``"legacy"`` (reference implementation's Hugging Face interpolation) or ``"timm"``.
             Defaults to ``"legacy"``.
         query_chunk_size: if > 0, evaluate the attention map in chunks of this many queries to bound memory
-            (``[B, H, chunk, N]`` instead of ``[B, H, N, N]``); 0 means one chunk. Defaults to 256, which is also
-            faster on CPU (``scripts/bench_preload.py``).
+            (``[B, H, chunk, N]`` instead of ``[B, H, N, N]``) on the batched path; 0 means one chunk. The tiled path
+            uses tiles of 64-256 queries of one head (at most ``query_chunk_size``). Defaults to 256.
+        importance_path: how the extracted blocks compute their attention and token importance, with the same
+            math and the same selected tokens up to fp32 rounding (``scripts/bench_importance.py`` measures them):
+            ``"tiled"`` (CPU): per sample and head, cache-sized tiles of transposed fp32 scores give the attention
+            output and the column sums of the softmax in one pass (the global mode; from 8,192 tokens the output
+            and its log-sum-exp come from the fused kernel and the column sums from cache-sized blocks of
+            ``exp(QK^T - lse)``), or the block output comes from the fused attention kernel and the importance from
+            the class token's row alone (class_token mode); ``"batched"``: the whole batch's attention map in
+            query chunks (``query_chunk_size``), one kernel per step for all heads (the only path before, and the
+            one used when tracing or exporting); ``"auto"``: tiled on CPU, batched elsewhere and in traced or
+            exported graphs. Defaults to ``"auto"``.
         backbone_kwargs: extra keyword arguments for ``timm.create_model``.
         pooled: also keep the blocks after the deepest extracted one and the final norm, so that
             :meth:`forward_pooled` can return the pooled features ``[B, 2 * D]``: the final class token and the mean
@@ -106,6 +214,7 @@ class FrozenViTExtractor(nn.Module):
         include_cls: bool = True,
         pos_interp: str = "legacy",
         query_chunk_size: int = 256,
+        importance_path: str = "auto",
         backbone_kwargs: dict | None = None,
         pooled: bool = False,
         layer_norm_eps: float | None = None,
@@ -119,6 +228,8 @@ class FrozenViTExtractor(nn.Module):
             raise ValueError(f"token_ratio must be in (0, 1], got {token_ratio}.")
         if query_chunk_size < 0:
             raise ValueError(f"query_chunk_size must be >= 0, got {query_chunk_size}.")
+        if importance_path not in IMPORTANCE_PATHS:
+            raise ValueError(f"importance_path must be one of {IMPORTANCE_PATHS}, got {importance_path!r}.")
         if layer_norm_eps is not None and not layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {layer_norm_eps}.")
         vit = create_vit_backbone(
@@ -148,6 +259,7 @@ class FrozenViTExtractor(nn.Module):
         self.layer_norm_eps: float = float(norm.eps) if norm is not None else 0.0
         self.layer_norm_eps_set: bool = layer_norm_eps is not None
         self.query_chunk_size = int(query_chunk_size)
+        self.importance_path = importance_path
         attn = vit.blocks[0].attn
         self.embed_dim: int = vit.embed_dim
         self.num_heads: int = attn.num_heads
@@ -176,6 +288,17 @@ class FrozenViTExtractor(nn.Module):
         """The LPM stays in eval mode whatever the parent module does (dropout/drop-path off, as in the paper)."""
         return super().train(False)
 
+    def _tiled(self, device: torch.device) -> bool:
+        """Whether this forward takes the tiled path (``importance_path``; never in a traced or exported graph)."""
+        if self.importance_path == "batched" or _portable_graph():
+            return False
+        return self.importance_path == "tiled" or device.type == "cpu"
+
+    @staticmethod
+    def _fused_lse(device: torch.device, num_tokens: int) -> bool:
+        """Whether the tiled path takes the block output and log-sum-exp from the fused CPU kernel (many tokens)."""
+        return device.type == "cpu" and num_tokens >= _LSE_MIN_TOKENS and _flash_cpu is not None
+
     def _attention_with_importance(
         self, blk: nn.Module, x: torch.Tensor, need_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,8 +311,22 @@ class FrozenViTExtractor(nn.Module):
         q, k = attn.q_norm(q), attn.k_norm(k)
         q = q * attn.scale
         chunk = self.query_chunk_size if self.query_chunk_size > 0 else N
+        tiled = self._tiled(x.device)
         if q.dtype != torch.float32 or _autocast_active(x.device.type):
-            return self._reduced_precision_attention(blk, x, y, q, k, v, need_output, chunk)
+            return self._reduced_precision_attention(blk, x, y, q, k, v, need_output, chunk, tiled)
+        if tiled:
+            heads_out: torch.Tensor | None = None
+            if self.importance_mode == "global" and need_output and self._fused_lse(x.device, N):
+                heads_out, importance = _fused_attention_with_importance(q, k, v)
+            elif self.importance_mode == "global":
+                heads_out, importance = _tiled_attention(q, k, v, need_output, _tile_width(N, self.query_chunk_size))
+            else:  # one row of the attention map; the block output from the fused kernel
+                importance = _class_token_importance(q, k)
+                if need_output:
+                    heads_out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # q is already scaled
+            if heads_out is not None:
+                x = _finish_block(blk, x, y, heads_out)
+            return x, k, v, importance
         importance = torch.zeros(B, attn.num_heads, N, device=x.device, dtype=torch.float32)
         outs = []
         for start in range(0, N, chunk):
@@ -221,22 +358,30 @@ class FrozenViTExtractor(nn.Module):
         v: torch.Tensor,
         need_output: bool,
         chunk: int,
+        tiled: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """bf16/fp16 (autocast) variant: the block output through the fused attention kernel, the importance
-        separately from fp32 scores in query chunks (half-precision scores would turn near-ties into flips)."""
+        separately from fp32 scores (half-precision scores would turn near-ties into flips): tiled, or in query
+        chunks of the batch on the batched path."""
         attn = blk.attn
         B, N, _ = x.shape
         qf, kf = q.float(), k.float()
-        importance = torch.zeros(B, attn.num_heads, N, device=x.device, dtype=torch.float32)
-        with torch.autocast(x.device.type, enabled=False):
-            for start in range(0, N, chunk):
-                probs = torch.softmax(qf[:, :, start : start + chunk] @ kf.transpose(-2, -1), dim=-1)
-                if self.importance_mode == "global":
-                    importance += probs.sum(dim=-2)
-                elif start == 0:
-                    importance = probs[:, :, 0]
-        if self.importance_mode == "global":
-            importance = importance / N
+        if tiled and self.importance_mode == "global":
+            with torch.autocast(x.device.type, enabled=False):
+                importance = _tiled_attention(qf, kf, kf, False, _tile_width(N, self.query_chunk_size))[1]
+        elif tiled:
+            importance = _class_token_importance(qf, kf)
+        else:
+            importance = torch.zeros(B, attn.num_heads, N, device=x.device, dtype=torch.float32)
+            with torch.autocast(x.device.type, enabled=False):
+                for start in range(0, N, chunk):
+                    probs = torch.softmax(qf[:, :, start : start + chunk] @ kf.transpose(-2, -1), dim=-1)
+                    if self.importance_mode == "global":
+                        importance += probs.sum(dim=-2)
+                    elif start == 0:
+                        importance = probs[:, :, 0]
+            if self.importance_mode == "global":
+                importance = importance / N
         if need_output:
             x = _finish_block(blk, x, y, F.scaled_dot_product_attention(q, k, v, scale=1.0))  # q is already scaled
         return x, k, v, importance

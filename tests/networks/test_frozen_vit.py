@@ -34,10 +34,13 @@ def _reference_tokens(ext: FrozenViTExtractor, x: torch.Tensor, layers, k: int, 
     return torch.stack(keys, 1), torch.stack(values, 1), torch.stack(idxs, 1)
 
 
+@pytest.mark.parametrize("path", ["tiled", "batched"])
 @pytest.mark.parametrize("mode", ["global", "class_token"])
 @pytest.mark.parametrize("layers", ["6-11", "0-11", "2,5,9"])
-def test_extraction_matches_reference(mode, layers):
-    ext = FrozenViTExtractor(**TINY, pretrained=False, layers=layers, token_ratio=0.3, token_importance=mode)
+def test_extraction_matches_reference(mode, layers, path):
+    ext = FrozenViTExtractor(
+        **TINY, pretrained=False, layers=layers, token_ratio=0.3, token_importance=mode, importance_path=path
+    )
     x = torch.randn(2, 3, 64, 64)
     keys, values, idx = ext.select(x)
     with torch.no_grad():
@@ -94,6 +97,7 @@ def test_lpm_position_embeddings_resized_to_input():
         ({"layers": "12"}, "outside"),
         ({"layers": "x"}, "cannot parse"),
         ({"query_chunk_size": -1}, "query_chunk_size"),
+        ({"importance_path": "fused"}, "importance_path"),
         ({"backbone": "vit_does_not_exist"}, "unknown timm model"),
         ({"backbone": "resnet18"}, "VisionTransformer"),
         ({"img_size": 0}, "img_size"),
@@ -134,11 +138,14 @@ def test_pooled_features_are_the_final_class_and_mean_patch_tokens():
         early.forward_pooled(x)
 
 
+@pytest.mark.parametrize("path", ["tiled", "batched"])
 @pytest.mark.parametrize("mode", ["global", "class_token"])
-def test_the_reduced_precision_path_computes_the_same_tokens(mode, monkeypatch):
-    """Under autocast the block output comes from the fused kernel and the importance from separate fp32 scores in
-    query chunks: on fp32 inputs that path must select exactly the reference's tokens."""
-    ext = FrozenViTExtractor(**TINY, pretrained=False, layers="2,7,11", token_ratio=0.3, token_importance=mode)
+def test_the_reduced_precision_path_computes_the_same_tokens(mode, path, monkeypatch):
+    """Under autocast the block output comes from the fused kernel and the importance from separate fp32 scores
+    (tiled, or in query chunks): on fp32 inputs that path must select exactly the reference's tokens."""
+    ext = FrozenViTExtractor(
+        **TINY, pretrained=False, layers="2,7,11", token_ratio=0.3, token_importance=mode, importance_path=path
+    )
     ext.query_chunk_size = 7
     with torch.no_grad():  # peaked attention, as in trained models: random weights make near-uniform importance ties
         for blk in ext.vit.blocks:
