@@ -17,7 +17,9 @@ Usage::
         --batch-size 16 --device cuda
     python -m fpt_monai.benchmarks.training_cost ... --attention eager  # timm unfused: the papers' denominator
 
-Writes ``<out-dir>/benchmark.{md,csv,json,png}`` and prints the Markdown table.
+Writes ``<out-dir>/benchmark.{md,csv,json,png}`` and prints the Markdown table. With ``--img-sizes 512,1024,2048``
+instead of ``--img-size`` it runs the resolution sweep (:mod:`fpt_monai.benchmarks.resolution`) with the same
+arguments.
 """
 
 from __future__ import annotations
@@ -210,6 +212,12 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    if any(a == "--img-sizes" or a.startswith("--img-sizes=") for a in sys.argv[1:]):
+        # several sizes: the resolution sweep (python -m fpt_monai.benchmarks.resolution), with the same arguments
+        from fpt_monai.benchmarks import resolution
+
+        resolution.main(sys.argv[1:])
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--backbone", default="vit_base_patch16_384")
