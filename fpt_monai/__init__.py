@@ -14,6 +14,16 @@ from fpt_monai import quiet  # noqa: E402, I001
 quiet.quiet_third_party()
 
 # bundle configs use `$import fpt_monai` and dotted names such as `fpt_monai.data.preload`, `fpt_monai.runtime`
-from fpt_monai import data, engines, flags, networks, runtime, transforms  # noqa: E402
-
 __all__ = ["__version__", "data", "engines", "flags", "networks", "quiet", "runtime", "transforms"]
+
+_SUBPACKAGES = frozenset(__all__) - {"__version__", "quiet"}
+
+
+def __getattr__(name: str):
+    """Subpackages load on first use (``fpt_monai.data`` in a bundle config, ``from fpt_monai import networks``):
+    a command that needs no MONAI, or only its ``--help``, does not pay for importing it (PEP 562)."""
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"fpt_monai.{name}")
+    raise AttributeError(f"module 'fpt_monai' has no attribute {name!r}")

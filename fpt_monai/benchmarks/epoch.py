@@ -43,23 +43,32 @@ def _literal(text: str):
         return text
 
 
-def run_variant(args: argparse.Namespace, resident: bool, workers: int) -> dict:
-    """One training run in this process; returns its timings."""
+def run_variant(args: argparse.Namespace, resident: bool, workers: int, bundle_root: str | None = None) -> dict:
+    """One training run in this process; returns its timings.
+
+    Args:
+        args: the parsed command line (``datalist``, ``store_dir``, ``config``, ``set``, ``epochs``, ``batch_size``,
+            ``device``); ``store_dir`` None: the bundle's own store location.
+        resident: keep a resident copy of the store on the device.
+        workers: DataLoader workers.
+        bundle_root: where the trained bundle stays (default: a temporary folder, removed afterwards).
+    """
     import torch
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
     overrides = {k: _literal(v) for k, v in (item.split("=", 1) for item in args.set)}
-    with tempfile.TemporaryDirectory() as bundle_root:
+    if args.store_dir is not None:
+        overrides["store_dir"] = str(args.store_dir)
+    with tempfile.TemporaryDirectory() as scratch:
         wf = ConfigWorkflow(
             config_file=[str(TRAIN_CONFIG), *args.config],
             meta_file=str(META_FILE),
             logging_file=False,
             workflow_type="train",
-            bundle_root=bundle_root,
+            bundle_root=bundle_root or scratch,
             dataset_dir=str(Path(args.datalist).parent),
             datalist_file=str(args.datalist),
-            store_dir=str(args.store_dir),
             resident_store="true" if resident else "false",
             num_workers=workers,
             epochs=args.epochs,

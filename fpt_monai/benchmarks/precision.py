@@ -64,7 +64,9 @@ def _timed(fn, batches, device: torch.device, dtype) -> tuple[float, list]:
     return time.perf_counter() - start, outputs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Measure every precision; returns ``{"setting": ..., "results": {precision: figures}}`` (also written to
+    ``--out``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="vit_base_patch16_384")
     p.add_argument("--pretrained", default="false", help="'false' (random) or a weight file")
@@ -77,7 +79,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precisions", default=None, help="default: fp32,bf16 on CPU; fp32,bf16,fp16 on CUDA")
     p.add_argument("--out", default="outputs/bench_precision.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device(args.device)
     precisions = (args.precisions or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16")).split(",")
     pretrained = False if args.pretrained.lower() == "false" else args.pretrained
@@ -148,8 +150,10 @@ def main() -> None:
             + (f"{r['key_relative_error']:.1e} |" if r.get("key_relative_error") is not None else "- |")
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"setting": setting, "results": results}, indent=1))
+    report = {"setting": setting, "device": str(device), "results": results}
+    Path(args.out).write_text(json.dumps(report, indent=1))
     print("\n".join(lines))
+    return report
 
 
 def run() -> None:
