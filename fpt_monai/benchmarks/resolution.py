@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["MEASUREMENTS", "FULL_FINETUNE_STATUSES", "main", "run", "sweep"]
+__all__ = ["MEASUREMENTS", "FULL_FINETUNE_STATUSES", "main", "run", "side_img_size", "sweep"]
 
 # the measurements of one input size, in the order they run
 MEASUREMENTS = ("preload", "bare_forward", "fpt_plus", "full_finetune")
@@ -189,7 +189,7 @@ def _measure(kind: str, cfg: dict, size: int) -> dict:
             backbone=cfg["backbone"],
             pretrained=False,
             img_size=size,
-            side_img_size=cfg["side_img_size"] or None,
+            side_img_size=cfg["side_img_size"],
             token_ratio=cfg["token_ratio"],
             frozen_model=False,
         ).to(device)
@@ -294,6 +294,15 @@ def _token_geometry(cfg: dict, size: int) -> dict:
     }
 
 
+def side_img_size(backbone: str, variant: str) -> int:
+    """The variant's side resolution (128 px for FPT+, 224 for FPT) rounded down to a multiple of the backbone's
+    patch: 126 px for a /14 backbone such as DINOv2 (the side network's patches are the frozen model's)."""
+    from fpt_monai.networks import FPT_VARIANTS, FrozenViTExtractor
+
+    patch = FrozenViTExtractor.skeleton(backbone=backbone, img_size=224, layers=0).patch_size
+    return FPT_VARIANTS[variant]["side_img_size"] // patch * patch
+
+
 def _device_name(device: str) -> str:
     import torch
 
@@ -379,7 +388,8 @@ def _table(result: dict) -> str:
     s = result["setting"]
     header = (
         f"{s['backbone']} ({'pre-trained' if s['pretrained'] else 'random weights'}), {s['variant']}, token_ratio "
-        f"{s['token_ratio']}, batch {s['batch_size']}, {s['device']} ({s['device_name']}, {s['threads']} threads), "
+        f"{s['token_ratio']}, side view {s['side_img_size']} px, batch {s['batch_size']}, {s['device']} "
+        f"({s['device_name']}, {s['threads']} threads), "
         f"fp32, {s['steps']} timed step(s) after {s['warmup']} warm-up, torch {s['torch']}; peak memory: "
         f"{s['peak_memory']}"
     )
@@ -495,7 +505,9 @@ def _parser() -> argparse.ArgumentParser:
         help="do not try full fine-tuning above this many px (0: try every size)",
     )
     p.add_argument("--num-classes", type=int, default=5)
-    p.add_argument("--side-img-size", type=int, default=0, help="0: the variant's default")
+    p.add_argument(
+        "--side-img-size", type=int, default=0, help="0: the variant's (128 or 224), down to a multiple of the patch"
+    )
     p.add_argument(
         "--cpu-memory-limit-mb",
         type=int,
@@ -539,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "token_ratio": args.token_ratio,
         "batch_size": args.batch_size,
         "num_classes": args.num_classes,
-        "side_img_size": args.side_img_size,
+        "side_img_size": args.side_img_size or side_img_size(args.backbone, args.variant),
         "device": args.device,
         "steps": args.steps,
         "warmup": args.warmup,

@@ -68,3 +68,10 @@ def test_full_finetuning_that_does_not_fit_is_reported_and_larger_sizes_skipped(
     assert small["fpt_plus_status"] == "ok" and small["fpt_plus_peak_mb"] > 0
     assert small["fpt_plus_memory_pct_of_full"] is None
     assert "| out of memory |" in (tmp_path / "resolution.md").read_text()
+
+
+def test_side_view_is_a_whole_number_of_patches():
+    """FPT+'s 128 px side view becomes 126 px for a /14 backbone (the side network takes the frozen model's patch)."""
+    assert resolution.side_img_size("vit_small_patch14_dinov2", "fpt_plus") == 126
+    assert resolution.side_img_size("vit_tiny_patch16_224", "fpt_plus") == 128
+    assert resolution.side_img_size("vit_small_patch14_dinov2", "fpt") == 224
