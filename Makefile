@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo export clean
+.PHONY: venv test lint demo export gpu-check clean
 
 venv: $(STAMP)
 
@@ -50,6 +50,10 @@ BUNDLE ?= $(DEMO_BUNDLE)
 export: venv
 	test -f $(BUNDLE)/models/model.pt || test "$(BUNDLE)" != "$(DEMO_BUNDLE)" || $(MAKE) demo
 	$(PY) scripts/export_bundle.py --bundle-root $(BUNDLE)
+
+# Every speed and memory claim measured on this machine's GPU (under 10 minutes): outputs/check/check_report.{json,md}
+gpu-check: venv
+	$(DEMO_ENV) $(PY) -m fpt_monai.check --device cuda --out-dir outputs/check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache outputs

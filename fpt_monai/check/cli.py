@@ -123,6 +123,14 @@ def run_sections(settings: CheckSettings, sections: list[str], progress: bool = 
             entry |= {"status": "failed", "error": f"exit {code}: {last} (log: {logs / f'{name}.log'})"}
         else:
             entry |= {"status": "ok", **json.loads(result_file.read_text())}
+            # a section's optional steps (export, Deploy): a failure fails the section; a missing extra is a note
+            steps = {k[: -len("_status")]: v for k, v in entry["figures"].items() if k.endswith("_status")}
+            failed = [f"{k}: {v}" for k, v in steps.items() if v.startswith("failed")]
+            absent = [f"{k}: {v}" for k, v in steps.items() if v.startswith("not installed")]
+            if failed or absent:
+                entry["error"] = "; ".join(failed + absent)
+            if failed:
+                entry["status"] = "failed"
         report["sections"][name] = entry
     report["seconds"] = time.perf_counter() - start
     figures = {name: sec.get("figures", {}) for name, sec in report["sections"].items()}

@@ -39,9 +39,10 @@ def test_tiny_check_runs_every_section_and_writes_one_report(tmp_path):
     precision = report["sections"]["preload_precision"]["figures"]
     assert 0.5 < precision["bf16_token_agreement"] <= 1.0
     bundle = report["sections"]["bundle"]["figures"]
+    assert bundle["export_status"] == bundle["deploy_status"] == "ok"
     assert bundle["train_img_s_store"] > 0 and bundle["train_img_s_resident"] > 0 and bundle["store_mb"] > 0
     assert bundle["export_torchscript_max_abs_prob_diff_on_device"] < 1e-4
-    assert bundle["export_onnx_max_abs_prob_diff_on_device"] < 1e-4
+    assert "export_onnx_max_abs_prob_diff_on_device" not in bundle  # ONNX: a full run's (tests/scripts cover it)
     # every demo DICOM reached the Deploy app and was classified
     assert bundle["deploy_dicom_files"] > 0 and bundle["deploy_classified"] == bundle["deploy_dicom_files"]
     sweep = report["sections"]["resolution"]["figures"]
