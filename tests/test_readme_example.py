@@ -1,10 +1,12 @@
 """The README's worked example, run exactly as written: a folder of class sub-folders (no split folders) to a trained,
-evaluated FPT+ and the prediction for a new image, in five commands (issue 14).
+evaluated FPT+ and the prediction for a new image, in five ``fpt-monai`` commands (issues 14 and 23).
 
-The commands run in a scratch folder that holds what they name: ``my_images`` (the demo's synthetic classes as
-class sub-folders), ``new_image.png``, ``dinov2_vits14.safetensors`` (the shared DINOv2 weights, or random weights
-of the same architecture where ``../shared`` is absent) and links to the repository's ``bundle``, ``configs`` and
-``scripts``. A few images per class keep it to a couple of minutes on 2 CPU cores; the model is the README's.
+The commands run from a wheel of this repository installed in a fresh virtual environment (its dependencies are
+those of the test's own environment, reached through a path file that does not install this package), in a scratch
+folder with no clone on the path: the folder holds only what they name: ``my_images`` (the demo's synthetic classes
+as class sub-folders), ``new_image.png`` and ``dinov2_vits14.safetensors`` (the shared DINOv2 weights, or random
+weights of the same architecture where ``../shared`` is absent). A few images per class keep it to a couple of
+minutes on 2 CPU cores; the model is the README's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fpt_monai.data import DEMO_CLASSES, synthetic_image
@@ -42,14 +45,60 @@ def readme_commands() -> list[str]:
 
 def test_the_readme_shows_five_commands_and_evaluation_repeats_no_training_setting():
     commands = readme_commands()
-    assert len(commands) == 5
+    assert len(commands) == 5 and all(c.startswith("fpt-monai ") for c in commands)
     train, evaluate, infer = (shlex.split(c) for c in commands[1:4])
     options = lambda argv: {a for a in argv if a.startswith("--")}  # noqa: E731
-    model_options = options(train) - {"--config_file", "--bundle_root", "--dataset_dir", "--tracking"}
+    model_options = options(train) - {"--preset", "--bundle_root", "--dataset_dir", "--tracking"}
     assert model_options == {"--pretrained"}
     assert not model_options & options(evaluate) and not model_options & options(infer)
-    assert options(evaluate) == {"--config_file", "--bundle_root", "--tracking"}
-    assert options(infer) == {"--config_file", "--bundle_root", "--dataset_dir"}
+    assert options(evaluate) == {"--bundle_root", "--tracking"}
+    assert options(infer) == {"--bundle_root", "--dataset_dir"}
+
+
+def _site_packages(python: Path) -> Path:
+    out = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(out.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory) -> Path:
+    """A fresh virtual environment with this repository's wheel installed; returns its ``bin`` folder."""
+    root = tmp_path_factory.mktemp("wheel_venv")
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(root / "dist"),
+            str(REPO_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = (root / "dist").glob("fpt_monai-*.whl")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # the dependencies (torch, MONAI, ...) of this environment, without its editable install of the repository
+    (_site_packages(python) / "test_dependencies.pth").write_text(f"{_site_packages(Path(sys.executable))}\n")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    return venv / "bin"
 
 
 def _png(path: Path, label: int, seed: int) -> None:
@@ -75,13 +124,21 @@ def _weights(path: Path) -> None:
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
 
 
-def test_readme_worked_example_runs_as_written(tmp_path):
-    for name in ("bundle", "configs", "scripts"):
-        (tmp_path / name).symlink_to(REPO_ROOT / name)
+def test_readme_worked_example_runs_as_written_from_an_installed_wheel(tmp_path, installed_wheel):
     _class_folder_tree(tmp_path / "my_images", per_class=6)
     _png(tmp_path / "new_image.png", 1, seed=999)
     _weights(tmp_path / "dinov2_vits14.safetensors")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = f"{installed_wheel}{os.pathsep}{os.environ['PATH']}"
+    where = subprocess.run(
+        [str(installed_wheel / "python"), "-c", "import fpt_monai; print(fpt_monai.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    # the package comes from the wheel, not from the clone
+    assert Path(where.stdout.strip()).is_relative_to(installed_wheel.parent), where.stdout + where.stderr
     outputs = []
     for command in readme_commands():
         result = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)

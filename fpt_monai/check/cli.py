@@ -25,7 +25,7 @@ __all__ = ["main", "run"]
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fpt_monai.check",
+        prog="fpt-monai check",
         description="Measure every speed and memory claim of FPT/FPT+ on one device and write check_report.{json,md}.",
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")

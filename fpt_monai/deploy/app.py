@@ -20,7 +20,6 @@ Settings also come from the environment, for packaged apps: ``HOLOSCAN_INPUT_PAT
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -48,8 +47,7 @@ from fpt_monai.deploy.dicom_input import (
 )
 from fpt_monai.deploy.model import ExportedFPT
 from fpt_monai.deploy.operators import FPTClassifierOperator, NoMatchingSeriesError
-from fpt_monai.flags import as_bool
-from fpt_monai.transforms.dicom_objects import FRAME_POLICIES, frame_indices
+from fpt_monai.transforms.dicom_objects import frame_indices
 
 __all__ = ["DEFAULT_RULES", "FPTDeployApp", "IncompleteRunError", "load_rules", "main", "run"]
 
@@ -139,24 +137,6 @@ class FPTDeployApp(Application):
         self.add_flow(selector, classifier, {("study_selected_series_list", "study_selected_series_list")})
         self.add_flow(classifier, sr_writer, {("result_text", "text")})
         self.add_flow(selector, sr_writer, {("study_selected_series_list", "study_selected_series_list")})
-
-
-def _parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m fpt_monai.deploy", description=__doc__.splitlines()[0])
-    p.add_argument("-i", "--input", default=env("HOLOSCAN_INPUT_PATH", "input"), help="DICOM study folder")
-    p.add_argument("-o", "--output", default=env("HOLOSCAN_OUTPUT_PATH", "output"), help="output folder")
-    p.add_argument("-m", "--model", default=env("HOLOSCAN_MODEL_PATH", "models"), help="model.ts or its folder")
-    p.add_argument("--rules", default=env("FPT_DEPLOY_RULES"), help="series-selection rules: JSON file or text")
-    p.add_argument("--heatmaps", action="store_true", default=as_bool(env("FPT_DEPLOY_HEATMAPS")), help="heatmap PNGs")
-    p.add_argument("--device", default=env("FPT_DEPLOY_DEVICE", "cpu"), help="torch device, e.g. cuda:0")
-    p.add_argument(
-        "--frames",
-        default=env("FPT_DEPLOY_FRAMES", "refuse"),
-        help=f"multi-frame images: {' | '.join(FRAME_POLICIES)} (one prediction per frame) | a frame index",
-    )
-    p.add_argument("-l", "--log-level", default="INFO")
-    return p
 
 
 def _stage(items: list[InputFile], folder: Path) -> dict[str, InputFile]:
@@ -310,7 +290,9 @@ def _error_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The CLI: 0 when every selected image instance was classified, 2 when some failed (``output.json`` written,
     no SR), 1 on any other error (nothing written)."""
-    args = _parser().parse_args(argv)
+    from fpt_monai.commands.deploy import build_parser
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("fpt_monai.deploy")
     try:
