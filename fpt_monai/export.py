@@ -28,10 +28,12 @@ from pathlib import Path
 
 import torch
 
+from fpt_monai.utils.bundle_files import BUNDLE_CONFIGS
+
 __all__ = ["ExportError", "export_bundle", "onnx_metadata"]
 
-# the bundle's metadata template (configs/metadata.json of this repository's bundle)
-_METADATA_TEMPLATE = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "metadata.json"
+# the bundle's metadata template (configs/metadata.json of the packaged bundle)
+_METADATA_TEMPLATE = BUNDLE_CONFIGS / "metadata.json"
 _ONNX_NAMES = {"input_names": ["image"], "output_names": ["pred"]}
 _ONNX_DYNAMIC = {"image": {0: "batch"}, "pred": {0: "batch"}}
 

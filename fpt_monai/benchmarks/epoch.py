@@ -30,9 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from fpt_monai.utils.bundle_files import BUNDLE_CONFIGS  # the packaged bundle, in a clone or a wheel
+
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_CONFIG = REPO / "bundle" / "configs" / "train.yaml"
-META_FILE = REPO / "bundle" / "configs" / "metadata.json"
+TRAIN_CONFIG = BUNDLE_CONFIGS / "train.yaml"
+META_FILE = BUNDLE_CONFIGS / "metadata.json"
 DEFAULT_VARIANTS = "store:0,store:2,resident:0"
 
 

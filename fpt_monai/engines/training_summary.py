@@ -29,6 +29,8 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 
+from fpt_monai.utils.bundle_files import BUNDLE_CONFIGS
+
 __all__ = [
     "EVALUATE_CONFIGS",
     "STATS_LOGGER",
@@ -40,8 +42,6 @@ __all__ = [
 
 EVALUATE_CONFIGS = ("bundle/configs/train.yaml", "bundle/configs/evaluate.yaml")
 """The configs of the evaluation command, relative to the repository root (where the bundle commands run)."""
-
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 STATS_LOGGER = "monai.handlers.StatsHandler"
@@ -62,14 +62,14 @@ def epoch_metrics_print(engine: Engine) -> None:
 
 
 def _config_files(configs: Sequence[str] | None) -> list[str]:
-    """``configs`` or :data:`EVALUATE_CONFIGS`, relative when they are there from the working directory, else in
-    this checkout (a training started from elsewhere)."""
+    """``configs`` or :data:`EVALUATE_CONFIGS`, relative when they are there from the working directory, else the
+    packaged bundle's (a training started from elsewhere, or an installed package)."""
     if configs is not None:
         return [str(c) for c in configs]
     if all(Path(c).is_file() for c in EVALUATE_CONFIGS):
         return list(EVALUATE_CONFIGS)
-    checkout = [_REPO_ROOT / c for c in EVALUATE_CONFIGS]
-    return [str(c) for c in checkout] if all(c.is_file() for c in checkout) else list(EVALUATE_CONFIGS)
+    packaged = [BUNDLE_CONFIGS / Path(c).name for c in EVALUATE_CONFIGS]
+    return [str(c) for c in packaged] if all(c.is_file() for c in packaged) else list(EVALUATE_CONFIGS)
 
 
 def evaluate_command(
