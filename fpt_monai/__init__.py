@@ -8,13 +8,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 # first, before anything imports monai (and with it holoscan, which warns about the stack size at import): the known-
-# harmless third-party warnings are hidden for our command lines; FPT_VERBOSE=1 shows them (fpt_monai.quiet)
-from fpt_monai import quiet  # noqa: E402, I001
+# harmless third-party warnings are hidden for our command lines; FPT_VERBOSE=1 shows them (fpt_monai.utils.quiet)
+from fpt_monai.utils import quiet  # noqa: E402, I001
 
 quiet.quiet_third_party()
 
-# bundle configs use `$import fpt_monai` and dotted names such as `fpt_monai.data.preload`, `fpt_monai.runtime`
-__all__ = ["__version__", "data", "engines", "flags", "networks", "quiet", "runtime", "transforms"]
+# bundle configs use `$import fpt_monai` and dotted names such as `fpt_monai.data.preload`, `fpt_monai.utils.runtime`
+# (`fpt_monai.runtime`, `fpt_monai.flags`: their old names, kept for bundles exported before fpt_monai.utils)
+__all__ = ["__version__", "data", "engines", "flags", "networks", "quiet", "runtime", "transforms", "utils"]
 
 _SUBPACKAGES = frozenset(__all__) - {"__version__", "quiet"}
 

@@ -1,17 +1,11 @@
 # Copyright (c) fpt_monai contributors
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
 # with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Importing this module installs :func:`fpt_monai.errors.install_excepthook`.
+"""The old name of :mod:`fpt_monai.utils.excepthook`, kept for bundles exported before the move, the documentation and
+user code: ``fpt_monai.excepthook`` is that very module (importing it installs the hook, as before)."""
 
-It exists for the bundle configs (``excepthook: $import fpt_monai.excepthook``): MONAI evaluates every ``$import``
-expression before it resolves any other item, whichever config file defines it, so the hook is in place before the
-first of our checks can fail, however a later config file overrides ``imports`` or ``initialize``.
-"""
+import sys
 
-from __future__ import annotations
+from fpt_monai.utils import excepthook as _module
 
-from fpt_monai.errors import install_excepthook
-
-__all__: list[str] = []
-
-install_excepthook()
+sys.modules[__name__] = _module  # one module under both names: its state and a monkeypatch are shared

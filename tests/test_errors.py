@@ -1,4 +1,4 @@
-"""fpt_monai.errors: the most specific message of an exception chain as the last line of a failed run."""
+"""fpt_monai.utils.errors: the most specific message of an exception chain as the last line of a failed run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from fpt_monai.data import UnreadableImagesError
-from fpt_monai.errors import PREFIX, error_line, find_error, install_excepthook, is_ours
+from fpt_monai.utils.errors import PREFIX, error_line, find_error, install_excepthook, is_ours
 
 from .conftest import REPO_ROOT
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fpt_monai.flags import as_bool
+from fpt_monai.utils.flags import as_bool
 
 
 @pytest.mark.parametrize("value", [True, 1, "true", "True", " YES ", "on", "1"])

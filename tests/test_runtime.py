@@ -1,4 +1,5 @@
-"""fpt_monai.runtime and fpt_monai.quiet: CPUs from affinity and cgroup quotas, threads, workers, warning filters."""
+"""fpt_monai.utils.runtime and fpt_monai.utils.quiet: CPUs from affinity and cgroup quotas, threads, workers, warning
+filters; their old names (fpt_monai.runtime, ...) are the same modules."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpt_monai import quiet, runtime
-from fpt_monai.quiet import KNOWN_WARNINGS, NOISY_LOGGERS, quiet_third_party
+from fpt_monai.utils import quiet, runtime
+from fpt_monai.utils.quiet import KNOWN_WARNINGS, NOISY_LOGGERS, quiet_third_party
 
 # one real text per entry of KNOWN_WARNINGS (as the library prints it) and the module that warns
 SAMPLES = {

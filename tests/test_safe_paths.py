@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from fpt_monai.safe_paths import UnsafeOutputPathError, output_path, safe_file_name
+from fpt_monai.utils.safe_paths import UnsafeOutputPathError, output_path, safe_file_name
 
 
 @pytest.mark.parametrize(

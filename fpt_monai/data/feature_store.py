@@ -22,7 +22,7 @@ splits, each image costs 7.6 MB (FPT+, ViT-B/16 @ 512 px) and nothing records ho
 
 Ownership and concurrent writers:
 
-- the store deletes only files it wrote itself: the temporary files of :func:`fpt_monai.atomic.atomic_write`
+- the store deletes only files it wrote itself: the temporary files of :func:`fpt_monai.utils.atomic.atomic_write`
   (``.<name>.tmp-<pid>``) of its manifest and shards, and shard data files named by its own scheme
   (``<prefix>-<writer token>-<number>.npy``) that have no index, i.e. the leftovers of an interrupted shard write;
 - a writer (:meth:`FeatureStore.create`, :meth:`FeatureStore.open_or_create`) refuses a folder holding files the store
@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fpt_monai.atomic import atomic_write
+from fpt_monai.utils.atomic import atomic_write
 
 __all__ = [
     "POOLED",
@@ -84,7 +84,7 @@ _PREFIX = re.compile(r"[a-z0-9]{1,16}")  # a writer's shard-name prefix (``r000`
 # a shard's name: [<field>-]<prefix>[-<writer token>]-<number>; shards written before the token have none
 _SHARD = re.compile(r"(?:pooled-)?(?P<prefix>[a-z0-9]{1,16})(?:-(?P<token>[0-9a-f]{12}))?-\d{6}")
 _LEGACY_PREFIX = re.compile(r"r\d{3}")  # the only prefix of the shards written before the token
-_TMP = re.compile(r"\.(?P<name>.+)\.tmp-\d+")  # fpt_monai.atomic.atomic_write's temporary file of <name>
+_TMP = re.compile(r"\.(?P<name>.+)\.tmp-\d+")  # fpt_monai.utils.atomic.atomic_write's temporary file of <name>
 
 
 class StoreMismatchError(ValueError):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fpt_monai.atomic import atomic_write_text
 from fpt_monai.data.datalist import SPLITS
-from fpt_monai.flags import as_bool
+from fpt_monai.utils.atomic import atomic_write_text
+from fpt_monai.utils.flags import as_bool
 
 __all__ = [
     "InferenceImages",

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
-from fpt_monai.atomic import atomic_write_text
 from fpt_monai.deploy.dicom_input import CLASSIFIED, FAILED, SKIPPED, InputFile
 from fpt_monai.deploy.model import ExportedFPT
-from fpt_monai.safe_paths import output_path
 from fpt_monai.transforms import ImageReadError
 from fpt_monai.transforms.dicom_objects import frame_count, frame_indices
+from fpt_monai.utils.atomic import atomic_write_text
+from fpt_monai.utils.safe_paths import output_path
 
 __all__ = ["FPTClassifierOperator", "NoMatchingSeriesError"]
 

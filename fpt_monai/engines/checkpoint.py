@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from fpt_monai.atomic import atomic_write, atomic_write_text
 from fpt_monai.data.feature_store import file_sha256
+from fpt_monai.utils.atomic import atomic_write, atomic_write_text
 
 __all__ = [
     "CHECKSUMS",
@@ -79,7 +79,7 @@ def _record_checksum(path: Path, digests: list[str]) -> None:
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`fpt_monai.atomic.atomic_write`, the previous file surviving any failure
+    """``torch.save`` through :func:`fpt_monai.utils.atomic.atomic_write`, the previous file surviving any failure
     (a full disk included), with the file's SHA-256 recorded in ``checksums.json`` next to it.
 
     The record lists the new and the previous digest while the file is being replaced, then only the new one, so

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
-from fpt_monai.atomic import atomic_write
-from fpt_monai.safe_paths import output_path, safe_file_name
+from fpt_monai.utils.atomic import atomic_write
+from fpt_monai.utils.safe_paths import output_path, safe_file_name
 
 __all__ = ["HeatmapWriter", "denormalize", "heatmap_name", "heatmap_overlay", "save_heatmap", "save_png"]
 
@@ -34,9 +34,9 @@ def heatmap_name(value: str, frame: int | None = None, hashed: bool = False) -> 
     """A file name (without suffix) for the heatmap of one item, unique per ``(value, frame)``: the whole id or
     SOP Instance UID with its extension and folders, e.g. ``case.png`` -> ``case.png``, ``1.2.840.1`` ->
     ``1.2.840.1``. A value that is not a plain file name (path separators, ``__``, other characters, too long)
-    becomes :func:`~fpt_monai.safe_paths.safe_file_name` of it plus ``__`` and 12 hex digits of its SHA-256, e.g.
+    becomes :func:`~fpt_monai.utils.safe_paths.safe_file_name` of it plus ``__`` and 12 hex digits of its SHA-256, e.g.
     ``a/b.png`` -> ``a__b.png__<hash>``, so that ``a/b.png`` and ``a__b.png`` stay apart. A frame of a multi-frame
-    image adds ``_frame<k>``. The name passes :func:`~fpt_monai.safe_paths.safe_file_name` unchanged.
+    image adds ``_frame<k>``. The name passes :func:`~fpt_monai.utils.safe_paths.safe_file_name` unchanged.
 
     Args:
         value: the item's id (bundle inference) or SOP Instance UID (Deploy): untrusted text.

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fpt_monai.atomic import atomic_write_text
+from fpt_monai.utils.atomic import atomic_write_text
 
 __all__ = [
     "ModelCardWriter",

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from fpt_monai.atomic import atomic_write_text
 from fpt_monai.engines.record_schema import RecordSchemaError, validate_record
-from fpt_monai.flags import as_weights
+from fpt_monai.utils.atomic import atomic_write_text
+from fpt_monai.utils.flags import as_weights
 
 __all__ = [
     "DATALIST_COPY",

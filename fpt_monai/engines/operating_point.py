@@ -92,7 +92,7 @@ def check_operating_point_options(
         CalibrationError: an unknown rule, a target outside (0, 1], an unknown class, a multi-class model without
             ``positive_class``, or a validation split that lacks positive or negative cases.
     """
-    from fpt_monai.flags import as_bool
+    from fpt_monai.utils.flags import as_bool
 
     rule = str(operating_point or "none").strip().lower()
     target = None if target_sensitivity in (None, "", "null", "None") else float(target_sensitivity)
@@ -401,9 +401,9 @@ def record_calibration(record_file: str | os.PathLike, calibration: Mapping | No
     """Set (or, with ``None``, remove) the record's ``calibration``, checked against the schema, atomically."""
     import json
 
-    from fpt_monai.atomic import atomic_write_text
     from fpt_monai.engines.model_record import read_record
     from fpt_monai.engines.record_schema import validate_record
+    from fpt_monai.utils.atomic import atomic_write_text
 
     record = read_record(record_file)
     record.pop("calibration", None)

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from fpt_monai.atomic import atomic_write_text
 from fpt_monai.engines.metrics import classification_metrics
 from fpt_monai.engines.training import warmup_cosine_schedule
+from fpt_monai.utils.atomic import atomic_write_text
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from fpt_monai.atomic import atomic_write_text
 from fpt_monai.engines.checkpoint import load_checkpoint
 from fpt_monai.engines.metrics import classification_metrics
+from fpt_monai.utils.atomic import atomic_write_text
 
 __all__ = [
     "PredictionCollector",

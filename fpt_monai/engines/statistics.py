@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fpt_monai.atomic import atomic_write
+from fpt_monai.utils.atomic import atomic_write
 
 __all__ = [
     "BOOTSTRAP_METRICS",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from fpt_monai.atomic import atomic_write_text
+from fpt_monai.utils.atomic import atomic_write_text
 
 __all__ = [
     "RUN_RECORD_NAME",

@@ -1,5 +1,5 @@
 """The bundle fitted to the machine: its set-up step, DataLoader workers and threads, and a console without the
-known-harmless third-party warnings (fpt_monai.runtime, fpt_monai.quiet)."""
+known-harmless third-party warnings (fpt_monai.utils.runtime, fpt_monai.utils.quiet)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import warnings
 import pytest
 import torch
 
-from fpt_monai.quiet import KNOWN_WARNINGS, quiet_third_party
-from fpt_monai.runtime import default_num_workers
+from fpt_monai.utils.quiet import KNOWN_WARNINGS, quiet_third_party
+from fpt_monai.utils.runtime import default_num_workers
 
 from ..conftest import REPO_ROOT
 from .conftest import META, TRAIN_CONFIG, tiny_overrides
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
-SETUP = "$fpt_monai.runtime.setup_run(verbose=@verbose, num_threads=@num_threads)"
+SETUP = "$fpt_monai.utils.runtime.setup_run(verbose=@verbose, num_threads=@num_threads)"
 STACK = 32 * 1024 * 1024  # what holoscan asks for (`ulimit -s 32768`)
 
 

@@ -99,7 +99,7 @@ def test_interrupted_write_leftovers_are_cleaned(tmp_path):
     (shards / "r001-0123456789ab-000003.npy").write_bytes(b"half a shard")
     (shards / "pooled-r000-0123456789ab-000000.npy").write_bytes(b"half a shard")
     (shards / "r000-000007.npy").write_bytes(b"half a shard")
-    (shards / ".r000-0123456789ab-000004.npy.tmp-123").write_bytes(b"temp")  # fpt_monai.atomic's temporary files
+    (shards / ".r000-0123456789ab-000004.npy.tmp-123").write_bytes(b"temp")  # fpt_monai.utils.atomic's temporary files
     (shards / ".r000-0123456789ab-000004.json.tmp-123").write_bytes(b"temp")
     (tmp_path / "s" / ".manifest.json.tmp-99").write_bytes(b"temp")
     store = FeatureStore.open_or_create(tmp_path / "s", SETTINGS, SHAPE)
@@ -275,7 +275,7 @@ def test_damaged_manifest_names_the_file_and_the_fix(tmp_path, edit, reason):
 
 
 def test_damaged_manifest_is_our_last_line(tmp_path):
-    from fpt_monai.errors import error_line
+    from fpt_monai.utils.errors import error_line
 
     FeatureStore.create(tmp_path / "s", SETTINGS, SHAPE)
     manifest = _flip_manifest(tmp_path / "s", lambda raw: raw[:5] + bytes([raw[5] ^ 0x80]) + raw[6:])

@@ -18,7 +18,7 @@ from fpt_monai.engines import (
     verify_checkpoint,
 )
 from fpt_monai.engines.checkpoint import ForeignCheckpointError
-from fpt_monai.errors import error_line
+from fpt_monai.utils.errors import error_line
 
 
 class RunsCode:

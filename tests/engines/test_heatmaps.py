@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fpt_monai.engines.heatmaps import HASH_LENGTH, heatmap_name
-from fpt_monai.safe_paths import output_path, safe_file_name
+from fpt_monai.utils.safe_paths import output_path, safe_file_name
 
 
 def test_plain_ids_keep_their_whole_name_and_others_get_a_hash():

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fpt_monai.engines import RunLockedError, acquire_run_lock
-from fpt_monai.errors import error_line
+from fpt_monai.utils.errors import error_line
 
 from ..conftest import REPO_ROOT
 
