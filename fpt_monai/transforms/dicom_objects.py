@@ -11,7 +11,7 @@ marker. They are skipped by their SOP class (and modality), never by failing a p
 
 from __future__ import annotations
 
-from fpt_monai.transforms.io import ImageReadError
+from fpt_monai.transforms.errors import MultiFrameError
 
 __all__ = [
     "DICOMDIR_SOP_CLASS",
@@ -50,10 +50,6 @@ _NON_IMAGE_SOP_CLASSES = {
 _RT_IMAGE = "1.2.840.10008.5.1.4.1.1.481.1"  # an RT portal image is an image
 _NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "DOC", "REG", "RWV"}
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-class MultiFrameError(ImageReadError):
-    """A multi-frame image where the frame policy does not allow one (``"refuse"``), or a frame out of range."""
 
 
 def _non_image_class(sop_class: str) -> str | None:

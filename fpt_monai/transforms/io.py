@@ -18,6 +18,19 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from fpt_monai.transforms.dicom_objects import frame_count, frame_indices, has_pixel_data, non_image_reason
+from fpt_monai.transforms.errors import ImageReadError
+from fpt_monai.transforms.formats import (
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    PIL_SUFFIXES,
+    has_dicom_marker,
+    image_format,
+)
+
+# ImageReadError (fpt_monai.transforms.errors) and the file-name rules (fpt_monai.transforms.formats) keep their names
+# here, where they were first defined
 __all__ = [
     "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
@@ -32,40 +45,6 @@ __all__ = [
     "image_frame_count",
     "read_image",
 ]
-
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-IMAGE_SUFFIXES = PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
-
-
-class ImageReadError(ValueError):
-    """An image that cannot be used: unreadable, unsupported, or of the wrong shape. The message names the file."""
-
-
-def has_dicom_marker(path: str | os.PathLike) -> bool:
-    """Whether a file carries the DICOM Part 10 marker (``DICM`` after the 128-byte preamble)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def image_format(path: str | os.PathLike) -> str | None:
-    """``"pil"``, ``"dicom"`` or ``"nifti"`` from the file name (or the DICOM magic for files without a suffix)."""
-    p = Path(path)
-    name = p.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(DICOM_SUFFIXES):
-        return "dicom"
-    if name.endswith(PIL_SUFFIXES):
-        return "pil"
-    if p.suffix == "" and has_dicom_marker(p):
-        return "dicom"
-    return None
 
 
 def _scale_integer(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -241,8 +220,6 @@ def _read_dicom(path: Path, frame: int | str, window: Sequence[float] | None) ->
     """The image ``[C, H, W]`` in [0, 1] and the frame read, under the policy ``frame``."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    from fpt_monai.transforms.dicom_objects import frame_count, frame_indices, has_pixel_data, non_image_reason
-
     # the pixel data stays on disk until decoded: non-image objects are recognised from the header alone
     ds = _read_dicom_dataset(path, defer_size=1024)
     reason = non_image_reason(ds)
@@ -339,8 +316,6 @@ def _read(
     window: Sequence[float] | None,
 ) -> tuple[np.ndarray, int]:
     """:func:`read_image` and the frame it read (0 for single-frame images)."""
-    from fpt_monai.transforms.dicom_objects import frame_indices
-
     p = Path(path)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}.")
@@ -422,8 +397,6 @@ def image_frame_count(path: str | os.PathLike) -> int:
     Raises:
         ImageReadError: a missing file, or a DICOM file whose header cannot be read.
     """
-    from fpt_monai.transforms.dicom_objects import frame_count
-
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(f"{p}: no such file. Check the datalist paths (relative to the datalist's folder).")
