@@ -1,7 +1,9 @@
+"""The study (fpt_monai.study, ``fpt-monai study`` / scripts/study.py): pooled predictions, DeLong's comparison, the
+prediction files, and a whole cross-validated study through the bundle, rerun without retraining."""
+
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,22 +16,14 @@ from sklearn.metrics import roc_auc_score
 
 from fpt_monai.data import datalist_from_json, make_demo_dataset
 from fpt_monai.networks import create_vit_backbone
+from fpt_monai.study.compare import DELONG_KEYS, delong_comparison, pool_predictions
+from fpt_monai.study.report import markdown
+from fpt_monai.study.runs import read_predictions
 
 from ..conftest import REPO_ROOT
 
 PROBE = "linear_probe"  # from stored pooled features: the store also feeds the scikit-learn logistic regression
 SPLITS = ("training", "validation", "test")
-
-
-def _load_study():
-    """scripts/study.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("fpt_study_script", REPO_ROOT / "scripts" / "study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _load_study()
 
 
 def _pred(ids, labels, probs, classes=("a", "b")):
@@ -46,7 +40,7 @@ def test_pool_predictions_averages_seeds_per_id_and_concatenates_folds():
     seed0 = _pred(["x", "y", "z"], [0, 1, 1], [[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]])
     seed1 = _pred(["z", "x", "y"], [1, 0, 1], [[0.4, 0.6], [0.7, 0.3], [0.0, 1.0]])
     fold1 = _pred(["u", "v"], [0, 1], [[0.5, 0.5], [0.1, 0.9]])
-    pooled = study.pool_predictions({1: [fold1], 0: [seed0, seed1]})
+    pooled = pool_predictions({1: [fold1], 0: [seed0, seed1]})
     assert pooled["ids"] == ["x", "y", "z", "u", "v"]  # folds in order, each in its first run's order
     assert pooled["labels"].tolist() == [0, 1, 1, 0, 1]
     expected = [[0.8, 0.2], [0.2, 0.8], [0.3, 0.7], [0.5, 0.5], [0.1, 0.9]]  # x: (0.9+0.7)/2, y: (0.4+0.0)/2 ...
@@ -54,11 +48,11 @@ def test_pool_predictions_averages_seeds_per_id_and_concatenates_folds():
     assert pooled["class_names"] == ["a", "b"]
 
     with pytest.raises(ValueError, match="different images"):
-        study.pool_predictions({0: [seed0, _pred(["x", "y", "w"], [0, 1, 1], seed0["probs"])]})
+        pool_predictions({0: [seed0, _pred(["x", "y", "w"], [0, 1, 1], seed0["probs"])]})
     with pytest.raises(ValueError, match="two labels"):
-        study.pool_predictions({0: [seed0, _pred(["x", "y", "z"], [1, 1, 1], seed0["probs"])]})
+        pool_predictions({0: [seed0, _pred(["x", "y", "z"], [1, 1, 1], seed0["probs"])]})
     with pytest.raises(ValueError, match="two folds"):
-        study.pool_predictions({0: [seed0], 1: [_pred(["x"], [0], [[0.5, 0.5]])]})
+        pool_predictions({0: [seed0], 1: [_pred(["x"], [0], [[0.5, 0.5]])]})
 
 
 def test_delong_comparison_matches_ids_binary_and_reports_multiclass_per_class(tmp_path):
@@ -73,7 +67,7 @@ def test_delong_comparison_matches_ids_binary_and_reports_multiclass_per_class(t
     pred = _pred(ids, labels, np.stack([1 - pa, pa], 1))
     order = rng.permutation(n)  # the reference lists the same images in another order
     ref = _pred([ids[k] for k in order], labels[order], np.stack([1 - pb, pb], 1)[order])
-    out = study.delong_comparison(pred, ref)
+    out = delong_comparison(pred, ref)
     expected = delong_test(labels == 1, pa, pb)
     assert out["delong_n"] == n and out["delong_per_class"] is None and out["delong_note"] is None
     assert out["delong_auc_method"] == pytest.approx(roc_auc_score(labels, pa))
@@ -87,14 +81,14 @@ def test_delong_comparison_matches_ids_binary_and_reports_multiclass_per_class(t
         [i, int(y), 1 - p, p] for i, y, p in zip(ids, labels, pa, strict=True)
     ]
     path.write_text("\n".join(",".join(str(v) for v in r) for r in rows) + "\n")
-    assert study.delong_comparison(study.read_predictions(path), ref)["delong_p"] == pytest.approx(out["delong_p"])
-    assert study.read_predictions(tmp_path / "missing.csv") is None
+    assert delong_comparison(read_predictions(path), ref)["delong_p"] == pytest.approx(out["delong_p"])
+    assert read_predictions(tmp_path / "missing.csv") is None
     path.write_text("id,label,prob_a,prob_b\nx,7,0.5,0.5\n")
     with pytest.raises(SystemExit, match="label 7 outside"):
-        study.read_predictions(path)
-    missing = study.delong_comparison(None, ref, "m: a run without eval/predictions_best.csv (an older study)")
+        read_predictions(path)
+    missing = delong_comparison(None, ref, "m: a run without eval/predictions_best.csv (an older study)")
     assert missing["delong_p"] is None and "older study" in missing["delong_note"]
-    assert "| n/a | n/a |" in study.markdown(
+    assert "| n/a | n/a |" in markdown(
         {
             "methods": [],
             "paired": [
@@ -121,7 +115,7 @@ def test_delong_comparison_matches_ids_binary_and_reports_multiclass_per_class(t
     p3b = rng.dirichlet(np.ones(3), 60)
     p3a /= p3a.sum(1, keepdims=True)
     names = ("u", "v", "w")
-    out3 = study.delong_comparison(_pred(range(60), y3, p3a, names), _pred(range(60), y3, p3b, names))
+    out3 = delong_comparison(_pred(range(60), y3, p3a, names), _pred(range(60), y3, p3b, names))
     per_class = delong_test_ovr(y3, p3a, p3b, class_names=names)
     assert out3["delong_p"] is None and set(out3["delong_per_class"]) == set(names)
     for k, name in enumerate(names):
@@ -149,7 +143,9 @@ def _pooled_from_files(out, method, lrs_per_fold, seeds):
     return pooled
 
 
-def _study(tmp_path, weights):
+def _study(tmp_path, weights, front_door: bool = False):
+    """The study through scripts/study.py from the clone, or (``front_door``) through ``python -m fpt_monai study``
+    from another folder: the installed command, which finds the bundle and presets in the package."""
     args = {
         "--datalist": tmp_path / "data" / "datalist.json",
         "--weights": weights,
@@ -168,9 +164,10 @@ def _study(tmp_path, weights):
         "--out-dir": tmp_path / "study",
     }
     start = time.monotonic()
+    command = ["-m", "fpt_monai", "study"] if front_door else ["scripts/study.py"]
     proc = subprocess.run(
-        [sys.executable, "scripts/study.py", *[str(v) for kv in args.items() for v in kv]],
-        cwd=REPO_ROOT,
+        [sys.executable, *command, *[str(v) for kv in args.items() for v in kv]],
+        cwd=tmp_path if front_door else REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=900,
@@ -225,7 +222,7 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     assert paired["delong_difference"] == pytest.approx(auc["fpt_plus"] - auc[PROBE], abs=1e-9)
     assert paired["delong_n"] == len(all_ids) and paired["delong_per_class"] is None
     for c in result["summary"]["paired"]:  # the logistic regression's comparisons too
-        assert set(study.DELONG_KEYS) <= set(c) and c["delong_n"] == len(all_ids), c
+        assert set(DELONG_KEYS) <= set(c) and c["delong_n"] == len(all_ids), c
         assert c["delong_p"] is not None and 0.0 <= c["delong_p"] <= 1.0, c
         low, high = c["delong_ci"]
         assert low <= c["delong_difference"] <= high
@@ -244,7 +241,7 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     # one store for every fold, seed and method (the folds' datalists name the same images: one store name)
     assert len(stores) == 1 and stores[0].startswith("vit_tiny_patch16_224_64_"), stores
 
-    proc, second_time = _study(tmp_path, weights)
+    proc, second_time = _study(tmp_path, weights, front_door=True)
     first_paired = result["summary"]["paired"]
     result = json.loads((out / "study.json").read_text())
     assert result["new_runs"] == 0 and len(result["runs"]) == 15 + 6

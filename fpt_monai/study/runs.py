@@ -1,0 +1,326 @@
+"""The study's runs: the method presets and learning-rate grids, the bundle overrides, one (fold, method, lr, seed)
+trained and tested through the MONAI bundle (or read back when it finished), its test predictions, the choice of the
+learning rate on validation, and the scikit-learn logistic regression on the stored pooled features."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fpt_monai.study.defaults import DEFAULT_LRS, METHOD_LRS
+from fpt_monai.study.folds import SPLITS, num_classes, parse_list
+from fpt_monai.utils.bundle_files import BUNDLE_CONFIGS, PRESETS_DIR
+
+__all__ = [
+    "EVAL_CONFIG",
+    "LOGREG",
+    "LOGREG_CS",
+    "META_FILE",
+    "PRESET_DIRS",
+    "TRAIN_CONFIG",
+    "Runner",
+    "bundle_logs",
+    "choose_lr",
+    "common_overrides",
+    "find_preset",
+    "finite_or_none",
+    "logreg_runs",
+    "lr_grids",
+    "method_presets",
+    "parse_overrides",
+    "pooled_store",
+    "read_predictions",
+    "read_run",
+    "reference_method",
+    "run_bundle",
+    "study_method",
+]
+
+# the packaged bundle and presets: the same files from a clone and from an installed wheel
+PRESET_DIRS = (PRESETS_DIR / "methods", PRESETS_DIR / "recipes")
+TRAIN_CONFIG = BUNDLE_CONFIGS / "train.yaml"
+EVAL_CONFIG = BUNDLE_CONFIGS / "evaluate.yaml"
+META_FILE = BUNDLE_CONFIGS / "metadata.json"
+
+
+def lr_grids(methods: list[str], spec: str) -> dict[str, list[float]]:
+    """Learning-rate grid per method: ``--lrs`` entries, else the method's default grid."""
+    given = {}
+    for entry in filter(None, (e.strip() for e in spec.split(";"))):
+        method, sep, values = entry.partition("=")
+        if not sep or method.strip() not in methods:
+            raise SystemExit(f"--lrs entry {entry!r}: expected METHOD=LR1,LR2 with METHOD one of {methods}.")
+        given[method.strip()] = parse_list(values)
+    return {m: given.get(m) or parse_list(METHOD_LRS.get(m, DEFAULT_LRS)) for m in methods}
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs as bundle overrides; values are JSON when they parse as JSON, else strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def find_preset(name: str) -> Path:
+    """The packaged preset ``methods/<name>.yaml``, else ``recipes/<name>.yaml`` (``fpt_monai/configs``; ``configs/``
+    in a clone)."""
+    for folder in PRESET_DIRS:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    known = sorted({p.stem for folder in PRESET_DIRS if folder.is_dir() for p in folder.glob("*.yaml")})
+    raise SystemExit(f"unknown method {name!r}: no preset in {PRESET_DIRS[0]} or {PRESET_DIRS[1]}; known: {known}")
+
+
+def method_presets(method: str) -> list[Path]:
+    """The preset files of a method; ``a+b`` merges preset ``b`` after ``a`` (e.g. ``fpt_plus+small_data``)."""
+    return [find_preset(name) for name in method.split("+")]
+
+
+def reference_method(methods: list[str], reference: str | None) -> str | None:
+    """The method the others are compared with: ``--reference``, else the linear probe when studied."""
+    if reference is not None and reference not in methods:
+        raise SystemExit(f"--reference {reference!r} is not among --methods {methods}.")
+    return reference or ("linear_probe" if "linear_probe" in methods else None)
+
+
+def common_overrides(args: argparse.Namespace, classes: int, out: Path) -> dict:
+    """Bundle overrides shared by every run (the fold's dataset_dir, learning rate and seed come per run)."""
+    overrides = {
+        "num_classes": classes,
+        "backbone": args.backbone,
+        "pretrained": args.weights,
+        "img_size": args.img_size,
+        "normalization": args.normalization,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "num_threads": args.threads,
+        "verbose": args.verbose,
+        "device": f"$torch.device('{args.device}')",
+        "store_root": str(out / "tokens"),
+        "check_images": False,  # checked once by check_images_once
+    }
+    if args.side_img_size:
+        overrides["side_img_size"] = args.side_img_size
+    if args.num_workers is not None:
+        overrides["num_workers"] = args.num_workers
+    return overrides
+
+
+@contextlib.contextmanager
+def bundle_logs(verbose: bool):
+    """Hide the bundle's log messages (INFO and WARNING; errors still raise) unless ``verbose``."""
+    logging.disable(logging.NOTSET if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def run_bundle(configs: list[Path], bundle_root: Path, overrides: dict, verbose: bool = False) -> None:
+    """One bundle workflow (training, or training + evaluation configs) in this process, at ``bundle_root``."""
+    from monai.bundle import ConfigWorkflow
+
+    with bundle_logs(verbose):
+        wf = ConfigWorkflow(
+            config_file=[str(c) for c in configs],
+            meta_file=str(META_FILE),
+            logging_file=False,
+            workflow_type="train",
+            bundle_root=str(bundle_root),
+            **overrides,
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+
+
+def finite_or_none(value) -> float | None:
+    """``value`` as a float, ``None`` when it is not finite (JSON has no NaN)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class Runner:
+    """Trains and tests one (fold, method, lr, seed) through the bundle, unless it already finished."""
+
+    def __init__(self, out: Path, fold_dirs: list[Path], overrides: dict, bar, verbose: bool = False) -> None:
+        self.out, self.fold_dirs, self.overrides, self.bar, self.verbose = out, fold_dirs, overrides, bar, verbose
+        self.new_runs = 0
+        # (fold, method, lr, seed) -> the run's test predictions (read_predictions), None without the file
+        self.predictions: dict[tuple, dict | None] = {}
+
+    def __call__(self, fold: int, method: str, lr: float, seed: int) -> dict:
+        bundle_root = self.out / "runs" / f"fold{fold}" / f"{method}_lr{lr:g}_seed{seed}"
+        metrics = bundle_root / "eval" / "metrics.json"
+        if not metrics.is_file():
+            configs = [TRAIN_CONFIG, *method_presets(method)]
+            overrides = {"dataset_dir": str(self.fold_dirs[fold]), "learning_rate": lr, "seed": seed}
+            overrides.update(self.overrides)  # the shared ones and --set, which may override anything
+            self.bar.set_postfix_str(f"fold {fold} {method} lr {lr:g} seed {seed}")
+            run_bundle(configs, bundle_root, overrides, self.verbose)
+            run_bundle(configs + [EVAL_CONFIG], bundle_root, overrides, self.verbose)
+            self.new_runs += 1
+        self.bar.update(1)
+        self.predictions[(fold, method, lr, seed)] = read_predictions(bundle_root / "eval" / "predictions_best.csv")
+        return read_run(bundle_root, fold, method, lr, seed)
+
+
+def read_run(bundle_root: Path, fold: int, method: str, lr: float, seed: int) -> dict:
+    """A finished run's row: its best validation AUC (``last.pt``) and the best weights' test AUC and accuracy."""
+    import torch
+
+    last = torch.load(bundle_root / "models" / "last.pt", weights_only=True, map_location="cpu")
+    test = json.loads((bundle_root / "eval" / "metrics.json").read_text())["best"]
+    return {
+        "fold": fold,
+        "method": method,
+        "lr": lr,
+        "seed": seed,
+        "val_auc": finite_or_none(last["best_metric"]),
+        "test_auc": finite_or_none(test["auc"]),
+        "test_acc": finite_or_none(test["acc"]),
+    }
+
+
+def read_predictions(path: Path) -> dict | None:
+    """A run's test predictions (``id, label, prob_<class>...``, written by the bundle's evaluation) as ``{"ids",
+    "labels" [N], "probs" [N, C], "class_names"}``; ``None`` when the file does not exist (a run of an older study).
+    The file is checked as any input: a malformed one is an error naming it."""
+    if not path.is_file():
+        return None
+
+    def bad(reason: str) -> SystemExit:
+        return SystemExit(
+            f"{path}: {reason}; move that run's folder out of the study to rerun it, or use a new --out-dir."
+        )
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise bad("empty predictions file")
+    header = rows[0]
+    class_names = [h[len("prob_") :] for h in header[2:]]
+    if header[:2] != ["id", "label"] or len(class_names) < 2 or not all(h.startswith("prob_") for h in header[2:]):
+        raise bad(f"expected the columns id, label, prob_<class>... (two classes or more), found {header[:6]}")
+    ids, labels, probs = [], [], []
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise bad(f"line {n} has {len(row)} fields, the header {len(header)}")
+        try:
+            label, values = int(row[1]), [float(v) for v in row[2:]]
+        except ValueError:
+            raise bad(f"line {n}: the label is not an integer or a probability is not a number") from None
+        if not 0 <= label < len(class_names) or not all(math.isfinite(v) for v in values):
+            raise bad(f"line {n}: label {label} outside 0..{len(class_names) - 1} or a probability is not finite")
+        ids.append(row[0])
+        labels.append(label)
+        probs.append(values)
+    if len(set(ids)) != len(ids):
+        raise bad("an id appears twice")
+    return {
+        "ids": ids,
+        "labels": np.asarray(labels, dtype=int),
+        "probs": np.asarray(probs, dtype=float).reshape(len(ids), len(class_names)),
+        "class_names": class_names,
+    }
+
+
+def choose_lr(tuning: list[dict]) -> float:
+    """The learning rate with the best validation AUC; a tie goes to the smaller one."""
+    best = max(tuning, key=lambda r: (-math.inf if r["val_auc"] is None else r["val_auc"], -r["lr"]))
+    return best["lr"]
+
+
+def study_method(run: Runner, fold: int, method: str, lrs: list[float], seeds: list[int]) -> tuple[list, float]:
+    """Every lr with the first seed, then the other seeds with the chosen lr: (runs, chosen lr)."""
+    tuning = [run(fold, method, lr, seeds[0]) for lr in lrs]
+    lr = choose_lr(tuning)
+    return tuning + [run(fold, method, lr, seed) for seed in seeds[1:]], lr
+
+
+LOGREG = "logreg_sklearn"
+
+
+LOGREG_CS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
+
+
+def pooled_store(out: Path, ids: list[str]):
+    """A feature store under ``<out>/tokens`` that holds the pooled features of every id, or ``None``."""
+    from fpt_monai.data import FeatureStore
+
+    for manifest in sorted((out / "tokens").glob("*/manifest.json")):
+        store = FeatureStore.open(manifest.parent)
+        if "pooled" in store.fields and not store.missing(ids, "pooled"):
+            return store
+    return None
+
+
+def logreg_runs(out: Path, folds: list[dict], seeds: list[int]) -> tuple[list[dict], dict[tuple, dict]]:
+    """scikit-learn logistic regression on the stored pooled features of each fold (standardised; C chosen on the
+    fold's validation AUC): the strongest cheap reference, outside the bundle. One row per fold and seed (it is
+    deterministic, so seeds repeat it), ``lr`` holding the chosen C; empty without a store of pooled features.
+    Also its test predictions per ``(fold, method, C, seed)``, as :func:`read_predictions` gives a bundle run's."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from fpt_monai.engines import classification_metrics
+
+    ids = [str(item["id"]) for item in folds[0]["training"] + folds[0]["validation"] + folds[0]["test"]]
+    store = pooled_store(out, ids)
+    if store is None:
+        return [], {}
+    class_names = [str(c) for c in folds[0].get("classes") or range(num_classes(folds[0]))]
+    predictions = {}
+    features = {i: store.get_pooled(i).float().numpy() for i in ids}  # read once, shared by every fold
+    rows = []
+    for fold, dl in enumerate(folds):
+        x = {s: np.stack([features[str(i["id"])] for i in dl[s]]) for s in SPLITS}
+        y = {s: np.array([int(i["label"]) for i in dl[s]]) for s in SPLITS}
+        best = None
+        for c in LOGREG_CS:
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+            model.fit(x["training"], y["training"])
+            val = classification_metrics(model.predict_proba(x["validation"]), y["validation"])["auc"]
+            if best is None or val > best[0]:
+                best = (val, c, model)
+        val_auc, c, model = best
+        probs = model.predict_proba(x["test"])
+        test = classification_metrics(probs, y["test"])
+        # predict_proba has a column per class seen in training; the folds are stratified, so every class is there
+        full = np.zeros((len(probs), len(class_names)))
+        full[:, model.classes_] = probs
+        pred = {
+            "ids": [str(i["id"]) for i in dl["test"]],
+            "labels": y["test"],
+            "probs": full,
+            "class_names": class_names,
+        }
+        for seed in seeds:
+            predictions[(fold, LOGREG, c, seed)] = pred
+            rows.append(
+                {
+                    "fold": fold,
+                    "method": LOGREG,
+                    "lr": c,
+                    "seed": seed,
+                    "val_auc": finite_or_none(val_auc),
+                    "test_auc": finite_or_none(test["auc"]),
+                    "test_acc": finite_or_none(test["acc"]),
+                }
+            )
+    return rows, predictions
