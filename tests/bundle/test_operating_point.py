@@ -58,14 +58,9 @@ def test_chosen_on_validation_and_applied_everywhere(tmp_path, tiny_bundle_data,
     flat = next(csv.DictReader(open(root / "eval" / "metrics.csv")))
     assert float(flat["op_threshold"]) == pytest.approx(calibration["operating_point"]["threshold"])
 
-    import importlib.util
+    from fpt_monai.reports.summary import summary
 
-    from ..bundle_utils import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("run_summary", REPO_ROOT / "scripts" / "run_summary.py")
-    run_summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_summary)
-    text = run_summary.summary(root)
+    text = summary(root)
     assert f"at the operating point (abnormal when p >= {calibration['operating_point']['threshold']:.3f}" in text
     assert f"temperature {calibration['temperature']:.3f} (chosen on validation)" in text
 

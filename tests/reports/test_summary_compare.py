@@ -1,24 +1,15 @@
-"""scripts/run_summary.py with two bundles: DeLong's paired test of their best weights on the same test images."""
+"""fpt_monai.reports.summary (``fpt-monai summary``) with two bundles: DeLong's paired test of their best weights on
+the same test images."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fpt_monai.engines.statistics import delong_test
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "run_summary.py"
-
-
-@pytest.fixture(scope="module")
-def run_summary():
-    spec = importlib.util.spec_from_file_location("run_summary", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from fpt_monai.reports import summary as run_summary
 
 
 def _bundle(root: Path, ids, labels, probs, names) -> Path:
@@ -29,7 +20,7 @@ def _bundle(root: Path, ids, labels, probs, names) -> Path:
     return root
 
 
-def test_paired_delong_matches_an_independent_computation(tmp_path, run_summary):
+def test_paired_delong_matches_an_independent_computation(tmp_path):
     rng = np.random.default_rng(0)
     n = 40
     labels = rng.integers(0, 2, n)
@@ -52,7 +43,7 @@ def test_paired_delong_matches_an_independent_computation(tmp_path, run_summary)
     assert f"fpt {expected['auc_a']:.3f}, probe {expected['auc_b']:.3f}" in text
 
 
-def test_different_test_splits_are_refused(tmp_path, run_summary):
+def test_different_test_splits_are_refused(tmp_path):
     names = ["a", "b", "c"]
     probs = np.full((4, 3), 1 / 3)
     a = _bundle(tmp_path / "one", ["x", "y", "z", "w"], [0, 1, 2, 0], probs, names)
