@@ -57,8 +57,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fpt_monai.data.store_options import POOLED, STORE_DTYPES, STORE_FIELDS, TOKENS
 from fpt_monai.utils.atomic import atomic_write
 
+# the store's dtypes and field names (fpt_monai.data.store_options) keep their names here, where they were defined
 __all__ = [
     "POOLED",
     "STORE_DTYPES",
@@ -72,13 +74,9 @@ __all__ = [
     "file_sha256",
 ]
 
-STORE_DTYPES = ("float16", "bfloat16", "float32")
 _NUMPY_DTYPE = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}  # bf16 stored as raw uint16
 _FORMAT = "fpt_monai.feature_store"
 _VERSION = 1
-TOKENS = "tokens"
-POOLED = "pooled"
-STORE_FIELDS = (TOKENS, POOLED)
 _LOCK = ".lock"  # the store's own lock file (never deleted: removing a lock file races with its users)
 _PREFIX = re.compile(r"[a-z0-9]{1,16}")  # a writer's shard-name prefix (``r000``: rank 0)
 # a shard's name: [<field>-]<prefix>[-<writer token>]-<number>; shards written before the token have none

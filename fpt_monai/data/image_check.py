@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fpt_monai.data.datalist import SPLITS
+from fpt_monai.data.splits import SPLITS
 from fpt_monai.utils.atomic import atomic_write_text
 from fpt_monai.utils.flags import as_bool
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fpt_monai.data.datalist import SPLITS
+from fpt_monai.data.splits import SPLITS
 
 __all__ = ["STORE_ROOT_NAME", "dataset_identity", "default_store_root", "store_key", "store_location"]
 

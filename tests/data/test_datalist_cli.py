@@ -1,4 +1,5 @@
-"""The datalist command line, ``python -m fpt_monai.data.datalist``: one real subprocess, the rest through ``main``."""
+"""The datalist command line, ``fpt-monai datalist`` (``python -m fpt_monai.data.datalist``): one real subprocess, the
+rest through ``main`` (fpt_monai.commands.datalist)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpt_monai.data.datalist.cli import main
+from fpt_monai.commands.datalist import main
 
 from ..conftest import REPO_ROOT
 

@@ -3,7 +3,7 @@
 # with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Preloading: run the frozen model once over a datalist and keep the selected tokens in a :class:`FeatureStore`.
 
-Python: :func:`preload`. Command line::
+Python: :func:`preload`. Command line (:mod:`fpt_monai.commands.preload`, ``fpt-monai preload``)::
 
     python -m fpt_monai.data.preload --datalist data/datalist.json --store outputs/tokens \\
         --backbone vit_base_patch16_384 --pretrained weights.safetensors --variant fpt_plus --normalization auto
@@ -15,6 +15,7 @@ import argparse
 import functools
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,15 @@ import torch
 from monai.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from fpt_monai.data.datalist import SPLITS, datalist_from_json
+from fpt_monai.data.datalist import datalist_from_json
 from fpt_monai.data.feature_store import POOLED, STORE_DTYPES, STORE_FIELDS, TOKENS, FeatureStore, file_sha256
 from fpt_monai.data.normalization import resolve_normalization
-from fpt_monai.flags import as_weights
+from fpt_monai.data.splits import SPLITS
+from fpt_monai.data.store_options import PRECISION_NAMES
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
-from fpt_monai.runtime import add_runtime_arguments, setup_cli
 from fpt_monai.transforms.pipeline import fpt_transforms
+from fpt_monai.utils.flags import as_weights
+from fpt_monai.utils.runtime import setup_cli
 
 __all__ = [
     "PRECISIONS",
@@ -66,7 +69,8 @@ def _weights_digest(path: str, size: int, mtime_ns: int) -> str:
     return f"sha256:{file_sha256(path)}"
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# precision -> the autocast dtype of the frozen model (None: fp32, without autocast)
+PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 def check_precision(precision: str, device: torch.device | str | None = None) -> torch.dtype | None:
@@ -396,37 +400,10 @@ def ensure_feature_store(
     return report.store
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fpt_monai.data.preload", description=__doc__.splitlines()[0])
-    p.add_argument("--datalist", required=True, help="MONAI datalist JSON (fpt_monai.data.write_datalist)")
-    p.add_argument("--store", required=True, help="feature store directory")
-    p.add_argument("--splits", default="training,validation,test", help="datalist splits to preload")
-    p.add_argument("--backbone", default="vit_base_patch16_384")
-    p.add_argument("--pretrained", default="true", help="'true' (timm hub), 'false' (random) or a weight file")
-    p.add_argument("--img-size", type=int, default=512)
-    p.add_argument("--layers", default=None, help="e.g. 6-11; default: the variant's")
-    p.add_argument("--variant", default="fpt_plus", choices=["fpt_plus", "fpt"])
-    p.add_argument("--token-ratio", type=float, default=0.2)
-    p.add_argument("--token-importance", default="global", choices=["global", "class_token"])
-    p.add_argument("--pos-interp", default="legacy", choices=["legacy", "timm"])
-    p.add_argument("--normalization", default="auto", help="dataset name, auto, backbone, or JSON [mean, std]")
-    p.add_argument("--dtype", default="float16", choices=list(STORE_DTYPES), help="stored dtype")
-    p.add_argument(
-        "--precision", default="fp32", choices=list(PRECISIONS), help="frozen model's compute precision (autocast)"
-    )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--shard-size", type=int, default=128)
-    p.add_argument("--device", default=None)
-    p.add_argument("--layer-norm-eps", type=float, default=None, help="LayerNorm eps of the frozen model")
-    p.add_argument("--pooled", action="store_true", help="also store the pooled features (linear probe, hybrid head)")
-    p.add_argument("--no-progress", action="store_true")
-    add_runtime_arguments(p)
-    return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
+def run_command(args: argparse.Namespace) -> int:
+    """The command line on its parsed arguments (:func:`fpt_monai.commands.preload.build_parser`): preload the
+    splits of the datalist, print a JSON summary (rank 0), return 0. Under ``torchrun`` it starts and ends the
+    process group."""
     setup_cli(args)  # threads for this machine (torchrun's OMP_NUM_THREADS=1 is kept), known warnings quiet
     started_dist = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
@@ -493,3 +470,18 @@ def _main(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fpt_monai.data.preload``: :func:`fpt_monai.commands.preload.main` (``fpt-monai preload``) under
+    this module's name."""
+    from fpt_monai.commands.preload import main as command
+
+    return command(argv, prog="python -m fpt_monai.data.preload")
+
+
+if __name__ == "__main__":
+    from fpt_monai.utils.errors import install_excepthook
+
+    install_excepthook()  # our one-line error after the traceback
+    sys.exit(main())

@@ -5,7 +5,8 @@
 
 Class ``abnormal`` shows one large bright round "lesion" with a darker rim; class ``normal`` only small faint blobs.
 The images are written as RGB PNG, JPEG, DICOM (MONOCHROME2 with rescale slope/intercept and a VOI window, and
-MONOCHROME1) and 2-D NIfTI, with ``datalist.json`` (stratified train/validation/test split) beside them::
+MONOCHROME1) and 2-D NIfTI, with ``datalist.json`` (stratified train/validation/test split) beside them
+(:mod:`fpt_monai.commands.demo`, ``fpt-monai demo``)::
 
     python -m fpt_monai.data.demo outputs/demo_data --per-class 24 --size 512
 """
@@ -15,13 +16,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fpt_monai.data.datalist import write_datalist
-from fpt_monai.runtime import add_runtime_arguments, setup_cli
+from fpt_monai.utils.runtime import setup_cli
 
 __all__ = ["DEMO_CLASSES", "DEMO_FORMATS", "make_demo_dataset", "synthetic_image", "write_dicom"]
 
@@ -202,17 +204,28 @@ def make_demo_dataset(
     return datalist
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m fpt_monai.data.demo", description="Write the offline demo dataset.")
-    p.add_argument("out_dir")
-    p.add_argument("--per-class", type=int, default=24)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    add_runtime_arguments(p, threads=False)  # numpy drawing and file writing: no torch threads to set
-    args = p.parse_args(argv)
+def run_command(args: argparse.Namespace) -> int:
+    """The command line on its parsed arguments (:func:`fpt_monai.commands.demo.build_parser`): write the dataset,
+    say where, return 0."""
     setup_cli(args)
     dl = make_demo_dataset(args.out_dir, per_class=args.per_class, size=args.size, seed=args.seed)
     print(
         f"wrote {sum(len(dl[s]) for s in ('training', 'validation', 'test'))} images and "
         f"{Path(args.out_dir) / 'datalist.json'}"
     )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fpt_monai.data.demo``: :func:`fpt_monai.commands.demo.main` (``fpt-monai demo``) under this
+    module's name."""
+    from fpt_monai.commands.demo import main as command
+
+    return command(argv, prog="python -m fpt_monai.data.demo")
+
+
+if __name__ == "__main__":
+    from fpt_monai.utils.errors import install_excepthook
+
+    install_excepthook()  # our one-line error after the traceback
+    sys.exit(main())
