@@ -43,7 +43,9 @@ def prompt_attention_map(
         )
     B, L, H = indices.shape[:3]
     weights = attention.mean(dim=3)  # over prompts -> [B, L, H, k]
-    tokens = torch.zeros(B, num_prefix_tokens + grid_size[0] * grid_size[1], dtype=weights.dtype, device=weights.device)
+    # zeros from zeros_like, not torch.zeros(..., device=weights.device): FPTExplainer is traced for export, and a
+    # traced device is a constant (a model_explain.ts made on the CPU would then mix CPU and CUDA tensors on a GPU)
+    tokens = torch.zeros_like(weights[:, 0, 0, :1]).expand(B, num_prefix_tokens + grid_size[0] * grid_size[1])
     tokens = tokens.scatter_add(1, indices.reshape(B, -1), weights.reshape(B, -1)) / (L * H)
     return tokens[:, num_prefix_tokens:].reshape(B, grid_size[0], grid_size[1])
 

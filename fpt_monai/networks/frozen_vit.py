@@ -327,7 +327,10 @@ class FrozenViTExtractor(nn.Module):
             if heads_out is not None:
                 x = _finish_block(blk, x, y, heads_out)
             return x, k, v, importance
-        importance = torch.zeros(B, attn.num_heads, N, device=x.device, dtype=torch.float32)
+        # the importance starts from the first chunk's sum, not from torch.zeros(..., device=x.device): this is the
+        # path that is traced for export, and a traced device is a constant (a model exported on the CPU would then
+        # add CPU and CUDA tensors when it runs on a GPU)
+        importance: torch.Tensor | None = None
         outs = []
         for start in range(0, N, chunk):
             # softmax written out so that normalisation folds into the importance and output products (about 10%
@@ -337,11 +340,13 @@ class FrozenViTExtractor(nn.Module):
             inv_sum = scores.sum(dim=-1, keepdim=True).reciprocal_()  # [B, H, chunk, 1]
             if self.importance_mode == "global":
                 with torch.autocast(x.device.type, enabled=False):  # keep the ranking scores in fp32 under AMP
-                    importance = importance + (inv_sum.transpose(-2, -1) @ scores).squeeze(-2)
+                    part = (inv_sum.transpose(-2, -1) @ scores).squeeze(-2)
+                importance = part if importance is None else importance + part
             elif start == 0:
                 importance = scores[:, :, 0] * inv_sum[:, :, 0]  # the class token's attention row
             if need_output:
                 outs.append((scores.to(v.dtype) @ v) * inv_sum.to(v.dtype))
+        assert importance is not None  # N >= 1: the loop ran
         if self.importance_mode == "global":
             importance = importance / N
         if need_output:
@@ -363,23 +368,25 @@ class FrozenViTExtractor(nn.Module):
         """bf16/fp16 (autocast) variant: the block output through the fused attention kernel, the importance
         separately from fp32 scores (half-precision scores would turn near-ties into flips): tiled, or in query
         chunks of the batch on the batched path."""
-        attn = blk.attn
-        B, N, _ = x.shape
+        N = x.shape[1]
         qf, kf = q.float(), k.float()
+        importance: torch.Tensor | None = None
         if tiled and self.importance_mode == "global":
             with torch.autocast(x.device.type, enabled=False):
                 importance = _tiled_attention(qf, kf, kf, False, _tile_width(N, self.query_chunk_size))[1]
         elif tiled:
             importance = _class_token_importance(qf, kf)
         else:
-            importance = torch.zeros(B, attn.num_heads, N, device=x.device, dtype=torch.float32)
+            # the sum starts from the first chunk: no traced device constant (as on the fp32 batched path)
             with torch.autocast(x.device.type, enabled=False):
                 for start in range(0, N, chunk):
                     probs = torch.softmax(qf[:, :, start : start + chunk] @ kf.transpose(-2, -1), dim=-1)
                     if self.importance_mode == "global":
-                        importance += probs.sum(dim=-2)
+                        part = probs.sum(dim=-2)
+                        importance = part if importance is None else importance.add_(part)
                     elif start == 0:
                         importance = probs[:, :, 0]
+            assert importance is not None  # N >= 1: the loop ran
             if self.importance_mode == "global":
                 importance = importance / N
         if need_output:

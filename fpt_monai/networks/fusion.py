@@ -171,17 +171,22 @@ class _LayerwisePromptAttention(torch.autograd.Function):
     """``softmax(q K^T * scale) V`` for batch-shared prompts ``q [L, H, P, d]`` and constant half-precision tokens
     ``K, V [B, L, H, k, d]``: each layer's tokens are upcast only while that layer is computed, and backward keeps the
     half tensors and the probabilities ``[B, L, H, P, k]`` (P = 16 prompts against d = 64 per token: a quarter of the
-    elements of K) instead of fp32 copies of K and V."""
+    elements of K) instead of fp32 copies of K and V.
+
+    Forward and backward run with autocast off for the tokens' device and compute in the prompts' dtype (fp32, or the
+    dtype autocast gave the projected prompts): under CPU autocast ``matmul`` would otherwise compute in bf16/fp16 and
+    refuse the ``out=`` buffers, and the result is that of the computation without autocast."""
 
     @staticmethod
     def forward(ctx, q, keys, values, scale):  # type: ignore[override]
         dtype = q.dtype
         probs = keys.new_empty(keys.shape[:3] + (q.shape[2], keys.shape[3]), dtype=dtype)
         out = keys.new_empty(keys.shape[:3] + (q.shape[2], keys.shape[4]), dtype=dtype)
-        for layer in range(keys.shape[1]):
-            scores = torch.matmul(q[layer], keys[:, layer].to(dtype).transpose(-2, -1)).mul_(scale)
-            torch.softmax(scores, dim=-1, out=probs[:, layer])
-            torch.matmul(probs[:, layer], values[:, layer].to(dtype), out=out[:, layer])
+        with torch.autocast(keys.device.type, enabled=False):
+            for layer in range(keys.shape[1]):
+                scores = torch.matmul(q[layer], keys[:, layer].to(dtype).transpose(-2, -1)).mul_(scale)
+                torch.softmax(scores, dim=-1, out=probs[:, layer])
+                torch.matmul(probs[:, layer], values[:, layer].to(dtype), out=out[:, layer])
         ctx.save_for_backward(keys, values, probs)
         ctx.scale = scale
         return out
@@ -191,10 +196,11 @@ class _LayerwisePromptAttention(torch.autograd.Function):
         keys, values, probs = ctx.saved_tensors
         dtype = probs.dtype
         grad_q = grad_out.new_empty(probs.shape[1:4] + (keys.shape[4],))
-        for layer in range(keys.shape[1]):
-            p = probs[:, layer]
-            dp = torch.matmul(grad_out[:, layer], values[:, layer].to(dtype).transpose(-2, -1))
-            ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
-            # the prompts are shared by the batch: sum the per-sample gradients
-            grad_q[layer] = torch.matmul(ds, keys[:, layer].to(dtype)).sum(dim=0).mul_(ctx.scale)
+        with torch.autocast(keys.device.type, enabled=False):  # backward may run inside the caller's autocast
+            for layer in range(keys.shape[1]):
+                p = probs[:, layer]
+                dp = torch.matmul(grad_out[:, layer], values[:, layer].to(dtype).transpose(-2, -1))
+                ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+                # the prompts are shared by the batch: sum the per-sample gradients
+                grad_q[layer] = torch.matmul(ds, keys[:, layer].to(dtype)).sum(dim=0).mul_(ctx.scale)
         return grad_q, None, None, None

@@ -87,12 +87,6 @@ def test_exports_run_on_the_device_like_pytorch(exported, device):
         assert (p - reference).abs().max() <= tolerance, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: torch.zeros(..., device=x.device) in frozen_vit.py (batched importance) and explain.py "
-    "(heatmap tokens) is traced with the CPU as a constant, so the exported model.ts / model_explain.ts add CPU "
-    "and CUDA tensors when Deploy runs them with --device cuda",
-)
 def test_exported_graphs_fix_no_device(exported):
     """A model exported on the CPU must run on any device: no device may be a constant of its traced graph."""
     bundle, _, _ = exported
