@@ -39,6 +39,7 @@ import os
 import platform
 import resource
 import signal
+import threading
 import time
 import traceback
 import warnings
@@ -219,8 +220,31 @@ def _measure(kind: str, cfg: dict, size: int) -> dict:
     return {"step_s": step_s, "train_img_s": B / step_s, "peak_mb": peak_mb()}
 
 
-def _child(kind: str, cfg: dict, size: int, conn) -> None:
+def _watch_sweep(pid: int) -> None:
+    """End this measurement as soon as the sweep's process ``pid`` is gone (e.g. killed on a timeout): the server
+    that forked it stays up while a measurement runs, so nothing else would stop it. Started before the memory limit
+    is set (a thread's stack is address space)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():  # no /proc: nothing to watch with
+        return
+
+    def alive() -> bool:
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone too
+        except OSError:
+            return False
+
+    def watch() -> None:
+        while alive():
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="watch-sweep", daemon=True).start()
+
+
+def _child(kind: str, cfg: dict, size: int, conn, sweep_pid: int) -> None:
     """Process entry: run one measurement and send ``{"status": ..., ...}`` back through ``conn``."""
+    _watch_sweep(sweep_pid)
     try:
         result = {"status": "ok", **_measure(kind, cfg, size)}
     except BaseException as exc:  # noqa: BLE001  (every failure is reported to the parent, which decides)
@@ -246,7 +270,7 @@ def _run_one(ctx: mp.context.BaseContext, kind: str, cfg: dict, size: int, timeo
 
     target = importlib.import_module(_MODULE)._child  # not __main__'s copy: the server has this module imported
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=target, args=(kind, cfg, size, send), daemon=True)
+    proc = ctx.Process(target=target, args=(kind, cfg, size, send, os.getpid()), daemon=True)
     proc.start()
     send.close()
     try:
