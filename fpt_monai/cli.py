@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script entry point: errors end with our one-line message after the traceback."""
-    from fpt_monai.errors import install_excepthook
+    from fpt_monai.utils.errors import install_excepthook
 
     install_excepthook()
     sys.exit(main())

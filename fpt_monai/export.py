@@ -233,7 +233,7 @@ def export_bundle(
         "files": {path.name: path.stat().st_size for _, path in exports},
         "identity": {k: metadata["fpt_monai"].get(k) for k in ("name", "version", "run_id", "checkpoint_sha256")},
     }
-    from fpt_monai.atomic import atomic_write_text
+    from fpt_monai.utils.atomic import atomic_write_text
 
     atomic_write_text(models / "export_check.json", json.dumps(report, indent=1))
     worst = max(report["max_abs_prob_diff"].values())

@@ -6,7 +6,7 @@ import sys
 from fpt_monai.commands.study import main
 
 if __name__ == "__main__":
-    from fpt_monai.errors import install_excepthook
+    from fpt_monai.utils.errors import install_excepthook
 
     install_excepthook()  # our one-line error after the traceback
     sys.exit(main())

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run() -> None:
     """Command-line entry point: errors end with our message."""
-    from fpt_monai.errors import install_excepthook
+    from fpt_monai.utils.errors import install_excepthook
 
     install_excepthook()
     main()

@@ -197,7 +197,7 @@ def _cell(value) -> str:
 
 def write_report(out_dir: str | os.PathLike, report: Mapping) -> tuple[Path, Path]:
     """``check_report.json`` and ``check_report.md`` under ``out_dir`` (written whole, then renamed)."""
-    from fpt_monai.atomic import atomic_write_text
+    from fpt_monai.utils.atomic import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from fpt_monai.flags import as_bool
 from fpt_monai.transforms.dicom_objects import FRAME_POLICIES
+from fpt_monai.utils.flags import as_bool
 
 __all__ = ["build_parser", "main"]
 

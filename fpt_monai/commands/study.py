@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the scikit-learn logistic regression on stored pooled features (C chosen on validation)",
     )
-    from fpt_monai.runtime import add_runtime_arguments
+    from fpt_monai.utils.runtime import add_runtime_arguments
 
     add_runtime_arguments(p, verbose=False)  # --threads, also passed to every bundle run
     return p

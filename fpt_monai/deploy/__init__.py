@@ -3,8 +3,8 @@
 # with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """MONAI Deploy application for FPT (extra ``fpt-monai[deploy]``): ``python -m fpt_monai.deploy -i -o -m``.
 
-:class:`ExportedFPT` (the model with its embedded metadata and record) needs only torch and MONAI; the application itself
-(``fpt_monai.deploy.app``) needs the MONAI Deploy App SDK and holoscan, and is imported on first use.
+:class:`ExportedFPT` (the model with its embedded metadata and record) needs only torch and MONAI; the application
+itself (``fpt_monai.deploy.app``) needs the MONAI Deploy App SDK and holoscan, and is imported on first use.
 """
 
 from __future__ import annotations

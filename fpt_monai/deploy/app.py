@@ -35,7 +35,6 @@ from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSel
 from monai.deploy.operators.dicom_text_sr_writer_operator import DICOMTextSRWriterOperator
 from monai.deploy.operators.dicom_utils import EquipmentInfo, ModelInfo
 
-from fpt_monai.atomic import atomic_write_text
 from fpt_monai.deploy.dicom_input import (
     CLASSIFIED,
     FAILED,
@@ -48,6 +47,7 @@ from fpt_monai.deploy.dicom_input import (
 from fpt_monai.deploy.model import ExportedFPT
 from fpt_monai.deploy.operators import FPTClassifierOperator, NoMatchingSeriesError
 from fpt_monai.transforms.dicom_objects import frame_indices
+from fpt_monai.utils.atomic import atomic_write_text
 
 __all__ = ["DEFAULT_RULES", "FPTDeployApp", "IncompleteRunError", "load_rules", "main", "run"]
 
@@ -278,7 +278,7 @@ def run(
 def _error_line(err: BaseException) -> str:
     """Details first, then ``fpt_monai: error: <file>: <reason>. <fix>`` as the last line (our errors put the file,
     the reason and the fix in their first line and a listing below it)."""
-    from fpt_monai.errors import PREFIX, error_line, find_error, is_ours
+    from fpt_monai.utils.errors import PREFIX, error_line, find_error, is_ours
 
     cause = find_error(err)
     if not is_ours(cause):
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_error_line(err), file=sys.stderr)
         return 2
     except Exception as err:  # one clear last line for the operator of the pipeline
-        from fpt_monai.errors import find_error, is_ours
+        from fpt_monai.utils.errors import find_error, is_ours
 
         # ours name the file and the fix: their traceback only at DEBUG; anything else shows where it happened
         log.log(logging.DEBUG if is_ours(find_error(err)) else logging.ERROR, "failed", exc_info=True)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 
-from fpt_monai.flags import as_weights
+from fpt_monai.utils.flags import as_weights
 
 __all__ = [
     "POS_INTERP_MODES",

@@ -51,7 +51,7 @@ def run_study(args: argparse.Namespace) -> int:
     Returns:
         The exit code, 0. A setting or input that cannot work raises ``SystemExit`` with the reason before any run.
     """
-    from fpt_monai.runtime import setup_cli
+    from fpt_monai.utils.runtime import setup_cli
 
     setup_cli(args)
     if not args.verbose:
