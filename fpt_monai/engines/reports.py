@@ -361,8 +361,12 @@ def evaluate_checkpoints(
     collector = PredictionCollector()
     collector.attach(evaluator)
     # the evaluator's own lines ("Got new best metric of val_auc", "Epoch[1] Complete") name test figures val_* and
-    # compare the second checkpoint with the first: ours below say which checkpoint each figure is
-    evaluator.logger.setLevel(max(evaluator.logger.getEffectiveLevel(), logging.WARNING))
+    # compare the second checkpoint with the first: ours below say which checkpoint each figure is. A logger of its
+    # own: ignite's is shared by every SupervisedEvaluator of the process (a training's validator after this one, in
+    # the study or a test run, would lose its lines)
+    quiet = logging.getLogger(f"{evaluator.logger.name}.checkpoint_evaluation")
+    quiet.setLevel(max(evaluator.logger.getEffectiveLevel(), logging.WARNING))
+    evaluator.logger = quiet
     results: dict[str, dict] = {}
     files: list[Path] = []
     for name, path in checkpoints.items():
