@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from fpt_monai.data import make_demo_dataset
 from fpt_monai.networks import FrozenViTExtractor, create_vit_backbone
-from fpt_monai.transforms import IMAGE_SUFFIXES, fpt_transforms
+from fpt_monai.transforms.formats import IMAGE_SUFFIXES
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,11 +43,26 @@ def _images(args) -> list[Path]:
         files = sorted(p for p in Path(args.images).rglob("*") if p.name.lower().endswith(IMAGE_SUFFIXES))
     else:
         root = Path(tempfile.mkdtemp(prefix="bench_precision_"))
-        make_demo_dataset(root, per_class=(args.num_images + 1) // 2, size=args.img_size)
+        # PNG only: generated images are read with PIL, so the benchmark needs no MONAI (16 s of imports here)
+        make_demo_dataset(root, per_class=(args.num_images + 1) // 2, size=args.img_size, formats=("png",))
         files = sorted(p for p in (root / "images").rglob("*") if p.name.lower().endswith(IMAGE_SUFFIXES))
     if not files:
         raise SystemExit(f"no images under {args.images}")
     return files[: args.num_images]
+
+
+def _load(path: Path, size: int, mean, std, generated: bool) -> torch.Tensor:
+    """The frozen model's view of one image: the bundle's own reader and transforms for a user's images (any format);
+    PIL for the generated PNGs (the same resize-and-normalise, without importing MONAI)."""
+    if not generated:
+        from fpt_monai.transforms import fpt_transforms
+
+        return fpt_transforms("inference", False, size, mean=mean, std=std)({"image": str(path)})["image"].as_tensor()
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).float()
+    return (x / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 def _timed(fn, batches, device: torch.device, dtype) -> tuple[float, list]:
@@ -92,9 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     bare.load_state_dict(ext.vit.state_dict(), strict=False)
     bare = bare.to(device).eval()
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    view = fpt_transforms("inference", False, args.img_size, mean=mean, std=std)
     files = _images(args)
-    images = torch.stack([view({"image": str(f)})["image"].as_tensor() for f in files])
+    images = torch.stack([_load(f, args.img_size, mean, std, generated=not args.images) for f in files])
     batches = [images[i : i + args.batch_size].to(device) for i in range(0, len(images), args.batch_size)]
 
     results, reference = {}, None

@@ -43,11 +43,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, p: argparse.ArgumentParser) -> CheckSettings:
-    import torch
+    device = args.device
+    if device is None or device.startswith("cuda"):  # torch only when CUDA matters (its import takes seconds)
+        import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu.")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            p.error(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu.")
     overrides: dict = {"device": device, "out_dir": args.out_dir, "pretrained": args.pretrained}
     if args.backbone:
         overrides["backbone"] = args.backbone

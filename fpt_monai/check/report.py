@@ -137,25 +137,26 @@ TARGETS = (
 
 def environment(device: str) -> dict:
     """The machine and software versions the figures belong to (recorded next to every number)."""
-    import timm
-    import torch
+    from importlib.metadata import version
 
     env = {
         "device": device,
         "device_type": device.split(":")[0],
-        "torch": torch.__version__,
-        "timm": timm.__version__,
+        "torch": version("torch"),  # read from the installed metadata: a CPU check need not import torch here
+        "timm": version("timm"),
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
     }
     try:
-        from importlib.metadata import version
-
         env["monai"] = version("monai")
     except Exception:  # the report still says which torch ran; a missing MONAI shows in the bundle section
         env["monai"] = None
+    if env["device_type"] == "cuda":
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        env["torch"] = torch.__version__  # with its CUDA build tag
     if env["device_type"] == "cuda" and torch.cuda.is_available():
         index = torch.device(device).index or 0
         props = torch.cuda.get_device_properties(index)
@@ -168,6 +169,7 @@ def environment(device: str) -> dict:
         }
     else:
         env["device_name"] = f"CPU ({env['cpu']}, {env['cpu_cores']} cores)"
+        env["torch_threads"] = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count()
     return env
 
 
@@ -208,7 +210,7 @@ def write_report(out_dir: str | os.PathLike, report: Mapping) -> tuple[Path, Pat
         f"- device: {env['device_name']} ({env['device']})"
         + (f", {env['device_memory_gib']} GiB, CUDA {env['cuda']}" if env.get("cuda") else ""),
         f"- torch {env['torch']}, timm {env['timm']}, MONAI {env.get('monai')}, Python {env['python']}, "
-        f"{env['torch_threads']} torch threads",
+        f"{env['torch_threads']} threads",
         f"- {'tiny run (a test of the command, not a measurement)' if report['tiny'] else 'full setting'}, "
         f"started {report['started']}, {report['seconds']:.0f} s",
         "",
