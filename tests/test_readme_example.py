@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,13 @@ def _site_packages(python: Path) -> Path:
 def installed_wheel(tmp_path_factory) -> Path:
     """A fresh virtual environment with this repository's wheel installed; returns its ``bin`` folder."""
     root = tmp_path_factory.mktemp("wheel_venv")
+    # built from a copy: setuptools leaves a build/ folder in the source tree, whose stale files (a module moved
+    # since) would go into the next wheel
+    source = root / "source"
+    skip = shutil.ignore_patterns(
+        ".git", ".venv", "outputs", "build", "dist", "__pycache__", "*.egg-info", ".*cache", ".hypothesis"
+    )
+    shutil.copytree(REPO_ROOT, source, symlinks=True, ignore=skip)
     build = subprocess.run(
         [
             sys.executable,
@@ -80,7 +88,7 @@ def installed_wheel(tmp_path_factory) -> Path:
             "-q",
             "-w",
             str(root / "dist"),
-            str(REPO_ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,
