@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,8 @@ def run_variant(args: argparse.Namespace, resident: bool, workers: int, bundle_r
     import torch
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
+
+    from fpt_monai.benchmarks.measure import peak_rss_mb
 
     overrides = {k: _literal(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.store_dir is not None:
@@ -100,11 +101,7 @@ def run_variant(args: argparse.Namespace, resident: bool, workers: int, bundle_r
         wf.finalize()
     epochs = {epoch: last_step[epoch] - starts[epoch] for epoch in sorted(starts)}
     later = [s for epoch, s in epochs.items() if epoch > 1] or list(epochs.values())
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb()
     return {
         "variant": ("resident" if resident else "store") + f":{workers}",
         "resident": resident,

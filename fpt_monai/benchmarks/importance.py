@@ -28,21 +28,16 @@ from pathlib import Path
 
 import torch
 
+from fpt_monai.benchmarks.measure import pil_view
 from fpt_monai.networks import FrozenViTExtractor, create_vit_backbone
 from fpt_monai.networks.frozen_vit import IMPORTANCE_PATHS
-
-_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _image(path: str | None, size: int, batch: int) -> torch.Tensor:
     """``batch`` copies of the image at ``path`` resized to ``size`` and normalised, or seeded noise without one."""
     if not path:
         return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    from PIL import Image
-
-    img = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
-    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).float()
-    x = (x / 255 - torch.tensor(_MEAN).view(3, 1, 1)) / torch.tensor(_STD).view(3, 1, 1)
+    x = pil_view(path, size)
     return x.unsqueeze(0).expand(batch, -1, -1, -1).contiguous()
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fpt_monai.benchmarks.measure import pil_view
 from fpt_monai.data import make_demo_dataset
 from fpt_monai.networks import FrozenViTExtractor, create_vit_backbone
 from fpt_monai.transforms.formats import IMAGE_SUFFIXES
@@ -58,11 +59,7 @@ def _load(path: Path, size: int, mean, std, generated: bool) -> torch.Tensor:
         from fpt_monai.transforms import fpt_transforms
 
         return fpt_transforms("inference", False, size, mean=mean, std=std)({"image": str(path)})["image"].as_tensor()
-    from PIL import Image
-
-    img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
-    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).float()
-    return (x / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return pil_view(str(path), size, mean, std, resample="BILINEAR")
 
 
 def _timed(fn, batches, device: torch.device, dtype) -> tuple[float, list]:

@@ -77,10 +77,6 @@ def _mem_available_bytes() -> int:
     raise RuntimeError("/proc/meminfo has no MemAvailable line")
 
 
-def _rss_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
 def _warm_up_kernels() -> None:
     """One training step of a very small timm ViT: starts the thread pools and pages in the kernels' code (patch
     convolution, linear, norm, attention, GELU, AdamW), so that neither counts as the measurement's memory nor
@@ -139,7 +135,9 @@ def _measure(kind: str, cfg: dict, size: int) -> dict:
     cuda = device.type == "cuda"
     if not cuda:
         _limit_cpu_memory(cfg["cpu_memory_limit_mb"])
-    base_rss = _rss_peak_mb()
+    from fpt_monai.benchmarks.measure import peak_rss_mb
+
+    base_rss = peak_rss_mb()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     B = cfg["batch_size"]
@@ -161,7 +159,7 @@ def _measure(kind: str, cfg: dict, size: int) -> dict:
         return (time.perf_counter() - start) / cfg["steps"]
 
     def peak_mb() -> float:
-        return torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_peak_mb() - base_rss
+        return torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb() - base_rss
 
     if kind in ("preload", "bare_forward"):
         if kind == "preload":

@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -45,10 +44,6 @@ METHODS = (
     "vpt",
     "adaptformer",
 )
-
-
-def _rss_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _build(method: str, args, frozen_model: bool):
@@ -89,7 +84,9 @@ def worker(method: str, args) -> dict:
     cuda = device.type == "cuda"
     amp = cuda and method == "full_finetune_checkpointing"  # the realistic modern setting: checkpointing + AMP
     B = args.batch_size
-    base_rss = _rss_peak_mb()
+    from fpt_monai.benchmarks.measure import peak_rss_mb
+
+    base_rss = peak_rss_mb()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     fpt = method in ("fpt", "fpt_plus")
@@ -135,7 +132,7 @@ def worker(method: str, args) -> dict:
     if cuda:
         torch.cuda.synchronize(device)
     step_s = (time.perf_counter() - start) / args.steps
-    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_peak_mb() - base_rss
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb() - base_rss
 
     if args.no_inference:
         return _row(method, count, peak_mb, step_s, None, net, fpt, B)

@@ -18,36 +18,22 @@ from __future__ import annotations
 
 from fpt_monai.utils.lazy import lazy_exports
 
-__all__ = [
-    "DICOM_PHOTOMETRIC_INTERPRETATIONS",
-    "FPT_MODES",
-    "IMAGE_SUFFIXES",
-    "ImageReadError",
-    "LPMViewd",
-    "LoadMedicalImage",
-    "LoadMedicalImaged",
-    "SideViewd",
-    "fpt_transforms",
-    "image_format",
-    "image_frame_count",
-    "random_resized_crop_box",
-    "read_image",
-]
+# submodule -> the names the package re-exports from it (loaded on first use)
+_EXPORTS = {
+    "io": (
+        "DICOM_PHOTOMETRIC_INTERPRETATIONS",
+        "IMAGE_SUFFIXES",
+        "ImageReadError",
+        "LoadMedicalImage",
+        "LoadMedicalImaged",
+        "image_format",
+        "image_frame_count",
+        "read_image",
+    ),
+    "pipeline": ("FPT_MODES", "fpt_transforms"),
+    "views": ("LPMViewd", "SideViewd", "random_resized_crop_box"),
+}
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "io": (
-            "DICOM_PHOTOMETRIC_INTERPRETATIONS",
-            "IMAGE_SUFFIXES",
-            "ImageReadError",
-            "LoadMedicalImage",
-            "LoadMedicalImaged",
-            "image_format",
-            "image_frame_count",
-            "read_image",
-        ),
-        "pipeline": ("FPT_MODES", "fpt_transforms"),
-        "views": ("LPMViewd", "SideViewd", "random_resized_crop_box"),
-    },
-)
+__all__ = [name for names in _EXPORTS.values() for name in names]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
