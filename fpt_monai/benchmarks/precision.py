@@ -39,11 +39,11 @@ from fpt_monai.transforms.formats import IMAGE_SUFFIXES
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _images(args) -> list[Path]:
+def _images(args, scratch: Path) -> list[Path]:
     if args.images:
         files = sorted(p for p in Path(args.images).rglob("*") if p.name.lower().endswith(IMAGE_SUFFIXES))
     else:
-        root = Path(tempfile.mkdtemp(prefix="bench_precision_"))
+        root = scratch
         # PNG only: generated images are read with PIL, so the benchmark needs no MONAI (16 s of imports here)
         make_demo_dataset(root, per_class=(args.num_images + 1) // 2, size=args.img_size, formats=("png",))
         files = sorted(p for p in (root / "images").rglob("*") if p.name.lower().endswith(IMAGE_SUFFIXES))
@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     bare.load_state_dict(ext.vit.state_dict(), strict=False)
     bare = bare.to(device).eval()
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    files = _images(args)
-    images = torch.stack([_load(f, args.img_size, mean, std, generated=not args.images) for f in files])
+    with tempfile.TemporaryDirectory(prefix="bench_precision_") as scratch:  # generated images: removed once read
+        files = _images(args, Path(scratch))
+        images = torch.stack([_load(f, args.img_size, mean, std, generated=not args.images) for f in files])
     batches = [images[i : i + args.batch_size].to(device) for i in range(0, len(images), args.batch_size)]
 
     results, reference = {}, None
