@@ -54,6 +54,7 @@ _EXPORTS = {
         "describe_calibration",
     ),
     "prepare_batch": ("FPTPrepareBatch",),
+    "probability_blend": ("DEFAULT_BLEND_WEIGHTS", "blend_probabilities", "choose_blend_weight"),
     "record_schema": ("RecordSchemaError", "class_name_problem", "validate_record"),
     "reports": (
         "PredictionCollector",
