@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
         "--budget", action="append", default=[], metavar="SECTION=SECONDS", help="a section's time budget (repeatable)"
     )
     p.add_argument("--keep-work", action="store_true", help="keep the scratch folder (demo data, store, bundle)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="sections run side by side (default: 1, so that no measurement times another; 2 for a tiny CPU run, "
+        "which measures nothing and only exercises the code)",
+    )
     return p
 
 
@@ -74,29 +81,51 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _run_in_process_group(cmd: list[str], log: Path, timeout: float) -> tuple[int | None, float]:
-    """Run ``cmd`` (output to ``log``) in its own process group; on timeout the whole group (the section's own
-    benchmark processes included) is killed. Returns (exit code or None on timeout, seconds)."""
-    start = time.perf_counter()
+def _start_in_process_group(cmd: list[str], log: Path) -> subprocess.Popen:
+    """Start ``cmd`` (output to ``log``) in its own process group, so that a timeout kills the whole group (the
+    section's own benchmark processes included)."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            code = None
-    return code, time.perf_counter() - start
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def run_sections(settings: CheckSettings, sections: list[str], progress: bool = True) -> dict:
-    """Run ``sections`` one after another, each in a process of its own within its budget; returns the report."""
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended between the poll and the kill
+        pass
+    proc.wait()
+
+
+def _section_entry(name: str, code: int | None, seconds: float, budget: float, log: Path, result_file: Path) -> dict:
     import json
 
+    entry: dict = {"seconds": seconds, "budget_s": budget, "log": str(log)}
+    if code is None:
+        return entry | {"status": "timeout", "error": f"ran past its budget of {budget:.0f} s (--budget {name}=...)"}
+    if code or not result_file.is_file():
+        last = _last_line(log.read_text(errors="replace"))
+        return entry | {"status": "failed", "error": f"exit {code}: {last} (log: {log})"}
+    entry |= {"status": "ok", **json.loads(result_file.read_text())}
+    # a section's optional steps (export, Deploy): a failure fails the section; a missing extra is a note
+    steps = {k[: -len("_status")]: v for k, v in entry["figures"].items() if k.endswith("_status")}
+    failed = [f"{k}: {v}" for k, v in steps.items() if v.startswith("failed")]
+    absent = [f"{k}: {v}" for k, v in steps.items() if v.startswith("not installed")]
+    if failed or absent:
+        entry["error"] = "; ".join(failed + absent)
+    if failed:
+        entry["status"] = "failed"
+    return entry
+
+
+def run_sections(settings: CheckSettings, sections: list[str], progress: bool = True, jobs: int = 1) -> dict:
+    """Run ``sections``, each in a process of its own within its budget, at most ``jobs`` at a time (1 for every
+    measurement: sections running side by side would time each other); returns the report."""
     from tqdm.auto import tqdm
 
     from fpt_monai.check.report import environment, evaluate_targets
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}.")
     out = Path(settings.out_dir)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -105,35 +134,42 @@ def run_sections(settings: CheckSettings, sections: list[str], progress: bool = 
     report: dict = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tiny": settings.tiny,
+        "jobs": jobs,
         "settings": {k: v for k, v in vars(settings).items() if k != "work_dir"},
         "environment": environment(settings.device),
         "sections": {},
     }
     start = time.perf_counter()
-    bar = tqdm(sections, desc="check", unit="section", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        result_file = Path(settings.work_dir) / f"{name}.json"
-        budget = settings.budgets[name]
-        cmd = [sys.executable, "-m", "fpt_monai.check.sections", name, "--settings", str(settings_file)]
-        code, seconds = _run_in_process_group([*cmd, "--out", str(result_file)], logs / f"{name}.log", budget)
-        entry: dict = {"seconds": seconds, "budget_s": budget, "log": str(logs / f"{name}.log")}
-        if code is None:
-            entry |= {"status": "timeout", "error": f"ran past its budget of {budget:.0f} s (--budget {name}=...)"}
-        elif code or not result_file.is_file():
-            last = _last_line((logs / f"{name}.log").read_text(errors="replace"))
-            entry |= {"status": "failed", "error": f"exit {code}: {last} (log: {logs / f'{name}.log'})"}
-        else:
-            entry |= {"status": "ok", **json.loads(result_file.read_text())}
-            # a section's optional steps (export, Deploy): a failure fails the section; a missing extra is a note
-            steps = {k[: -len("_status")]: v for k, v in entry["figures"].items() if k.endswith("_status")}
-            failed = [f"{k}: {v}" for k, v in steps.items() if v.startswith("failed")]
-            absent = [f"{k}: {v}" for k, v in steps.items() if v.startswith("not installed")]
-            if failed or absent:
-                entry["error"] = "; ".join(failed + absent)
-            if failed:
-                entry["status"] = "failed"
-        report["sections"][name] = entry
+    # side by side, the longest (by budget) first: the others fill the second lane while it runs
+    pending = sorted(sections, key=lambda n: -settings.budgets[n]) if jobs > 1 else list(sections)
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    entries: dict[str, dict] = {}
+    bar = tqdm(total=len(sections), desc="check", unit="section", disable=not progress)
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            result_file = Path(settings.work_dir) / f"{name}.json"
+            cmd = [sys.executable, "-m", "fpt_monai.check.sections", name, "--settings", str(settings_file)]
+            running[name] = (
+                _start_in_process_group([*cmd, "--out", str(result_file)], logs / f"{name}.log"),
+                time.perf_counter(),
+            )
+            bar.set_postfix_str(",".join(running))
+        time.sleep(0.05)
+        for name, (proc, began) in list(running.items()):
+            budget = settings.budgets[name]
+            seconds = time.perf_counter() - began
+            code = proc.poll()
+            if code is None and seconds <= budget:
+                continue
+            if code is None:
+                _kill_group(proc)
+            result_file = Path(settings.work_dir) / f"{name}.json"
+            entries[name] = _section_entry(name, code, seconds, budget, logs / f"{name}.log", result_file)
+            del running[name]
+            bar.update(1)
+    bar.close()
+    report["sections"] = {name: entries[name] for name in sections}  # in the order asked, whatever finished first
     report["seconds"] = time.perf_counter() - start
     figures = {name: sec.get("figures", {}) for name, sec in report["sections"].items()}
     report["targets"] = evaluate_targets(figures, report["environment"], settings.tiny)
@@ -148,10 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not sections:
         p.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
     settings = _settings(args, p)
+    if args.jobs is not None and args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: give 1 or more sections to run side by side.")
+    if args.jobs is not None and args.jobs > 1 and not settings.tiny:
+        p.error(f"--jobs {args.jobs} measures sections while they slow each other down: use it with --tiny only.")
+    jobs = args.jobs or (2 if settings.tiny and settings.device == "cpu" else 1)
     Path(settings.out_dir).mkdir(parents=True, exist_ok=True)
     settings.work_dir = tempfile.mkdtemp(prefix="work_", dir=settings.out_dir)
     try:
-        report = run_sections(settings, sections)
+        report = run_sections(settings, sections, jobs=jobs)
     finally:
         if not args.keep_work:  # this run's own scratch folder only
             shutil.rmtree(settings.work_dir, ignore_errors=True)

@@ -212,7 +212,8 @@ def write_report(out_dir: str | os.PathLike, report: Mapping) -> tuple[Path, Pat
         f"- torch {env['torch']}, timm {env['timm']}, MONAI {env.get('monai')}, Python {env['python']}, "
         f"{env['torch_threads']} threads",
         f"- {'tiny run (a test of the command, not a measurement)' if report['tiny'] else 'full setting'}, "
-        f"started {report['started']}, {report['seconds']:.0f} s",
+        f"started {report['started']}, {report['seconds']:.0f} s"
+        + (f", {report['jobs']} sections side by side" if report.get("jobs", 1) > 1 else ""),
         "",
         "## Targets",
         "",

@@ -51,6 +51,8 @@ def test_tiny_check_runs_every_section_and_writes_one_report(tmp_path):
     assert [t["name"] for t in report["targets"]] == [t.name for t in TARGETS]
     assert {t["verdict"] for t in report["targets"]} == {"n/a (tiny run)"}
     assert "## Targets" in md and "| bundle | ok |" in md
+    # a tiny CPU run measures nothing, so its sections run two at a time; the report keeps the asked order
+    assert report["jobs"] == 2 and "2 sections side by side" in md
     # the scratch folder (demo data, store, bundles) is removed; the logs stay
     assert sorted(p.name for p in (tmp_path / "check").iterdir()) == ["check_report.json", "check_report.md", "logs"]
 
@@ -70,6 +72,8 @@ def test_a_section_past_its_budget_is_reported_and_the_report_still_written(tmp_
         (["--budget", "bundle=soon"], "expected SECTION=SECONDS"),
         (["--img-sizes", "512,big"], "comma-separated integers"),
         (["--pretrained", "/nonexistent/weights.safetensors"], "no such file"),
+        (["--jobs", "2"], "use it with --tiny only"),
+        (["--tiny", "--jobs", "0"], "give 1 or more"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, args, message):
