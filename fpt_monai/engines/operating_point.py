@@ -41,6 +41,7 @@ __all__ = [
     "decide",
     "describe_calibration",
     "operating_point_report",
+    "write_validation_predictions",
 ]
 
 OPERATING_POINT_RULES = ("none", "youden", "target_sensitivity")
@@ -321,25 +322,64 @@ def operating_point_report(
 
 def _validation_outputs(
     network: torch.nn.Module, validator: Engine, device: torch.device | str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of the whole validation split (a plain loader over the validator's dataset: under
-    ``torchrun`` each rank's loader holds only its share)."""
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Logits, labels and item ids of the whole validation split (a plain loader over the validator's dataset: under
+    ``torchrun`` each rank's loader holds only its share). An item without an ``id`` gets its row number."""
     from monai.data import DataLoader
 
     loader = DataLoader(validator.data_loader.dataset, batch_size=validator.data_loader.batch_size or 1, shuffle=False)
-    outputs, targets = [], []
+    outputs, targets, ids = [], [], []
     network.eval()
     with torch.no_grad():
         for batch in loader:
             inputs, labels, args, kwargs = validator.prepare_batch(batch, device, False)
             outputs.append(network(inputs, *args, **kwargs).float().cpu())
             targets.append(labels.cpu())
-    return torch.cat(outputs).numpy(), torch.cat(targets).numpy()
+            batch_ids = batch.get("id") if isinstance(batch, Mapping) else None
+            if batch_ids is None:
+                batch_ids = range(len(ids), len(ids) + len(labels))
+            elif isinstance(batch_ids, torch.Tensor):
+                batch_ids = batch_ids.reshape(-1).tolist()
+            ids.extend(str(i) for i in batch_ids)
+    return torch.cat(outputs).numpy(), torch.cat(targets).numpy(), ids
+
+
+def write_validation_predictions(
+    path: str | os.PathLike, ids: Sequence[str], labels: Any, probs: Any, class_names: Sequence[str]
+) -> Path:
+    """``path`` (the bundle's ``eval/predictions_validation.csv``) in the format of the evaluation's
+    ``predictions_best.csv``: ``id, label, prob_<class>...``, six decimals, written atomically.
+
+    Raises:
+        ValueError: ids, labels and probabilities differ in length, or the columns are not the classes.
+    """
+    import csv
+    import io
+
+    from fpt_monai.utils.atomic import atomic_write_text
+
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if not len(ids) == len(labels) == len(probs) or probs.ndim != 2 or probs.shape[1] != len(class_names):
+        raise ValueError(
+            f"{path}: {len(ids)} ids, {len(labels)} labels and probabilities of shape {probs.shape} for "
+            f"{len(class_names)} classes do not match."
+        )
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["id", "label", *[f"prob_{c}" for c in class_names]])
+    for item_id, label, p in zip(ids, labels, probs, strict=True):
+        writer.writerow([item_id, int(label), *[f"{v:.6f}" for v in p]])
+    return atomic_write_text(path, table.getvalue())
 
 
 class OperatingPointChooser:
     """When training completes, fit the temperature and choose the operating point of ``models/model.pt`` on the
-    validation split, and record them in ``models/model_config.json`` (``calibration``); log what was chosen.
+    validation split, and record them in ``models/model_config.json`` (``calibration``); log what was chosen. Also
+    write model.pt's validation probabilities (temperature-scaled when a temperature was chosen, as evaluation
+    reports model.pt's test probabilities) to ``predictions_validation.csv`` in ``output_dir``, the format of the
+    evaluation's ``predictions_best.csv``: a study or a blend with another model chooses on them without touching
+    the test split (:mod:`fpt_monai.engines.probability_blend`).
 
     Attach it after :class:`~fpt_monai.engines.FPTCheckpointer` (model.pt is final) and before the model card and
     MLflow handlers (they publish the record). Only the main process writes.
@@ -350,6 +390,9 @@ class OperatingPointChooser:
         ckpt_dir: the bundle's ``models`` folder.
         class_names: the model's classes.
         options: :func:`check_operating_point_options`'s result.
+        output_dir: the folder of ``predictions_validation.csv``. Defaults to ``eval`` beside ``ckpt_dir`` (the
+            bundle's ``output_dir``).
+        write_predictions: write the validation probabilities. Defaults to ``True``.
     """
 
     def __init__(
@@ -359,12 +402,16 @@ class OperatingPointChooser:
         ckpt_dir: str | os.PathLike,
         class_names: Sequence[str],
         options: Mapping,
+        output_dir: str | os.PathLike | None = None,
+        write_predictions: bool = True,
     ) -> None:
         self.network = network
         self.validator = validator
         self.ckpt_dir = Path(ckpt_dir)
         self.class_names = list(class_names)
         self.options = dict(options)
+        self.output_dir = Path(output_dir) if output_dir is not None else self.ckpt_dir.parent / "eval"
+        self.write_predictions = bool(write_predictions)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -378,9 +425,11 @@ class OperatingPointChooser:
         checkpoint = self.ckpt_dir / "model.pt"
         if not checkpoint.is_file() or not record_file.is_file():
             return None
-        if not self.options["calibrate"] and self.options["rule"] == "none":
+        asked = self.options["calibrate"] or self.options["rule"] != "none"
+        if not asked:
             record_calibration(record_file, None)  # nothing asked for: no choice of earlier weights stays
-            return None
+            if not self.write_predictions:
+                return None
         from fpt_monai.data.feature_store import file_sha256
         from fpt_monai.engines.checkpoint import load_checkpoint
 
@@ -388,12 +437,20 @@ class OperatingPointChooser:
         scored = copy.deepcopy(net)
         scored.load_state_dict(load_checkpoint(checkpoint), strict=True)
         device = self.validator.state.device or "cpu"
-        logits, labels = _validation_outputs(scored, self.validator, device)
+        logits, labels, ids = _validation_outputs(scored, self.validator, device)
         del scored
-        calibration = choose_calibration(logits, labels, self.class_names, file_sha256(checkpoint), self.options)
-        record_calibration(record_file, calibration)
-        for line in describe_calibration(calibration):
-            logger.info("%s", line)
+        calibration = None
+        if asked:
+            calibration = choose_calibration(logits, labels, self.class_names, file_sha256(checkpoint), self.options)
+            record_calibration(record_file, calibration)
+            for line in describe_calibration(calibration):
+                logger.info("%s", line)
+        if self.write_predictions:
+            temperature = (calibration or {}).get("temperature")
+            probs = _softmax(np.asarray(logits, dtype=np.float64) / (temperature or 1.0))
+            write_validation_predictions(
+                self.output_dir / "predictions_validation.csv", ids, labels, probs, self.class_names
+            )
         return calibration
 
 

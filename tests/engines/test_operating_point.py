@@ -227,3 +227,55 @@ def test_prediction_writer_applies_the_operating_point(tmp_path):
     # 0.35 -> 0.42 after T = 2: called "m" at the threshold 0.35, though "b" is more probable
     assert [r["prediction"] for r in rows] == ["m" if p[1] >= 0.35 else "b" for p in scaled] == ["b", "m", "m"]
     assert rows[1]["probabilities"]["m"] == pytest.approx(scaled[1, 1])
+
+
+@pytest.mark.filterwarnings("ignore:.*has no recorded checksum")  # a model.pt saved by the test, not training
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_chooser_writes_model_pt_validation_predictions(tmp_path, calibrate):
+    """At training's end the chooser writes model.pt's (not the network's current) validation probabilities, in
+    predictions_best.csv's format, temperature-scaled when a temperature was chosen (issue 22)."""
+    import csv
+    import json
+
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+
+    from fpt_monai.engines import FPTPrepareBatch, OperatingPointChooser
+    from fpt_monai.study.runs import read_predictions
+
+    torch.manual_seed(0)
+    items = [{"image": torch.randn(4), "label": k % 2, "id": f"v{k}"} for k in range(7)]
+    validator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(Dataset(items), batch_size=3),
+        network=torch.nn.Linear(4, 2),
+        prepare_batch=FPTPrepareBatch(),
+    )
+    trained = torch.nn.Linear(4, 2)
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    torch.save(trained.state_dict(), ckpt / "model.pt")
+    record = _record(["b", "m"], None)
+    del record["calibration"]
+    record["frozen_weights"] = {"source": "w.safetensors", "id": "sha256:" + "0" * 64}
+    (ckpt / "model_config.json").write_text(json.dumps(record))
+    network = torch.nn.Linear(4, 2)  # the network's final weights differ from model.pt's
+    options = check_operating_point_options(["b", "m"], calibrate=calibrate)
+    calibration = OperatingPointChooser(network, validator, ckpt, ["b", "m"], options)()
+
+    path = tmp_path / "eval" / "predictions_validation.csv"
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == ["id", "label", "prob_b", "prob_m"]
+    pred = read_predictions(path)
+    assert pred["ids"] == [f"v{k}" for k in range(7)] and pred["labels"].tolist() == [k % 2 for k in range(7)]
+    with torch.no_grad():
+        logits = trained(torch.stack([i["image"] for i in items])).double()
+    temperature = calibration["temperature"] if calibrate else 1.0
+    assert (calibration is not None) == calibrate
+    np.testing.assert_allclose(pred["probs"], torch.softmax(logits / temperature, 1).numpy(), atol=2e-6)
+    if calibrate:
+        assert temperature != pytest.approx(1.0)  # the scaled probabilities are a different file
+
+    path.unlink()
+    OperatingPointChooser(network, validator, ckpt, ["b", "m"], options, write_predictions=False)()
+    assert not path.exists()
