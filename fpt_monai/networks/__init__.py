@@ -20,6 +20,7 @@ from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.networks.fusion import RESIDUAL_MODES, FusionModule
 from fpt_monai.networks.layers import parse_layers
 from fpt_monai.networks.pooled_head import PooledHead
+from fpt_monai.networks.probe_fusion import ProbeFusion
 from fpt_monai.networks.side_vit import SIDE_INIT_MODES, SideViT, init_weights_hf_vit
 from fpt_monai.networks.spec import RECORDED_NETWORKS, network_from_spec, network_spec, recorded
 from fpt_monai.networks.temperature import TemperatureScaled, TemperatureScaledExplainer
@@ -52,6 +53,7 @@ __all__ = [
     "ParameterCount",
     "PooledHead",
     "PooledLinearProbe",
+    "ProbeFusion",
     "SideViT",
     "VPTDeepViT",
     "ViTClassifier",

@@ -196,6 +196,8 @@ class FPT(nn.Module):
         # without the frozen model only its architecture is needed (no memory, no weight file read)
         lpm = FrozenViTExtractor(**lpm_kwargs) if frozen_model else FrozenViTExtractor.skeleton(**lpm_kwargs)
         self.lpm: FrozenViTExtractor | None = lpm if frozen_model else None
+        # the frozen model's settings (weights aside): a network that shares one frozen model with FPT builds it
+        self.lpm_kwargs = {k: v for k, v in lpm_kwargs.items() if k != "pretrained"}
         self._token_shape = lpm.token_shape
         lpm_dim, heads = lpm.embed_dim, lpm.num_heads
         if lpm_dim % side_reduction:

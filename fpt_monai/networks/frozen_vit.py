@@ -452,6 +452,31 @@ class FrozenViTExtractor(nn.Module):
             x = vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x)))))
             return self._pool_tokens(vit.norm(x))
 
+    def pool_at(self, x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, 2 * D]`` of images at another resolution than ``img_size``, through the same frozen
+        weights: ``pos_embed`` holds the position embeddings of that resolution's patch grid (resampled from the
+        weight file as an extractor built at that size resamples them, :func:`fpt_monai.networks.probe_fusion.
+        position_embedding_at`), so the result equals that extractor's :meth:`pool` without a second copy of the
+        weights. Needs ``pooled=True``."""
+        if not self.pooled:
+            raise RuntimeError("pooled features need the whole frozen model: build the extractor with pooled=True.")
+        vit = self.vit
+        embed = vit.patch_embed
+        with torch.no_grad():
+            # timm's PatchEmbed and _pos_embed without their fixed-size checks: the same operations, another grid
+            x = embed.norm(embed.proj(x).flatten(2).transpose(1, 2))
+            prefix = []
+            if vit.cls_token is not None:
+                prefix.append(vit.cls_token.expand(x.shape[0], -1, -1))
+            if vit.reg_token is not None:
+                prefix.append(vit.reg_token.expand(x.shape[0], -1, -1))
+            if vit.no_embed_class:
+                x = torch.cat(prefix + [x + pos_embed], dim=1) if prefix else x + pos_embed
+            else:
+                x = (torch.cat(prefix + [x], dim=1) if prefix else x) + pos_embed
+            x = vit.blocks(vit.norm_pre(vit.patch_drop(vit.pos_drop(x))))
+            return self._pool_tokens(vit.norm(x))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the selected tokens, each ``[B, L, heads, k, head_dim]`` (batch first).
 
