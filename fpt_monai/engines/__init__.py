@@ -100,6 +100,7 @@ _EXPORTS = {
         "warmup_cosine_schedule",
     ),
     "training_summary": ("TrainingSummary", "epoch_metrics_print", "evaluate_command", "training_summary"),
+    "weight_averaging": ("WEIGHT_AVERAGING_MODES", "WeightAveraging", "check_weight_averaging"),
 }
 
 __all__ = [name for names in _EXPORTS.values() for name in names]

@@ -32,13 +32,18 @@ import re
 import warnings
 import zipfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from ignite.engine import Engine, Events
 
 from fpt_monai.data.feature_store import file_sha256
 from fpt_monai.utils.atomic import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from fpt_monai.engines.weight_averaging import WeightAveraging
 
 __all__ = [
     "CHECKSUMS",
@@ -204,6 +209,10 @@ class FPTCheckpointer:
             a small validation split several epochs often reach the same AUC (1.0), and the first of them is rarely
             the best model. ``None`` keeps the first. Defaults to ``None``.
         resume: restore from ``last.pt`` when the trainer starts, if it exists. Defaults to ``True``.
+        averager: a :class:`~fpt_monai.engines.weight_averaging.WeightAveraging` of ``network`` (EMA/SWA): ``last.pt``
+            holds the raw weights and its average (restored on resume), ``model_final.pt`` the averaged weights;
+            ``model.pt`` holds the weights validated, which it makes the averaged ones. ``None`` or its mode
+            ``none``: no averaging. Defaults to ``None``.
     """
 
     def __init__(
@@ -216,6 +225,7 @@ class FPTCheckpointer:
         key_metric: str = "val_auc",
         tie_metric: str | None = None,
         resume: bool = True,
+        averager: WeightAveraging | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
         self.network = network
@@ -225,6 +235,7 @@ class FPTCheckpointer:
         self.key_metric = key_metric
         self.resume = resume
         self.tie_metric = tie_metric
+        self.averager = averager
         self.best_metric = -math.inf
         self.best_tie = math.inf
         self.best_epoch = -1
@@ -237,6 +248,10 @@ class FPTCheckpointer:
     @property
     def last_path(self) -> Path:
         return self.save_dir / "last.pt"
+
+    @property
+    def _averaging(self) -> WeightAveraging | None:
+        return self.averager if self.averager is not None and self.averager.enabled else None
 
     @property
     def _model(self) -> torch.nn.Module:
@@ -334,8 +349,11 @@ class FPTCheckpointer:
             return
         for callback in self._before_save:
             callback(engine)
+        averaging = self._averaging
+        with averaging.raw() if averaging is not None else nullcontext():  # training resumes from the raw weights
+            network_state = self._model.state_dict()
         state = {
-            "network": self._model.state_dict(),
+            "network": network_state,
             "trainer": {
                 "epoch": engine.state.epoch,
                 "iteration": engine.state.iteration,
@@ -353,11 +371,34 @@ class FPTCheckpointer:
             state["optimizer"] = self.optimizer.state_dict()
         if self.lr_scheduler is not None:
             state["lr_scheduler"] = self.lr_scheduler.state_dict()
+        if averaging is not None:
+            state["weight_averaging"] = averaging.state_dict()
         atomic_torch_save(state, self.last_path)
 
     def save_final(self, engine: Engine) -> None:
         if _is_main_process():
-            atomic_torch_save(self._model.state_dict(), self.save_dir / "model_final.pt")
+            averaging = self._averaging
+            with averaging.averaged() if averaging is not None else nullcontext():
+                atomic_torch_save(self._model.state_dict(), self.save_dir / "model_final.pt")
+
+    def _load_averaging(self, state: dict) -> None:
+        """The average of ``last.pt`` restored into the averager; a change of ``weight_averaging`` is refused (the
+        resumed training would not be the one started)."""
+        averaging = self._averaging
+        recorded = state.get("weight_averaging")
+        saved_mode = recorded.get("mode", "none") if isinstance(recorded, dict) else "none"
+        mode = averaging.mode if averaging is not None else "none"
+        if saved_mode != mode:
+            raise RuntimeError(
+                f"cannot resume from {self.last_path}: it was trained with weight_averaging {saved_mode}, this "
+                f"training uses {mode}. Resume with --weight_averaging {saved_mode}, or move it away to start from "
+                "scratch."
+            )
+        if averaging is not None:
+            try:
+                averaging.load_state_dict(recorded)
+            except ValueError as err:
+                raise RuntimeError(f"cannot resume from {self.last_path}: {err}") from err
 
     def load_last(self, engine: Engine) -> None:
         if not self.last_path.is_file():
@@ -378,6 +419,7 @@ class FPTCheckpointer:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and "lr_scheduler" in state:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self._load_averaging(state)
         self.best_metric = float(state["best_metric"])
         self.best_tie = float(state.get("best_tie", math.inf))
         self.best_epoch = int(state["best_epoch"])
