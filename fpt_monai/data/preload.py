@@ -30,6 +30,7 @@ from fpt_monai.data.normalization import resolve_normalization
 from fpt_monai.data.splits import SPLITS
 from fpt_monai.data.store_options import PRECISION_NAMES
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
+from fpt_monai.transforms.frozen_views import FROZEN_VIEW_KEY, FROZEN_VIEW_TRANSFORMS, FrozenViewd
 from fpt_monai.transforms.pipeline import fpt_transforms
 from fpt_monai.utils.flags import as_weights
 from fpt_monai.utils.runtime import setup_cli
@@ -150,7 +151,9 @@ def preload(
     (a store built with other settings raises :class:`~fpt_monai.data.StoreMismatchError`).
 
     Args:
-        items: datalist items with ``image`` and ``id``.
+        items: datalist items with ``image`` and ``id``; an item may name a geometric transform under
+            ``frozen_view`` (an augmented frozen view, :func:`fpt_monai.transforms.frozen_views.expand_store_views`),
+            applied to the loaded image before the frozen model's view is made.
         extractor: the frozen model (e.g. ``FPT(...).lpm``).
         store_dir: the store directory (created if needed).
         mean, std: the LPM view's normalisation.
@@ -188,6 +191,10 @@ def preload(
     ids = [str(item["id"]) for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("items repeat ids; build the datalist with fpt_monai.data (ids are relative paths).")
+    views = {str(item.get(FROZEN_VIEW_KEY) or "") for item in items} - {""}
+    unknown = sorted(views - set(FROZEN_VIEW_TRANSFORMS))
+    if unknown:
+        raise ValueError(f"items name unknown frozen views {unknown}; supported: {list(FROZEN_VIEW_TRANSFORMS)}.")
     settings = store_settings(extractor, mean, std, precision=precision)
     rank, world = _dist_rank_world()
     if world > 1:  # rank 0 creates the store (and clears leftovers) before any rank writes; each rank writes its own
@@ -203,7 +210,8 @@ def preload(
         store = FeatureStore.open_or_create(store_dir, settings, extractor.token_shape, dtype)
         _declare_fields(store, fields, extractor)
     pending = [
-        {"image": item["image"], "id": str(item["id"])}
+        # the view's transform only when some item has one: a store without views is made exactly as before
+        {"image": item["image"], "id": str(item["id"]), **({FROZEN_VIEW_KEY: _view(item)} if views else {})}
         for item in items
         if any(not store.has(str(item["id"]), f) for f in fields)
     ]
@@ -230,6 +238,10 @@ def preload(
         return report
     torch.distributed.barrier()  # every rank's shards are committed: re-index them all
     return PreloadReport(FeatureStore.open(store_dir), len(pending), skipped)
+
+
+def _view(item: Mapping) -> str:
+    return str(item.get(FROZEN_VIEW_KEY) or "")
 
 
 def _declare_fields(store: FeatureStore, fields: Sequence[str], extractor: FrozenViTExtractor) -> None:
@@ -267,9 +279,12 @@ def _preload_pending(
         torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     extractor = extractor.to(device).eval()
+    # an augmented view's transform is applied to the loaded image, before the frozen model's view is made
+    frozen_view = FrozenViewd("image") if any(FROZEN_VIEW_KEY in item for item in pending) else None
+    transform = fpt_transforms("inference", False, extractor.img_size, mean=mean, std=std, frozen_view=frozen_view)
     loader = DataLoader(
         # the same LPM view as inference (fpt_transforms "inference"), so stored and online tokens match
-        Dataset(pending, transform=fpt_transforms("inference", False, extractor.img_size, mean=mean, std=std)),
+        Dataset(pending, transform=transform),
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,

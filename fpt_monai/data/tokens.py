@@ -37,6 +37,9 @@ class LoadPreloadedTokensd(Transform):
             :class:`~fpt_monai.engines.FPTPrepareBatch` gathers the batch there. Only the id -> row table is kept,
             so DataLoader workers never copy the tensors.
         row_key: where the row number goes. Defaults to ``"token_row"``.
+        store_id_key: the item key holding the id of a drawn stored view (set by
+            :class:`~fpt_monai.transforms.frozen_views.RandFrozenViewd` with ``store_views`` > 1); looked up instead
+            of ``id_key`` when present. Defaults to ``"store_id"``.
 
     Raises:
         ValueError: unknown fields.
@@ -54,6 +57,7 @@ class LoadPreloadedTokensd(Transform):
         verify_reads: bool = True,
         resident: ResidentStore | None = None,
         row_key: str = "token_row",
+        store_id_key: str = "store_id",
     ) -> None:
         fields = (fields,) if isinstance(fields, str) else tuple(fields)
         if not fields or any(f not in STORE_FIELDS for f in fields):
@@ -67,6 +71,7 @@ class LoadPreloadedTokensd(Transform):
         self.values_key = values_key
         self.pooled_key = pooled_key
         self.row_key = row_key
+        self.store_id_key = store_id_key
         self.row_index: dict[str, int] | None = None
         if resident is not None:
             absent = [f for f in fields if f not in resident.fields]
@@ -78,7 +83,8 @@ class LoadPreloadedTokensd(Transform):
         d = dict(data)
         if self.id_key not in d:
             raise KeyError(f"data item has no {self.id_key!r} key to look its tokens up with: {sorted(map(str, d))}")
-        item_id = str(d[self.id_key])
+        # a drawn augmented view (store_views > 1) reads its own stored tokens; otherwise the item's plain view
+        item_id = str(d[self.store_id_key] if self.store_id_key in d else d[self.id_key])
         if self.row_index is not None:
             if item_id not in self.row_index:
                 raise MissingItemsError(

@@ -28,6 +28,7 @@ def fpt_transforms(
     side_view: bool = True,
     channels: int = 3,
     window: Sequence[float] | None = None,
+    frozen_view: Callable | None = None,
 ) -> Compose:
     """Preprocessing of FPT's inputs.
 
@@ -47,6 +48,9 @@ def fpt_transforms(
             ``fpt_monai.data.LoadPreloadedTokensd(store, fields=("tokens",))``.
         side_view: make the side view (``"preload"``/``"online"``). Defaults to ``True``.
         channels, window: see :class:`~fpt_monai.transforms.LoadMedicalImaged`.
+        frozen_view: a geometric transform of the loaded image placed right after loading, before both views
+            (:mod:`fpt_monai.transforms.frozen_views`): training's draw of a stored view (``RandFrozenViewd``, which
+            also points ``tokens`` at the view's stored id) or the preload's ``FrozenViewd``. ``None``: none.
 
     Raises:
         ValueError: unknown mode, or ``"preload"`` without ``tokens``.
@@ -59,9 +63,11 @@ def fpt_transforms(
             "LoadPreloadedTokensd(store)); run the preload step to build the store."
         )
     mean, std = list(mean), list(std)
+    # the frozen view comes first: the side view, the LPM view and the token lookup all follow the drawn view
+    view = [frozen_view] if frozen_view is not None else []
     if mode == "preload" and not side_view:
-        return Compose([tokens])
-    steps: list = [LoadMedicalImaged("image", channels=channels, window=window)]
+        return Compose([*view, tokens])
+    steps: list = [LoadMedicalImaged("image", channels=channels, window=window), *view]
     if mode != "inference" and side_view:
         steps.append(SideViewd("image", output_key="image_side", size=side_img_size, train=train))
         steps.append(NormalizeIntensityd("image_side", subtrahend=mean, divisor=std, channel_wise=True))
