@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "infer": ("bundle_run", "infer", "classify images (a file, a folder or a datalist) with a trained bundle"),
     "summary": ("summary", "main", "a trained bundle's results; with two bundles, DeLong's paired test"),
     "study": ("study", "main", "cross-validated comparison of methods on your data (settings chosen on validation)"),
+    "fuse": ("fuse", "main", "one bundle blending a trained FPT+ and a linear probe (weight chosen on validation)"),
     "export": ("export", "main", "TorchScript and ONNX exports of a trained bundle, checked against PyTorch"),
     "deploy": ("deploy", "main", "the MONAI Deploy app: classify a DICOM study with an exported model"),
     "benchmark": ("benchmark", "main", "the benchmarks behind docs/benchmarks.md (training cost, resolution, ...)"),

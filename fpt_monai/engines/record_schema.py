@@ -250,6 +250,71 @@ def _calibration(value: Any) -> str | None:
     return None
 
 
+def _fusion(value: Any) -> str | None:
+    """A fused bundle's blend (fpt_monai.engines.fuse): the weight chosen on validation, the table it was chosen from
+    and the two fused bundles' own records (each checked against this schema, without a fusion of its own)."""
+    keys = {"weight", "val_auc", "val_loss", "split", "probabilities_from", "table", "members"}
+    if not isinstance(value, dict) or set(value) != keys:
+        return f"an object with exactly {sorted(keys)}"
+    if not (_is_number(value["weight"]) and 0.0 <= value["weight"] <= 1.0):
+        return "an object whose weight is a number in [0, 1]"
+    if not all(
+        _is_number(value[k]) or isinstance(value[k], float) and math.isnan(value[k]) for k in ("val_auc", "val_loss")
+    ):
+        return "an object whose val_auc and val_loss are numbers"
+    if value["split"] != "validation" or value["probabilities_from"] not in ("images", "stores"):
+        return "an object whose split is 'validation' and probabilities_from 'images' or 'stores'"
+    table = value["table"]
+    rows_ok = isinstance(table, list) and all(
+        isinstance(r, dict)
+        and set(r) == {"weight", "auc", "loss"}
+        and all(_is_number(v) or isinstance(v, float) and math.isnan(v) for v in r.values())
+        for r in table
+    )
+    if not rows_ok or not 1 <= len(table) <= 101:
+        return "an object whose table lists at most 101 {weight, auc, loss} rows"
+    members = value["members"]
+    if not isinstance(members, dict) or set(members) != {"fpt", "probe"}:
+        return "an object whose members are exactly 'fpt' and 'probe'"
+    for name, member in members.items():
+        if isinstance(member, Mapping) and "fusion" in member:
+            return f"an object whose member {name} is not itself a fusion"
+        try:
+            validate_record(member, f"fusion member {name}")
+        except RecordSchemaError as err:
+            return f"an object whose member {name} is a valid record ({str(err)[:300]})"
+    return None
+
+
+def _fusion_problems(data: Mapping) -> list[str]:
+    """A ProbeFusion's network_spec against the record: its FPT's arguments are the record's settings, its weight
+    the fusion's, its two parts the members' networks."""
+    spec = data.get("network_spec")
+    fusion = data.get("fusion")
+    fused = isinstance(spec, Mapping) and spec.get("target") == "ProbeFusion"
+    if not fused:
+        return ["fusion is only for a network_spec of ProbeFusion"] if fusion is not None else []
+    if not isinstance(fusion, Mapping):
+        return ["a ProbeFusion needs its fusion (the weight and the fused bundles' records)"]
+    from fpt_monai.engines.model_record import MODEL_SETTINGS  # here: model_record imports this module
+
+    kwargs = spec["kwargs"]
+    fpt, probe = kwargs.get("fpt"), kwargs.get("probe")
+    if not isinstance(fpt, Mapping) or not isinstance(probe, Mapping):
+        return ["network_spec of ProbeFusion needs the kwargs fpt and probe"]
+    problems = []
+    differ = [k for k in MODEL_SETTINGS if k in fpt and k in data and fpt[k] != data[k]]
+    if differ:
+        problems.append(f"network_spec's fpt {differ} differ from the record's settings")
+    if kwargs.get("weight") != fusion["weight"]:
+        problems.append("network_spec's weight differs from fusion's weight")
+    for name, part, target in (("fpt", fpt, "FPT"), ("probe", probe, "PooledLinearProbe")):
+        member_spec = fusion["members"][name].get("network_spec")
+        if not isinstance(member_spec, Mapping) or member_spec != {"target": target, "kwargs": part}:
+            problems.append(f"network_spec's {name} is not the {target} of fusion's member {name}")
+    return problems
+
+
 # key -> (check, required from format 2 on); each check returns what the value should be, or None when it is fine
 _SCHEMA: dict[str, tuple[Callable[[Any], str | None], bool]] = {
     "format": (
@@ -276,6 +341,7 @@ _SCHEMA: dict[str, tuple[Callable[[Any], str | None], bool]] = {
     "training_settings": (_training_settings, False),
     "ordinal_labels": (lambda v: None if isinstance(v, bool) else "true or false", False),
     "calibration": (_calibration, False),
+    "fusion": (_fusion, False),
 }
 # format 1 (no "format" key) records held only these for sure
 _REQUIRED_FORMAT_1 = ("class_names", "num_classes", "backbone", "img_size", "mean", "std")
@@ -334,6 +400,8 @@ def validate_record(
         differ = [k for k in MODEL_SETTINGS if k in kwargs and k in data and kwargs[k] != data[k]]
         if differ:
             problems.append(f"network_spec's {differ} differ from the record's settings")
+    if not problems:
+        problems += _fusion_problems(data)
     if problems:
         raise RecordSchemaError(f"{source}: not a valid model record: {'; '.join(problems)}. {fix}")
     return int(version)
