@@ -88,6 +88,7 @@ def test_weight_is_chosen_on_validation_and_the_output_is_the_blend(fused):
     assert not test_ids & {i["image"] for i in validation}
 
 
+@pytest.mark.slow  # evaluation with bootstrap intervals and the ONNX export: about 2 min on 2 CPU cores
 def test_fused_bundle_evaluates_exports_and_deploys(fused, tmp_path):
     from fpt_monai.deploy import ExportedFPT
     from fpt_monai.export import export_bundle
