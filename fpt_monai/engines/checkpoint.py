@@ -209,10 +209,10 @@ class FPTCheckpointer:
             a small validation split several epochs often reach the same AUC (1.0), and the first of them is rarely
             the best model. ``None`` keeps the first. Defaults to ``None``.
         resume: restore from ``last.pt`` when the trainer starts, if it exists. Defaults to ``True``.
-        averager: a :class:`~fpt_monai.engines.weight_averaging.WeightAveraging` of ``network`` (EMA/SWA): ``last.pt``
-            holds the raw weights and its average (restored on resume), ``model_final.pt`` the averaged weights;
-            ``model.pt`` holds the weights validated, which it makes the averaged ones. ``None`` or its mode
-            ``none``: no averaging. Defaults to ``None``.
+        averager: a :class:`~fpt_monai.engines.weight_averaging.WeightAveraging` of ``network`` (EMA/SWA), attached to
+            the trainer with this checkpointer: ``last.pt`` holds the raw weights and its average (restored on
+            resume), ``model_final.pt`` the averaged weights; ``model.pt`` holds the weights validated, which it
+            makes the averaged ones. ``None`` or its mode ``none``: no averaging. Defaults to ``None``.
     """
 
     def __init__(
@@ -260,6 +260,8 @@ class FPTCheckpointer:
 
     def attach(self, engine: Engine) -> None:
         self.trainer = engine
+        if self._averaging is not None:
+            self._averaging.attach(engine)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load_last)
         if self.validator is not None:

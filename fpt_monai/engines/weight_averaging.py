@@ -123,9 +123,12 @@ def _grouped(*lists: list[torch.Tensor]) -> Iterator[tuple[list[torch.Tensor], .
 class WeightAveraging:
     """An Ignite handler keeping averaged weights of ``network`` (EMA or SWA) that validation and the saved models use.
 
-    Attach it to the trainer (with the bundle's other ``train_handlers``) and give it to the
-    :class:`~fpt_monai.engines.FPTCheckpointer` as ``averager``, so that ``last.pt`` holds its state. The handler
-    only copies tensors: the raw weights, the optimizer and the random numbers follow the same course as without it.
+    Give it to the :class:`~fpt_monai.engines.FPTCheckpointer` as ``averager`` (the bundle does): the checkpointer
+    attaches it to the trainer and ``last.pt`` holds its state. Without a checkpointer, attach it to the trainer. Its
+    place among the handlers does not matter: SWA folds an epoch's end weights in at the first of the trainer's epoch
+    end, the validator's start or the checkpointer's save, and validation swaps the average in at its start. The
+    handler only copies tensors: the raw weights, the optimizer and the random numbers follow the same course as
+    without it.
 
     Args:
         network: the trained network (a ``DistributedDataParallel`` is unwrapped). What is averaged: its parameters
@@ -173,8 +176,10 @@ class WeightAveraging:
         return self.mode != "none"
 
     def attach(self, engine: Engine) -> None:
-        if not self.enabled:
+        if not self.enabled or self.trainer is engine:  # attached once (by the checkpointer, or directly)
             return
+        if self.trainer is not None:
+            raise RuntimeError("a WeightAveraging handler averages one trainer's network; build one per trainer.")
         self.trainer = engine
         if self.mode == "swa":
             checked = check_weight_averaging("swa", self.ema_decay, self.swa_start_epoch, engine.state.max_epochs)

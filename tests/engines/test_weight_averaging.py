@@ -50,9 +50,10 @@ def _snapshot(net) -> dict:
 
 
 def _run(root, mode="none", epochs=4, auc=None, order="bundle", resume=True, **averaging):
-    """A real MONAI trainer and validator on a small MLP with BatchNorm, the bundle's handlers in the bundle's order
-    (``order="late"``: the averager attached after the checkpointer). Returns what the run saw: the raw weights after
-    every iteration (``raw``), the weights each validation evaluated (``validated``) and the network."""
+    """A real MONAI trainer and validator on a small MLP with BatchNorm, the bundle's handlers in the bundle's order:
+    the averager attached by the checkpointer, after the validation (``order="early"``: also attached directly before
+    the validation). Returns what the run saw: the raw weights after every iteration (``raw``), the weights each
+    validation evaluated (``validated``) and the network."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     gen = torch.Generator().manual_seed(1)
@@ -67,7 +68,7 @@ def _run(root, mode="none", epochs=4, auc=None, order="bundle", resume=True, **a
     averager = WeightAveraging(net, mode=mode, validator=validator, **averaging)
     checkpointer = FPTCheckpointer(root, net, optimizer, validator=validator, resume=resume, averager=averager)
     validation = ValidationHandler(validator=validator, interval=1, epoch_level=True)
-    handlers = [averager, validation, checkpointer] if order == "bundle" else [validation, checkpointer, averager]
+    handlers = [validation, checkpointer] if order == "bundle" else [averager, validation, checkpointer]
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=epochs,
@@ -187,15 +188,23 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, mode, ext
     assert all(torch.equal(wa["averaged"][k], wb["averaged"][k]) for k in wa["averaged"])
 
 
-def test_the_handler_order_does_not_change_what_is_saved(tmp_path):
-    # attached after the checkpointer, SWA still folds each epoch end in before the validation and last.pt
-    _run(tmp_path / "bundle", "swa", epochs=3, swa_start_epoch=1)
-    _run(tmp_path / "late", "swa", epochs=3, swa_start_epoch=1, order="late")
+@pytest.mark.parametrize("mode", ["ema", "swa"])
+def test_the_handler_order_does_not_change_what_is_saved(tmp_path, mode):
+    # the bundle's order (attached by the checkpointer, after the validation): SWA still folds each epoch end in
+    # before that epoch's validation; attached directly before the validation as well, it still averages once
+    bundle = _run(tmp_path / "bundle", mode, epochs=3, swa_start_epoch=1)
+    early = _run(tmp_path / "early", mode, epochs=3, swa_start_epoch=1, order="early")
+    for epoch in (1, 2, 3):
+        assert all(torch.equal(v, early["validated"][epoch][k]) for k, v in bundle["validated"][epoch].items())
     for name in ("model.pt", "model_final.pt"):
-        a, b = load_checkpoint(tmp_path / "bundle" / name), load_checkpoint(tmp_path / "late" / name)
+        a, b = load_checkpoint(tmp_path / "bundle" / name), load_checkpoint(tmp_path / "early" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    a, b = load_checkpoint(tmp_path / "bundle" / "last.pt"), load_checkpoint(tmp_path / "late" / "last.pt")
-    assert a["weight_averaging"]["n_averaged"] == b["weight_averaging"]["n_averaged"] == 3
+    a, b = load_checkpoint(tmp_path / "bundle" / "last.pt"), load_checkpoint(tmp_path / "early" / "last.pt")
+    assert (
+        a["weight_averaging"]["n_averaged"]
+        == b["weight_averaging"]["n_averaged"]
+        == (3 * STEPS if mode == "ema" else 3)
+    )
     assert all(torch.equal(a["network"][k], b["network"][k]) for k in a["network"])
 
 
@@ -239,6 +248,7 @@ def test_a_bundle_training_with_ema(tmp_path, tiny_bundle_data, caplog):
     with caplog.at_level(logging.INFO, logger="fpt_monai.engines.weight_averaging"):
         wf.initialize()
         assert wf.parser.get_parsed_content("weight_averaging") == "ema"
+        assert wf.check_properties() == []  # MONAI's check of train#handlers (each a component) passes
         wf.run()
         steps = wf.parser.get_parsed_content("train#trainer").state.iteration
         wf.finalize()
