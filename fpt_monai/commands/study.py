@@ -28,7 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0, help="random state of the fold and validation splits")
     p.add_argument("--methods", default="fpt_plus,fpt,linear_probe,full_finetune", help="preset names, comma-separated")
     p.add_argument("--lrs", default="", help=f"'method=lr1,lr2;...' (default: built-in grids, else {DEFAULT_LRS})")
-    p.add_argument("--reference", help="method the others are compared with (default: linear_probe if studied)")
+    p.add_argument(
+        "--reference",
+        help="method the others are compared with first (default: the probe, logreg_sklearn[@size] or linear_probe*, "
+        "with the highest mean validation AUC)",
+    )
+    p.add_argument(
+        "--fuse",
+        default=None,
+        help="'A:B;C:D': blends fuse(A,B) of two methods' probabilities, the weight chosen per fold on validation "
+        "(default: every FPT-family method with the reference probe; 'none': no fusion)",
+    )
+    p.add_argument(
+        "--probe-img-sizes",
+        default="",
+        help="comma list: logreg_sklearn also on the frozen model's pooled features at these resolutions "
+        "(logreg_sklearn@<size>, from a pooled-only store the study builds)",
+    )
     p.add_argument("--seeds", default="0,1,2", help="the first one chooses the learning rate")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)

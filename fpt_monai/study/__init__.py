@@ -9,9 +9,21 @@ test part), and every store-based method and fold shares one feature store per b
 ``<out-dir>/tokens`` (item ids stay the original ones). Normalisation defaults to the backbone's statistics, so
 the store does not depend on the fold.
 
+Beside the bundle runs, scikit-learn's logistic regression on the stored pooled features (``logreg_sklearn``, C
+chosen on validation), also at other resolutions of the frozen model (``--probe-img-sizes 224``:
+``logreg_sklearn@224``, from a pooled-only store the study builds through the bundle's preload). Every training
+writes its final model.pt's validation probabilities (``eval/predictions_validation.csv``), so two methods can be
+fused (``--fuse "A:B"``; default: every FPT-family method with the reference probe): ``fuse(A,B)`` blends their
+probabilities per fold with the weight chosen on that fold's validation predictions, then is tested like any
+method.
+
 The summary gives per method the mean ± sd of test AUC/accuracy over folds × seeds, the per-fold means and chosen
-learning rates, and a paired comparison of test AUC against the linear probe (or ``--reference``): per (fold,
-seed) differences, folds won and a fold-wise paired test (Wilcoxon signed-rank from 6 pairs, else paired t-test).
+learning rates (a fusion: its weights), and a paired comparison of test AUC against the reference: ``--reference``,
+else the probe (``logreg_sklearn[@size]`` or a ``linear_probe*`` method) with the highest mean VALIDATION AUC of its
+chosen settings, and against every other probe: per (fold, seed) differences, folds won and a fold-wise paired test
+(Wilcoxon signed-rank from 6 pairs, else paired t-test). Each method's costs: the mean training wall time per run,
+the feature stores its runs used (GB) and their preload time when the study built them (each method's store is
+built, timed, before its runs).
 Beside it, DeLong's test for correlated AUCs on the pooled test predictions: every image is in one fold's test part,
 so each method has one prediction per image (the chosen learning rate's probabilities averaged over seeds, read from
 each run's ``eval/predictions_best.csv``), and both methods' AUCs over the same images are compared. A multi-class
@@ -30,7 +42,8 @@ smallest p). Runs without a predictions file (older studies) give DeLong "n/a".
 
 (``python scripts/study.py ...`` from a clone is the same command.) A method is a preset name, looked up in the
 packaged presets' ``methods`` then ``recipes`` (``fpt_monai/configs``, ``configs/`` in a clone); ``a+b`` merges the
-presets in that order (``fpt_plus+small_data``: FPT+ with the small-data recipe).
+presets in that order (``fpt_plus+small_data``: FPT+ with the small-data recipe; ``fpt_plus+small_data+ema``:
+and the EMA recipe).
 
 Writes ``<out-dir>/study.{md,csv,json,png}``, ``<out-dir>/folds/fold<f>/datalist.json`` and one bundle folder per
 run (``<out-dir>/runs/fold<f>/<method>_lr<lr>_seed<seed>``). Rerunning skips finished runs (``eval/metrics.json``
@@ -38,7 +51,8 @@ exists): use a new ``--out-dir`` when changing the data, the split or the traini
 
 Modules: :mod:`~fpt_monai.study.defaults` (the default data and grids), :mod:`~fpt_monai.study.folds` (datalist,
 image check, stratified folds), :mod:`~fpt_monai.study.runs` (bundle runs, learning-rate choice, the logistic
-regression reference), :mod:`~fpt_monai.study.compare` (summaries, pooled predictions, paired and DeLong tests),
+regression reference, the timed stores), :mod:`~fpt_monai.study.compare` (summaries, pooled predictions, paired and
+DeLong tests, the reference's choice, costs), :mod:`~fpt_monai.study.fusion` (the blends),
 :mod:`~fpt_monai.study.report` (Markdown, CSV, JSON, plot) and :mod:`~fpt_monai.study.run` (the whole study);
 the command line is :mod:`fpt_monai.commands.study`.
 """

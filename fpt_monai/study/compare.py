@@ -1,6 +1,7 @@
 """The study's figures: per method the mean ± sd of test AUC/accuracy over folds × seeds, each method's test
-predictions pooled over folds (seeds averaged), and the paired comparisons with a reference: per (fold, seed)
-differences, folds won and a fold-wise paired test, and DeLong's test on the pooled predictions."""
+predictions pooled over folds (seeds averaged), the paired comparisons with a reference: per (fold, seed)
+differences, folds won and a fold-wise paired test, and DeLong's test on the pooled predictions; the choice of the
+reference (the probe strongest on validation) and each method's costs (training time, feature stores)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from fpt_monai.study.runs import finite_or_none
 
 __all__ = [
     "DELONG_KEYS",
+    "choose_reference",
     "chosen_runs",
     "delong_comparison",
     "delong_sides",
     "fold_means",
     "mean_sd",
+    "method_costs",
     "method_predictions",
     "method_summary",
     "paired_comparison",
@@ -266,4 +269,68 @@ def summarize(
     return {
         "methods": [method_summary(runs, chosen, m) for m in methods],
         "paired": [paired_comparison(runs, chosen, m, ref, pooled) for ref in references for m in methods if m != ref],
+    }
+
+
+def choose_reference(runs: list[dict], chosen: dict, methods: list[str], given: str | None = None) -> dict:
+    """The method the others are compared with first: ``given`` (``--reference``), else the probe (a logistic
+    regression or a ``linear_probe*`` method, :func:`fpt_monai.study.fusion.is_probe`) with the highest mean
+    VALIDATION AUC of its chosen settings; test figures never choose (ties: the first studied).
+
+    Returns:
+        ``{"reference", "why", "probes": {probe: mean validation AUC}}``; ``reference`` ``None`` without probes.
+    """
+    from fpt_monai.study.fusion import is_probe
+
+    probes = {m: mean_sd([r["val_auc"] for r in chosen_runs(runs, chosen, m)])[0] for m in methods if is_probe(m)}
+    if given is not None:
+        return {"reference": given, "why": "given by --reference", "probes": probes}
+    scored = {m: v for m, v in probes.items() if v is not None}
+    if not scored:
+        return {"reference": None, "why": "no probe with a validation AUC was studied", "probes": probes}
+    best = max(scored, key=lambda m: (scored[m], -list(probes).index(m)))
+    others = ", ".join(f"{m} {v:.3f}" for m, v in scored.items() if m != best)
+    why = f"the probe with the highest mean validation AUC of its chosen settings ({scored[best]:.3f}"
+    why += f"; {others})" if others else ")"
+    return {"reference": best, "why": why + "; test AUC is not used to choose", "probes": probes}
+
+
+def method_costs(runs: list[dict], method: str, preloads: dict[str, float], parts: list[str] | None = None) -> dict:
+    """What ``method`` cost: the mean training wall time of its runs (every run, learning-rate search included; runs
+    of an older study have none), and the feature stores its runs used: size on disk now and the preload time when
+    this study built the store (``preloads``: :func:`fpt_monai.study.runs.read_preloads`; otherwise built before).
+    A fusion (``parts``) costs its two methods' runs and adds none of its own.
+
+    Returns:
+        ``{"method", "runs", "timed_runs", "train_minutes_mean", "stores": [{"store", "gb", "preload_minutes"}],
+        "store_gb", "preload_minutes", "parts"}``; ``preload_minutes`` ``None`` when no store was built here.
+    """
+    from pathlib import Path
+
+    from fpt_monai.study.runs import dir_bytes
+
+    rows = [r for r in runs if r["method"] == method]
+    if method.startswith("logreg_sklearn"):  # one fit per fold, repeated per seed
+        rows = list({r["fold"]: r for r in rows}.values())
+    seconds = [r.get("train_seconds") for r in rows if r.get("train_seconds") is not None]
+    stores = []
+    for store in sorted({s for r in rows for s in r.get("stores") or []}):
+        built = preloads.get(store)
+        stores.append(
+            {
+                "store": Path(store).name,
+                "gb": dir_bytes(store) / 1e9,
+                "preload_minutes": None if built is None else built / 60,
+            }
+        )
+    built = [s["preload_minutes"] for s in stores if s["preload_minutes"] is not None]
+    return {
+        "method": method,
+        "runs": len(rows),
+        "timed_runs": len(seconds),
+        "train_minutes_mean": statistics.mean(seconds) / 60 if seconds else None,
+        "stores": stores,
+        "store_gb": sum(s["gb"] for s in stores),
+        "preload_minutes": sum(built) if built else None,
+        "parts": parts,
     }

@@ -12,8 +12,10 @@ from fpt_monai.study.compare import chosen_runs, mean_sd
 
 __all__ = [
     "DELONG_FOOTNOTE",
+    "cost_lines",
     "delong_cells",
     "fmt",
+    "fusion_lines",
     "markdown",
     "notes",
     "plot",
@@ -43,12 +45,20 @@ def settings_line(args: argparse.Namespace, seeds: list[int], grids: dict, folds
 
 
 def markdown(summary: dict, header: str) -> str:
-    """``study.md``: the per-method table and, when there are references, the paired comparisons with DeLong's
-    footnote and the reason of each missing DeLong test."""
-    lines = [
-        header,
-        "",
-        "| method | lr (logreg: C) per fold, chosen on val | runs | test AUC | test accuracy | test AUC per fold |",
+    """``study.md``: the per-method table, the reference and why, the fusions' weights, the paired comparisons
+    (with DeLong's footnote and the reason of each missing DeLong test) and each method's costs."""
+    lines = [header, ""]
+    choice = summary.get("reference_choice")
+    if choice:
+        probes = ", ".join(f"{m} {fmt(v)}" for m, v in choice["probes"].items())
+        lines += [
+            f"Reference: {choice['reference'] or 'none'} ({choice['why']}). Probes' mean validation AUC: "
+            f"{probes or 'none studied'}.",
+            "",
+        ]
+    lines += [
+        "| method | lr (logreg: C; fuse: weight of the first) per fold, chosen on val | runs | test AUC "
+        "| test accuracy | test AUC per fold |",
         "|---|---|---|---|---|---|",
     ]
     for s in summary["methods"]:
@@ -72,7 +82,58 @@ def markdown(summary: dict, header: str) -> str:
             )
         lines += ["", DELONG_FOOTNOTE]
         lines += [f"- {c['method']} vs {c['reference']}: {c['delong_note']}" for c in summary["paired"] if notes(c)]
+    lines += fusion_lines(summary.get("fusions") or [])
+    lines += cost_lines(summary.get("costs") or [])
     return "\n".join(lines) + "\n"
+
+
+def fusion_lines(fusions: list[dict]) -> list[str]:
+    """The fusions' paragraph: each one's weight per fold (chosen on the fold's validation predictions) or why it is
+    missing."""
+    if not fusions:
+        return []
+    lines = [
+        "",
+        "Fusions: w * p(first) + (1 - w) * p(second), w chosen per fold on that fold's validation predictions "
+        "(highest validation AUC; the test part is not read).",
+    ]
+    for f in fusions:
+        if f["weights"]:
+            weights = ", ".join(f"fold {k}: {w:g}" for k, w in sorted(f["weights"].items()))
+            lines.append(f"- {f['method']}: {weights}")
+        else:
+            lines.append(f"- {f['method']}: not computed ({f['note']})")
+    return lines
+
+
+def cost_lines(costs: list[dict]) -> list[str]:
+    """The costs table: mean training minutes per run, the feature stores used (GB on disk now) and their preload
+    minutes when this study built them."""
+    if not costs:
+        return []
+    lines = [
+        "",
+        "| method | runs (timed) | training min / run | feature stores (GB) | preload min |",
+        "|---|---|---|---|---|",
+    ]
+    for c in costs:
+        if c.get("parts"):
+            lines.append(f"| {c['method']} | - | {' + '.join(c['parts'])} | - | - |")
+            continue
+        stores = ", ".join(f"{s['store']} ({s['gb']:.3g})" for s in c["stores"]) or "none"
+        preload = ", ".join(
+            "built before" if s["preload_minutes"] is None else f"{s['preload_minutes']:.1f}" for s in c["stores"]
+        )
+        lines.append(
+            f"| {c['method']} | {c['runs']} ({c['timed_runs']}) | {fmt(c['train_minutes_mean'], '.2f')} | {stores} "
+            f"| {preload or '-'} |"
+        )
+    lines.append(
+        "training min / run: the bundle training's wall time (every run, the lr search included; logreg: the fits "
+        "of a fold); preload min: the time this study took to build the store (shared by every method that uses "
+        "it), 'built before' when it found the store ready."
+    )
+    return lines
 
 
 DELONG_FOOTNOTE = (
@@ -105,7 +166,7 @@ def delong_cells(c: dict) -> str:
 
 def write_csv(runs: list[dict], path: Path) -> None:
     """One row per run (``study.csv``)."""
-    columns = ["fold", "method", "lr", "seed", "val_auc", "test_auc", "test_acc"]
+    columns = ["fold", "method", "lr", "seed", "val_auc", "test_auc", "test_acc", "train_seconds"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

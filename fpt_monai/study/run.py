@@ -1,6 +1,7 @@
-"""The whole study (:func:`run_study`): check the settings, split the data into folds, train and test every
-(fold, method, lr, seed) through the bundle, add the logistic regression reference, then summarise and write the
-outputs. The command line is :mod:`fpt_monai.commands.study`."""
+"""The whole study (:func:`run_study`): check the settings, split the data into folds, build each method's feature
+store (timed), train and test every (fold, method, lr, seed) through the bundle, add the logistic regressions (at
+the study's resolution and ``--probe-img-sizes``), choose the reference (the probe strongest on validation), add
+the fusions, then summarise and write the outputs. The command line is :mod:`fpt_monai.commands.study`."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ import argparse
 import warnings
 from pathlib import Path
 
-from fpt_monai.study.compare import summarize
+from fpt_monai.study.compare import choose_reference, method_costs, summarize
 from fpt_monai.study.defaults import DINOV2_WEIGHTS
 from fpt_monai.study.folds import check_images_once, fold_datalists, load_datalist, num_classes, parse_list, write_folds
+from fpt_monai.study.fusion import default_fusions, fuse_method, fusion_name, is_probe, parse_fuse
 from fpt_monai.study.report import markdown, settings_line, write_outputs
 from fpt_monai.study.runs import (
-    LOGREG,
+    TRAIN_CONFIG,
     Runner,
     common_overrides,
+    logreg_name,
     logreg_runs,
     lr_grids,
     method_presets,
     parse_overrides,
+    prepare_store,
+    probe_store,
+    read_preloads,
     reference_method,
     study_method,
 )
@@ -61,7 +67,11 @@ def run_study(args: argparse.Namespace) -> int:
         method_presets(method)
     grids = lr_grids(methods, args.lrs)
     seeds = parse_list(args.seeds, int)
-    reference = reference_method(methods, args.reference)
+    probe_sizes = [s for s in parse_list(args.probe_img_sizes or "", int) if s != args.img_size]
+    logregs = [] if args.no_logreg else [logreg_name(), *(logreg_name(s) for s in probe_sizes)]
+    fuse = parse_fuse(args.fuse, methods + logregs)
+    fusions = [fusion_name(a, b) for a, b in fuse or []]
+    reference = reference_method(methods, args.reference, logregs + fusions)
     extra = parse_overrides(args.overrides)
     out = Path(args.out_dir).resolve()
 
@@ -75,24 +85,58 @@ def run_study(args: argparse.Namespace) -> int:
 
     total = len(folds) * sum(len(g) + len(seeds) - 1 for g in grids.values())
     runs, chosen = [], {m: {} for m in methods}
+    overrides = {**common_overrides(args, num_classes(datalist), out), **extra}
+    # each method's store first, timed: the runs' training times then hold no preload
+    for method in methods:
+        first = {"learning_rate": grids[method][0], "seed": seeds[0]}
+        prepare_store(out, [TRAIN_CONFIG, *method_presets(method)], fold_dirs, {**overrides, **first}, args.verbose)
     with tqdm(total=total, desc="study", unit="run") as bar:
-        overrides = {**common_overrides(args, num_classes(datalist), out), **extra}
         run = Runner(out, fold_dirs, overrides, bar, args.verbose)
         for fold in range(len(folds)):
             for method in methods:
                 fold_runs, chosen[method][fold] = study_method(run, fold, method, grids[method], seeds)
                 runs.extend(fold_runs)
     bundle_runs = len(runs)
-    predictions = dict(run.predictions)
-    if not args.no_logreg:
-        extra_rows, logreg_predictions = logreg_runs(out, folds, seeds)
-        predictions.update(logreg_predictions)
+    predictions, val_predictions = dict(run.predictions), dict(run.val_predictions)
+    for size in [None, *probe_sizes] if logregs else []:
+        store = probe_store(out, folds, overrides, size, args.verbose)
+        extra_rows, test_preds, val_preds = logreg_runs(store, folds, seeds, logreg_name(size))
+        predictions.update(test_preds)
+        val_predictions.update(val_preds)
         if extra_rows:
-            methods.append(LOGREG)
-            chosen[LOGREG] = {r["fold"]: r["lr"] for r in extra_rows}
+            methods.append(logreg_name(size))
+            chosen[logreg_name(size)] = {r["fold"]: r["lr"] for r in extra_rows}
             runs.extend(extra_rows)
-    references = [m for m in (reference, LOGREG) if m in methods]
+    studied = list(methods)
+    choice = choose_reference(runs, chosen, studied, reference if reference in studied else None)
+    if reference is not None and reference not in studied and reference not in fusions:
+        raise SystemExit(f"--reference {reference!r} has no runs (no store of pooled features for it?).")
+    reference = reference or choice["reference"]
+    if reference is not None and reference != choice["reference"]:
+        choice.update(reference=reference, why="given by --reference")
+
+    fusion_rows = []
+    for a, b in default_fusions(studied, choice["reference"]) if fuse is None else fuse:
+        if a not in studied or b not in studied:
+            fusion_rows.append({"method": fusion_name(a, b), "weights": {}, "note": f"{a} or {b} has no runs"})
+            continue
+        rows, weights, blended, why = fuse_method(a, b, runs, chosen, predictions, val_predictions)
+        fusion_rows.append({"method": fusion_name(a, b), "parts": [a, b], "weights": weights, "note": why})
+        if rows:
+            methods.append(fusion_name(a, b))
+            chosen[fusion_name(a, b)] = weights
+            runs.extend(rows)
+            predictions.update(blended)
+    if reference is not None and reference not in methods:
+        raise SystemExit(f"--reference {reference!r} has no runs: {fusion_rows[-1]['note'] if fusion_rows else ''}")
+    # the reference first, then every comparison against each probe
+    references = [m for m in dict.fromkeys([reference, *(m for m in studied if is_probe(m))]) if m in methods]
     summary = summarize(runs, chosen, methods, references, predictions)
+    preloads = read_preloads(out)
+    parts = {f["method"]: f.get("parts") for f in fusion_rows}
+    summary["reference_choice"] = choice
+    summary["fusions"] = fusion_rows
+    summary["costs"] = [method_costs(runs, m, preloads, parts.get(m)) for m in methods]
     text = markdown(summary, settings_line(args, seeds, grids, len(folds)))
     meta = {"settings": vars(args), "reference": reference, "new_runs": run.new_runs, "total_runs": len(runs)}
     write_outputs(out, runs, chosen, summary, text, meta)

@@ -1,6 +1,7 @@
 """The study's runs: the method presets and learning-rate grids, the bundle overrides, one (fold, method, lr, seed)
 trained and tested through the MONAI bundle (or read back when it finished), its test predictions, the choice of the
-learning rate on validation, and the scikit-learn logistic regression on the stored pooled features."""
+learning rate on validation, the feature stores the study builds through the bundle (timed), and the scikit-learn
+logistic regression on the stored pooled features (at the study's resolution and any other)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import csv
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +25,40 @@ __all__ = [
     "LOGREG",
     "LOGREG_CS",
     "META_FILE",
+    "PRELOADS_FILE",
     "PRESET_DIRS",
+    "PROBE_PRESET",
+    "RUN_FILE",
     "TRAIN_CONFIG",
     "Runner",
     "bundle_logs",
+    "bundle_parser",
     "choose_lr",
     "common_overrides",
+    "dir_bytes",
     "find_preset",
     "finite_or_none",
+    "logreg_name",
     "logreg_runs",
     "lr_grids",
     "method_presets",
     "parse_overrides",
     "pooled_store",
+    "prepare_store",
+    "probe_store",
     "read_predictions",
+    "read_preloads",
     "read_run",
     "reference_method",
     "run_bundle",
+    "run_stores",
     "study_method",
 ]
+
+# what the study measured of a bundle run (its training's wall time), in the run's folder: a rerun reads it back
+RUN_FILE = "study_run.json"
+# under <out-dir>/tokens: the preload wall time of every store (or part of one) the study built, per store folder
+PRELOADS_FILE = "study_preloads.json"
 
 # the packaged bundle and presets: the same files from a clone and from an installed wheel
 PRESET_DIRS = (PRESETS_DIR / "methods", PRESETS_DIR / "recipes")
@@ -90,11 +107,13 @@ def method_presets(method: str) -> list[Path]:
     return [find_preset(name) for name in method.split("+")]
 
 
-def reference_method(methods: list[str], reference: str | None) -> str | None:
-    """The method the others are compared with: ``--reference``, else the linear probe when studied."""
-    if reference is not None and reference not in methods:
-        raise SystemExit(f"--reference {reference!r} is not among --methods {methods}.")
-    return reference or ("linear_probe" if "linear_probe" in methods else None)
+def reference_method(methods: list[str], reference: str | None, extra: list[str] = ()) -> str | None:
+    """``--reference`` checked against the studied ``methods`` and the study's ``extra`` ones (the logistic
+    regressions, the fusions); ``None`` when not given (the strongest probe on validation is chosen after the runs:
+    :func:`fpt_monai.study.compare.choose_reference`)."""
+    if reference is not None and reference not in [*methods, *extra]:
+        raise SystemExit(f"--reference {reference!r} is not among --methods {methods} nor the study's {list(extra)}.")
+    return reference
 
 
 def common_overrides(args: argparse.Namespace, classes: int, out: Path) -> dict:
@@ -162,6 +181,8 @@ class Runner:
         self.new_runs = 0
         # (fold, method, lr, seed) -> the run's test predictions (read_predictions), None without the file
         self.predictions: dict[tuple, dict | None] = {}
+        # the same for model.pt's validation predictions (eval/predictions_validation.csv, written by the training)
+        self.val_predictions: dict[tuple, dict | None] = {}
 
     def __call__(self, fold: int, method: str, lr: float, seed: int) -> dict:
         bundle_root = self.out / "runs" / f"fold{fold}" / f"{method}_lr{lr:g}_seed{seed}"
@@ -171,20 +192,31 @@ class Runner:
             overrides = {"dataset_dir": str(self.fold_dirs[fold]), "learning_rate": lr, "seed": seed}
             overrides.update(self.overrides)  # the shared ones and --set, which may override anything
             self.bar.set_postfix_str(f"fold {fold} {method} lr {lr:g} seed {seed}")
+            start = time.monotonic()
             run_bundle(configs, bundle_root, overrides, self.verbose)
+            seconds = time.monotonic() - start
             run_bundle(configs + [EVAL_CONFIG], bundle_root, overrides, self.verbose)
+            from fpt_monai.utils.atomic import atomic_write_text
+
+            atomic_write_text(bundle_root / RUN_FILE, json.dumps({"train_seconds": seconds}))
             self.new_runs += 1
         self.bar.update(1)
-        self.predictions[(fold, method, lr, seed)] = read_predictions(bundle_root / "eval" / "predictions_best.csv")
+        key = (fold, method, lr, seed)
+        self.predictions[key] = read_predictions(bundle_root / "eval" / "predictions_best.csv")
+        self.val_predictions[key] = read_predictions(bundle_root / "eval" / "predictions_validation.csv")
         return read_run(bundle_root, fold, method, lr, seed)
 
 
 def read_run(bundle_root: Path, fold: int, method: str, lr: float, seed: int) -> dict:
-    """A finished run's row: its best validation AUC (``last.pt``) and the best weights' test AUC and accuracy."""
+    """A finished run's row: its best validation AUC (``last.pt``), the best weights' test AUC and accuracy, its
+    training's wall time (``train_seconds``; ``None`` for a run of an older study) and the feature stores it used
+    (``stores``, :func:`run_stores`)."""
     import torch
 
     last = torch.load(bundle_root / "models" / "last.pt", weights_only=True, map_location="cpu")
     test = json.loads((bundle_root / "eval" / "metrics.json").read_text())["best"]
+    measured = bundle_root / RUN_FILE
+    seconds = json.loads(measured.read_text()).get("train_seconds") if measured.is_file() else None
     return {
         "fold": fold,
         "method": method,
@@ -193,7 +225,25 @@ def read_run(bundle_root: Path, fold: int, method: str, lr: float, seed: int) ->
         "val_auc": finite_or_none(last["best_metric"]),
         "test_auc": finite_or_none(test["auc"]),
         "test_acc": finite_or_none(test["acc"]),
+        "train_seconds": seconds,
+        "stores": run_stores(bundle_root),
     }
+
+
+def run_stores(bundle_root: Path) -> list[str]:
+    """The feature stores a bundle run trained from, as its record names them (``models/model_config.json``,
+    ``training_settings``: ``store_dir`` and any other ``store_dir*`` entry) when it trained in preload mode."""
+    record = bundle_root / "models" / "model_config.json"
+    if not record.is_file():
+        return []
+    settings = json.loads(record.read_text()).get("training_settings") or {}
+    if settings.get("mode", "preload") != "preload":
+        return []
+    stores = []
+    for key in sorted(k for k in settings if k.startswith("store_dir")):
+        value = settings[key]
+        stores += [str(v) for v in (value if isinstance(value, list) else [value]) if v]
+    return sorted(set(stores))
 
 
 def read_predictions(path: Path) -> dict | None:
@@ -257,70 +307,176 @@ LOGREG = "logreg_sklearn"
 
 LOGREG_CS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
 
+# the preset whose store settings the logistic regression's pooled features follow
+PROBE_PRESET = "linear_probe"
 
-def pooled_store(out: Path, ids: list[str]):
-    """A feature store under ``<out>/tokens`` that holds the pooled features of every id, or ``None``."""
+
+def logreg_name(img_size: int | None = None) -> str:
+    """``logreg_sklearn``, or ``logreg_sklearn@<img_size>`` at another resolution than the study's."""
+    return LOGREG if img_size is None else f"{LOGREG}@{img_size}"
+
+
+def dir_bytes(path: str | Path) -> int:
+    """The bytes of the files under ``path`` (0 when it does not exist)."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def bundle_parser(configs: list[Path], fold_dir: Path, overrides: dict):
+    """The bundle's training config (``configs`` merged, ``overrides`` and the fold's ``dataset_dir`` applied) as a
+    parsed :class:`monai.bundle.ConfigParser`: its items are evaluated on demand, nothing else runs."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    parser.read_meta(str(META_FILE))
+    parser.update({"bundle_root": str(fold_dir), **overrides, "dataset_dir": str(fold_dir)})
+    parser.parse()
+    return parser
+
+
+def read_preloads(out: Path) -> dict[str, float]:
+    """``{store folder: preload seconds}`` of the stores the study built (``<out>/tokens/study_preloads.json``)."""
+    path = out / "tokens" / PRELOADS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def prepare_store(
+    out: Path, configs: list[Path], fold_dirs: list[Path], overrides: dict, verbose: bool = False
+) -> str | None:
+    """Build (or complete) the feature store of a method before its runs, through the bundle's own ``feature_store``
+    item evaluated for every fold (what each fold's training would preload: its training and validation items, any
+    stored views included), and add the wall time it took to ``<out>/tokens/study_preloads.json``: the runs' training
+    times then hold no preload, and the report shows what the store cost. Nothing is timed when the store already
+    held everything (built before).
+
+    Returns:
+        The store folder, ``None`` for a method that does not train from a store (``mode`` not ``preload``).
+    """
+    from fpt_monai.utils.atomic import atomic_write_text
+
+    store, seconds = None, 0.0
+    with bundle_logs(verbose):
+        for fold_dir in fold_dirs:
+            parser = bundle_parser(configs, fold_dir, overrides)
+            if parser.get_parsed_content("mode") != "preload":
+                return None
+            store = str(parser.get_parsed_content("store_dir"))
+            before = dir_bytes(store)
+            start = time.monotonic()
+            parser.get_parsed_content("feature_store")
+            if dir_bytes(store) != before:  # the preload ran (a complete store is only opened)
+                seconds += time.monotonic() - start
+    if seconds:
+        preloads = read_preloads(out)
+        preloads[store] = preloads.get(store, 0.0) + seconds
+        atomic_write_text(out / "tokens" / PRELOADS_FILE, json.dumps(preloads, indent=1))
+    return store
+
+
+def probe_store(
+    out: Path, folds: list[dict], overrides: dict, img_size: int | None = None, verbose: bool = False
+) -> str | None:
+    """A store of the pooled features of every image for the logistic regression: one under ``<out>/tokens`` that
+    already holds them at ``img_size`` (default: the study's), else built by :func:`prepare_store` with the linear
+    probe's preset (pooled features only) over a datalist of every image (``<out>/folds/probe@<size>``)."""
+    from fpt_monai.data import write_datalist
+
+    ids = [str(item["id"]) for split in SPLITS for item in folds[0].get(split, [])]
+    size = img_size if img_size is not None else overrides["img_size"]
+    found = pooled_store(out, ids, size)
+    if found is not None:
+        return str(found.path)
+    items = [item for split in SPLITS for item in folds[0].get(split, [])]
+    # every image once, as training items (the store's name depends on the images, not on their split)
+    datalist = {"training": items, "validation": [], "test": []}
+    if "classes" in folds[0]:
+        datalist["classes"] = folds[0]["classes"]
+    folder = out / "folds" / f"probe@{size}"
+    write_datalist(datalist, folder / "datalist.json")
+    probe = {**overrides, "img_size": size, "store_views": 1}  # the plain view of each image
+    return prepare_store(out, [TRAIN_CONFIG, find_preset(PROBE_PRESET)], [folder], probe, verbose)
+
+
+def pooled_store(out: Path, ids: list[str], img_size: int | None = None):
+    """A feature store under ``<out>/tokens`` that holds the pooled features of every id (at ``img_size``, when
+    given: the frozen model's resolution in the store's settings), or ``None``."""
     from fpt_monai.data import FeatureStore
 
     for manifest in sorted((out / "tokens").glob("*/manifest.json")):
         store = FeatureStore.open(manifest.parent)
+        if img_size is not None and store.settings.get("img_size") not in (img_size, [img_size, img_size]):
+            continue
         if "pooled" in store.fields and not store.missing(ids, "pooled"):
             return store
     return None
 
 
-def logreg_runs(out: Path, folds: list[dict], seeds: list[int]) -> tuple[list[dict], dict[tuple, dict]]:
+def logreg_runs(
+    store_dir: str | Path | None, folds: list[dict], seeds: list[int], method: str = LOGREG
+) -> tuple[list[dict], dict[tuple, dict], dict[tuple, dict]]:
     """scikit-learn logistic regression on the stored pooled features of each fold (standardised; C chosen on the
     fold's validation AUC): the strongest cheap reference, outside the bundle. One row per fold and seed (it is
-    deterministic, so seeds repeat it), ``lr`` holding the chosen C; empty without a store of pooled features.
-    Also its test predictions per ``(fold, method, C, seed)``, as :func:`read_predictions` gives a bundle run's."""
+    deterministic, so seeds repeat it), ``lr`` holding the chosen C and ``train_seconds`` the fold's fits; empty
+    without a store. Also its test and validation predictions per ``(fold, method, C, seed)``, as
+    :func:`read_predictions` gives a bundle run's (the validation ones feed the fusions' weights)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from fpt_monai.data import FeatureStore
     from fpt_monai.engines import classification_metrics
 
+    if store_dir is None:
+        return [], {}, {}
+    store = FeatureStore.open(store_dir)
     ids = [str(item["id"]) for item in folds[0]["training"] + folds[0]["validation"] + folds[0]["test"]]
-    store = pooled_store(out, ids)
-    if store is None:
-        return [], {}
+    if "pooled" not in store.fields or store.missing(ids, "pooled"):
+        return [], {}, {}
     class_names = [str(c) for c in folds[0].get("classes") or range(num_classes(folds[0]))]
-    predictions = {}
+    predictions, val_predictions = {}, {}
     features = {i: store.get_pooled(i).float().numpy() for i in ids}  # read once, shared by every fold
     rows = []
+
+    def as_prediction(dl: dict, split: str, probs: np.ndarray, classes: np.ndarray) -> dict:
+        # predict_proba has a column per class seen in training; the folds are stratified, so every class is there
+        full = np.zeros((len(probs), len(class_names)))
+        full[:, classes] = probs
+        labels = np.array([int(i["label"]) for i in dl[split]])
+        return {"ids": [str(i["id"]) for i in dl[split]], "labels": labels, "probs": full, "class_names": class_names}
+
     for fold, dl in enumerate(folds):
+        start = time.monotonic()
         x = {s: np.stack([features[str(i["id"])] for i in dl[s]]) for s in SPLITS}
         y = {s: np.array([int(i["label"]) for i in dl[s]]) for s in SPLITS}
         best = None
         for c in LOGREG_CS:
             model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
             model.fit(x["training"], y["training"])
-            val = classification_metrics(model.predict_proba(x["validation"]), y["validation"])["auc"]
+            val_probs = model.predict_proba(x["validation"])
+            val = classification_metrics(val_probs, y["validation"])["auc"]
             if best is None or val > best[0]:
-                best = (val, c, model)
-        val_auc, c, model = best
+                best = (val, c, model, val_probs)
+        val_auc, c, model, val_probs = best
         probs = model.predict_proba(x["test"])
+        seconds = time.monotonic() - start
         test = classification_metrics(probs, y["test"])
-        # predict_proba has a column per class seen in training; the folds are stratified, so every class is there
-        full = np.zeros((len(probs), len(class_names)))
-        full[:, model.classes_] = probs
-        pred = {
-            "ids": [str(i["id"]) for i in dl["test"]],
-            "labels": y["test"],
-            "probs": full,
-            "class_names": class_names,
-        }
+        pred = as_prediction(dl, "test", probs, model.classes_)
+        val_pred = as_prediction(dl, "validation", val_probs, model.classes_)
         for seed in seeds:
-            predictions[(fold, LOGREG, c, seed)] = pred
+            predictions[(fold, method, c, seed)] = pred
+            val_predictions[(fold, method, c, seed)] = val_pred
             rows.append(
                 {
                     "fold": fold,
-                    "method": LOGREG,
+                    "method": method,
                     "lr": c,
                     "seed": seed,
                     "val_auc": finite_or_none(val_auc),
                     "test_auc": finite_or_none(test["auc"]),
                     "test_acc": finite_or_none(test["acc"]),
+                    "train_seconds": seconds,
+                    "stores": [str(store.path)],
                 }
             )
-    return rows, predictions
+    return rows, predictions, val_predictions

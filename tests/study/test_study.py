@@ -156,12 +156,12 @@ def _study(tmp_path, weights, front_door: bool = False):
         "--methods": f"fpt_plus,{PROBE}",
         "--lrs": f"fpt_plus=1e-3,1e-4;{PROBE}=1e-3",
         "--seeds": "0,1",
-        "--reference": PROBE,
         "--epochs": 1,
         "--batch-size": 4,
         "--num-workers": 0,
         "--device": "cpu",
         "--out-dir": tmp_path / "study",
+        "--probe-img-sizes": 32,  # logreg_sklearn@32 from a pooled-only store the study builds
     }
     start = time.monotonic()
     command = ["-m", "fpt_monai", "study"] if front_door else ["scripts/study.py"]
@@ -186,7 +186,7 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
 
     _, first_time = _study(tmp_path, weights)
     result = json.loads((out / "study.json").read_text())
-    bundle_runs = [r for r in result["runs"] if r["method"] != "logreg_sklearn"]
+    bundle_runs = [r for r in result["runs"] if r["method"] in ("fpt_plus", PROBE)]
     assert len(bundle_runs) == result["new_runs"] == 3 * ((2 + 1) + (1 + 1))  # fpt_plus: 2 lrs + 1 seed; probe
     test_ids = []
     for f in range(3):
@@ -198,17 +198,42 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     assert sorted(test_ids) == sorted(all_ids)  # test folds are disjoint and cover everything
 
     summary = {s["method"]: s for s in result["summary"]["methods"]}
-    assert set(summary) == {"fpt_plus", PROBE, "logreg_sklearn"}  # the logistic regression on the stored features
+    # the reference: the probe with the best mean validation AUC of its chosen settings, never test
+    choice = result["summary"]["reference_choice"]
+    probes = [PROBE, "logreg_sklearn", "logreg_sklearn@32"]
+    assert set(choice["probes"]) == set(probes)
+    for m in probes:
+        rows = [r for r in result["runs"] if r["method"] == m and r["lr"] == summary[m]["lr_per_fold"][r["fold"]]]
+        assert rows and choice["probes"][m] == pytest.approx(np.mean([r["val_auc"] for r in rows]))
+    ref = choice["reference"]
+    assert ref == max(probes, key=lambda m: choice["probes"][m]) == result["reference"]
+    assert "highest mean validation AUC" in choice["why"]
+    fused = f"fuse(fpt_plus,{ref})"  # the FPT-family method fused with the reference probe, by default
+    assert set(summary) == {"fpt_plus", PROBE, "logreg_sklearn", "logreg_sklearn@32", fused}
+    fusion = next(f for f in result["summary"]["fusions"] if f["method"] == fused)
+    assert sorted(int(k) for k in fusion["weights"]) == [0, 1, 2] and fusion["note"] == ""
+    assert summary[fused]["lr_per_fold"] == [fusion["weights"][str(f)] for f in range(3)]
+    assert summary[fused]["runs"] == 3 * 2 and all(0 <= w <= 1 for w in summary[fused]["lr_per_fold"])
+    # every bundle run wrote model.pt's validation predictions: the validation part of its fold
+    for r in bundle_runs:
+        run_dir = out / "runs" / f"fold{r['fold']}" / f"{r['method']}_lr{r['lr']:g}_seed{r['seed']}"
+        val = read_predictions(run_dir / "eval" / "predictions_validation.csv")
+        fold = datalist_from_json(out / "folds" / f"fold{r['fold']}" / "datalist.json")
+        assert val["ids"] == [str(item["id"]) for item in fold["validation"]]
+        assert r["train_seconds"] > 0 and len(r["stores"]) == 1
+    costs = {c["method"]: c for c in result["summary"]["costs"]}
+    assert costs["fpt_plus"]["timed_runs"] == costs["fpt_plus"]["runs"] == 3 * 3
+    assert costs["fpt_plus"]["train_minutes_mean"] > 0 and costs["fpt_plus"]["store_gb"] > 0
+    # the study built both stores, timed (the runs' training holds no preload)
+    assert costs["fpt_plus"]["preload_minutes"] > 0 and costs["logreg_sklearn@32"]["preload_minutes"] > 0
+    assert costs["fpt_plus"]["stores"] == costs[PROBE]["stores"] == costs["logreg_sklearn"]["stores"]
+    assert costs[fused]["parts"] == ["fpt_plus", ref]
     assert summary["logreg_sklearn"]["runs"] == 3 * 2 and all(c > 0 for c in summary["logreg_sklearn"]["lr_per_fold"])
     assert summary["fpt_plus"]["runs"] == 3 * 2 and len(summary["fpt_plus"]["lr_per_fold"]) == 3
     assert len(summary["fpt_plus"]["test_auc_per_fold"]) == 3
     comparisons = {(c["method"], c["reference"]) for c in result["summary"]["paired"]}
-    assert comparisons == {
-        ("fpt_plus", PROBE),
-        ("logreg_sklearn", PROBE),
-        ("fpt_plus", "logreg_sklearn"),
-        (PROBE, "logreg_sklearn"),
-    }
+    # every method against each probe
+    assert comparisons == {(m, p) for p in probes for m in summary if m != p}
     paired = next(c for c in result["summary"]["paired"] if (c["method"], c["reference"]) == ("fpt_plus", PROBE))
     assert paired["pairs"] == 6
     assert paired["folds"] == 3 and paired["test"] == "wilcoxon"
@@ -226,7 +251,9 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
         assert c["delong_p"] is not None and 0.0 <= c["delong_p"] <= 1.0, c
         low, high = c["delong_ci"]
         assert low <= c["delong_difference"] <= high
-    vs_logreg = next(c for c in result["summary"]["paired"] if c["reference"] == "logreg_sklearn")
+    vs_logreg = next(
+        c for c in result["summary"]["paired"] if c["reference"] == "logreg_sklearn" and c["method"] in auc
+    )
     assert vs_logreg["delong_auc_method"] == pytest.approx(auc[vs_logreg["method"]], abs=1e-9)
     text = (out / "study.md").read_text()
     assert "| fpt_plus |" in text and f"| fpt_plus | {PROBE} | 6 |" in text
@@ -235,16 +262,28 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     assert f"{auc['fpt_plus']:.3f} vs {auc[PROBE]:.3f}" in row and row.endswith(f"| {paired['delong_p']:.3f} |")
     with open(out / "study.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 15 + 6 and list(rows[0]) == ["fold", "method", "lr", "seed", "val_auc", "test_auc", "test_acc"]
+    assert len(rows) == 15 + 3 * 6 and list(rows[0])[:7] == [
+        "fold",
+        "method",
+        "lr",
+        "seed",
+        "val_auc",
+        "test_auc",
+        "test_acc",
+    ]
+    text_costs = text[text.index("| method | runs (timed) |") :]
+    assert "| fpt_plus | 9 (9) |" in text_costs and f"Reference: {ref} (the probe with" in text
     assert (out / "study.png").stat().st_size > 0
-    stores = [d.name for d in (out / "tokens").iterdir() if d.is_dir()]
-    # one store for every fold, seed and method (the folds' datalists name the same images: one store name)
-    assert len(stores) == 1 and stores[0].startswith("vit_tiny_patch16_224_64_"), stores
+    stores = sorted(d.name for d in (out / "tokens").iterdir() if d.is_dir())
+    # one store for every fold, seed and method (the folds' datalists name the same images: one store name); and
+    # the 32 px pooled-only store of logreg_sklearn@32
+    assert len(stores) == 2 and stores[1].startswith("vit_tiny_patch16_224_64_"), stores
+    assert stores[0].startswith("vit_tiny_patch16_224_32_")
 
     proc, second_time = _study(tmp_path, weights, front_door=True)
     first_paired = result["summary"]["paired"]
     result = json.loads((out / "study.json").read_text())
-    assert result["new_runs"] == 0 and len(result["runs"]) == 15 + 6
-    assert result["summary"]["paired"] == first_paired  # DeLong read back from the runs' files
+    assert result["new_runs"] == 0 and len(result["runs"]) == 15 + 3 * 6
+    assert result["summary"]["paired"] == first_paired  # DeLong and the fusions read back from the runs' files
     assert "0 new runs, 15 reused" in proc.stdout
     assert second_time < first_time / 2
