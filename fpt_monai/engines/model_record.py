@@ -64,6 +64,7 @@ MODEL_SETTINGS = (
     "token_ratio",
     "side_init",
     "head",
+    "pooled_img_size",
     "fusion_dropout",
     "lpm_layer_norm_eps",
     "normalization",
@@ -72,7 +73,9 @@ MODEL_SETTINGS = (
 # what the model was trained from (the stored tokens' settings): taken from the record; a different value is refused
 STORE_SETTINGS = ("store_dtype", "preload_precision", "store_fields", "side_view")
 # taken from the record as defaults only: evaluating from images (--mode online), a store or dataset moved elsewhere
-_LOCATION_SETTINGS = ("mode", "store_dir", "dataset_dir")
+_LOCATION_SETTINGS = ("mode", "store_dir", "pooled_store_dir", "dataset_dir")
+# the store folders a record names (the second one holds the hybrid head's pooled features at pooled_img_size)
+_STORE_DIRS = ("store_dir", "pooled_store_dir")
 # what records written before MODEL_CONFIG_FORMAT 2 lack: the bundle's defaults of that time
 _LEGACY_DEFAULTS = {
     "network_name": "fpt",
@@ -174,10 +177,18 @@ def write_model_config(
     path = Path(path)
     if training_settings is not None:
         settings = dict(training_settings)
-        for key in ("store_dir", "dataset_dir", "datalist_file"):
+        for key in ("store_dir", "pooled_store_dir", "dataset_dir", "datalist_file"):
             if settings.get(key) is not None:
-                settings[key] = _portable(settings[key], bundle_root, beside=key == "store_dir")
+                settings[key] = _portable(settings[key], bundle_root, beside=key in _STORE_DIRS)
         record["training_settings"] = settings
+    network_class = (record.get("network_spec") or {}).get("target") or record.get("network_name", "fpt")
+    if record.get("pooled_img_size") is not None and network_class not in ("FPT", "fpt"):
+        raise ModelConfigError(
+            f"{path}: pooled_img_size {record['pooled_img_size']} is the resolution of FPT's hybrid head (head "
+            f"side+pooled), but the network is {network_class}, which does not pool at a second resolution (a linear "
+            "probe pools at its own img_size; ProbeFusion does not take a two-resolution FPT yet): leave "
+            "pooled_img_size null."
+        )
     clean = json.loads(json.dumps(record, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
     try:  # a record that evaluation would refuse is refused before training starts
         validate_record(clean, str(path), fix="Fix the setting named (the bundle's options or the datalist).")
@@ -299,6 +310,7 @@ def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | 
     flat = {k: v for k, v in data.items() if k != "training_settings"}
     flat.update(data.get("training_settings") or {})
     flat.setdefault("ordinal_labels", False)  # nominal classes unless training said otherwise
+    flat.setdefault("pooled_img_size", None)  # one resolution: what every record before the option trained
     assumed = sorted(k for k in _LEGACY_DEFAULTS if k not in flat)
     for key in assumed:
         flat[key] = _LEGACY_DEFAULTS[key]
@@ -322,6 +334,8 @@ def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | 
         flat["datalist_file"] = str(Path(flat["dataset_dir"]) / "datalist.json")
     for key in ("store_dir", "dataset_dir", "datalist_file"):
         flat[key] = recorded_path(flat[key], root)
+    if flat.get("pooled_store_dir") is not None:
+        flat["pooled_store_dir"] = recorded_path(flat["pooled_store_dir"], root)
     if assumed:
         logger.warning(
             "%s was written by an older fpt_monai without %s; assumed the bundle's defaults %s. If training used "
@@ -361,7 +375,7 @@ def recorded_location(
     resolved = value.resolve()
     if any(resolved == r.resolve() or resolved.is_relative_to(r.resolve()) for r in inside):
         return str(value)
-    if key == "store_dir" and _below_default_store_root(resolved, bundle_root):
+    if key in _STORE_DIRS and _below_default_store_root(resolved, bundle_root):
         return str(value)  # a store shared with the bundles beside this one (train.yaml's default store_root)
     option = f"{key} <{'file' if key == 'datalist_file' else 'folder'}>"
     source = record.get("_file", "models/model_config.json")

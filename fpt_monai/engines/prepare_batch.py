@@ -28,7 +28,8 @@ class FPTPrepareBatch(PrepareBatch):
       (augmented) side view.
 
     With a resident copy of the store (``resident``, :func:`fpt_monai.data.resident_store`) the batch carries row
-    numbers (``row_key``) and the stored fields are gathered on the resident device, then treated as above.
+    numbers (``row_key``) and the stored fields are gathered on the resident device, then treated as above; likewise
+    the pooled features of a second store (FPT's ``pooled_img_size``) from ``pooled_resident`` by ``pooled_row_key``.
 
     Targets are ``label`` as ``long`` (absent in inference: ``None``).
 
@@ -37,6 +38,9 @@ class FPTPrepareBatch(PrepareBatch):
             ``"image_side"``, ``"keys"``, ``"values"``, ``"label"``, ``"pooled"``.
         resident: the resident copy the rows refer to. Defaults to ``None``.
         row_key: the batch key of the row numbers. Defaults to ``"token_row"``.
+        pooled_resident: the resident copy of the second store's pooled features (FPT's ``pooled_img_size``).
+            Defaults to ``None``.
+        pooled_row_key: the batch key of its row numbers. Defaults to ``"pooled_row"``.
     """
 
     def __init__(
@@ -49,6 +53,8 @@ class FPTPrepareBatch(PrepareBatch):
         pooled_key: str = "pooled",
         resident: ResidentStore | None = None,
         row_key: str = "token_row",
+        pooled_resident: ResidentStore | None = None,
+        pooled_row_key: str = "pooled_row",
     ) -> None:
         self.image_key = image_key
         self.side_key = side_key
@@ -58,6 +64,8 @@ class FPTPrepareBatch(PrepareBatch):
         self.pooled_key = pooled_key
         self.resident = resident
         self.row_key = row_key
+        self.pooled_resident = pooled_resident
+        self.pooled_row_key = pooled_row_key
 
     def __call__(
         self,
@@ -80,6 +88,11 @@ class FPTPrepareBatch(PrepareBatch):
                 if name in found
             }
             batchdata = {**batchdata, **gathered}
+        if self.pooled_row_key in batchdata:
+            if self.pooled_resident is None:
+                raise KeyError(f"the batch has row numbers {self.pooled_row_key!r} but no pooled_resident was given")
+            found = self.pooled_resident.gather(torch.as_tensor(batchdata[self.pooled_row_key]))
+            batchdata = {**batchdata, self.pooled_key: found["pooled"]}
         label = batchdata.get(self.label_key)
         targets = move(torch.as_tensor(label)).long().reshape(-1) if label is not None else None
         if self.keys_key in batchdata:

@@ -158,6 +158,8 @@ _TRAINING_SETTINGS: dict[str, Callable[[Any], str | None]] = {
     "store_fields": _store_fields,
     "side_view": lambda v: None if isinstance(v, bool) else "true or false",
     "store_dir": _text,
+    # the second store of a two-resolution hybrid head (pooled_img_size), or null
+    "pooled_store_dir": lambda v: None if v is None else _text(v),
     "dataset_dir": _text,
     "datalist_file": _text,
     "datalist_source": _text,
@@ -331,6 +333,10 @@ _SCHEMA: dict[str, tuple[Callable[[Any], str | None], bool]] = {
     "token_ratio": (_number_in(0.0, 1.0, low_open=True), True),
     "side_init": (_one_of("hf", "timm", "lpm"), False),
     "head": (_one_of("side", "side+pooled"), False),
+    "pooled_img_size": (
+        lambda v: None if v is None or _int_in(8, 16_384)(v) is None else "null or an integer in [8, 16384]",
+        False,
+    ),
     "fusion_dropout": (_number_in(0.0, 1.0), False),
     "lpm_layer_norm_eps": (_optional_eps, False),
     "normalization": (_normalization, False),

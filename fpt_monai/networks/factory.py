@@ -55,6 +55,7 @@ def network_from_model_config(
             side_img_size=int(model_config["side_img_size"]),
             token_ratio=float(model_config["token_ratio"]),
             head=model_config.get("head", "side"),
+            pooled_img_size=model_config.get("pooled_img_size"),
             lpm_layer_norm_eps=model_config.get("lpm_layer_norm_eps"),
             **common,
         )

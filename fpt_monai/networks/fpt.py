@@ -109,6 +109,14 @@ class FPT(nn.Module):
         head: ``"side"`` (the paper's) or ``"side+pooled"``: the side network's logits plus a linear classifier
             (:class:`PooledHead`, zero-initialised) on the frozen model's pooled features (final class token and
             mean patch token). Defaults to ``"side"``.
+        pooled_img_size: the resolution of the hybrid head's pooled features, when it is not ``img_size`` (two
+            resolutions: a linear probe on the frozen model is often best at its pre-training size, e.g. 224 px for
+            DINOv2 ViT-S/14, while the tokens are at 518 px). The frozen model then runs a second time, without
+            token selection, on the image resized to this size (bilinear, anti-aliased), through the same weights
+            with the position embeddings of that grid (:meth:`FrozenViTExtractor.set_pooled_view`; no second copy of
+            the weights, nothing more in ``state_dict``); from a feature store, ``pooled`` must come from a store
+            preloaded at this size. Needs ``head="side+pooled"``. ``None`` (or ``img_size``): one resolution.
+            Defaults to ``None``.
         lpm_layer_norm_eps: LayerNorm epsilon of the frozen model; ``None`` keeps the backbone's own (timm: 1e-6),
             ``1e-12`` reproduces the reference's Hugging Face ViT exactly. Defaults to ``None``.
         layer_norm_eps: side-network LayerNorm epsilon. Defaults to 1e-12 (reference).
@@ -155,6 +163,7 @@ class FPT(nn.Module):
         prompt_init_std: float = 1e-6,
         side_init: str = "hf",
         head: str = "side",
+        pooled_img_size: int | None = None,
         lpm_layer_norm_eps: float | None = None,
         layer_norm_eps: float = 1e-12,
         query_chunk_size: int = 256,
@@ -168,11 +177,17 @@ class FPT(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         if head not in FPT_HEADS:
             raise ValueError(f"head must be one of {FPT_HEADS}, got {head!r}.")
+        if pooled_img_size is not None and head != "side+pooled":
+            raise ValueError(
+                f"pooled_img_size {pooled_img_size} is the resolution of the hybrid head's pooled features, but head "
+                f"{head!r} reads none: set head 'side+pooled' (--head side+pooled), or leave pooled_img_size null."
+            )
         for name, value in (
             ("side_reduction", side_reduction),
             ("prompt_reduction", prompt_reduction),
             ("num_prompts", num_prompts),
             ("side_img_size", side_img_size),
+            ("pooled_img_size", pooled_img_size),
         ):
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}.")
@@ -253,6 +268,20 @@ class FPT(nn.Module):
         self.pooled_head: PooledHead | None = (
             PooledHead(lpm.pooled_dim, int(num_classes), zero_init=True) if self.hybrid else None
         )
+        # the pooled features' resolution (img_size: one resolution); the frozen model pools there itself, so the
+        # explainer and every other caller of lpm.extract_all get the same features as forward
+        self.pooled_img_size = self.img_size if pooled_img_size is None else int(pooled_img_size)
+        if self.pooled_img_size != self.img_size:
+            if self.pooled_img_size < lpm.patch_size:
+                raise ValueError(
+                    f"pooled_img_size {self.pooled_img_size} is smaller than the frozen model's {lpm.patch_size} px "
+                    "patch."
+                )
+            if frozen_model:
+                from fpt_monai.networks.probe_fusion import position_embedding_at  # it imports this module
+
+                pos = position_embedding_at(lpm, self.pooled_img_size, pretrained, pos_interp, backbone_kwargs)
+                lpm.set_pooled_view(self.pooled_img_size, pos)
         self.num_classes = int(num_classes)
         # checkpoints hold the trainable part only: the frozen model always comes from `pretrained`
         keep_frozen_model_out_of_state_dict(self)
@@ -329,8 +358,15 @@ class FPT(nn.Module):
                 the side view when ``image_side`` is not given).
             image_side: the side view; made from ``image`` by resizing when ``None``.
             keys, values: preloaded tokens ``[B, L, heads, k, head_dim]``; the frozen model is skipped.
-            pooled: preloaded pooled features ``[B, 2 * D]`` (``head="side+pooled"``).
+            pooled: preloaded pooled features ``[B, 2 * D]`` (``head="side+pooled"``), at ``pooled_img_size``.
         """
+        if self.hybrid and self.lpm is not None and self.lpm.pooled_img_size != self.pooled_img_size:
+            raise RuntimeError(
+                f"this FPT's hybrid head reads pooled features at {self.pooled_img_size} px but its frozen model pools "
+                f"at {self.lpm.pooled_img_size} px: a frozen model set in place of FPT's own needs "
+                "lpm.set_pooled_view(pooled_img_size, position_embedding_at(...)) (ProbeFusion does not support "
+                "pooled_img_size yet)."
+            )
         if keys is None or values is None:
             if self.lpm is None:
                 self.extract(image)  # raises the explanation

@@ -270,6 +270,10 @@ class FrozenViTExtractor(nn.Module):
         self.num_tokens: int = vit.patch_embed.num_patches + vit.num_prefix_tokens
         self.num_selected: int = num_selected_tokens(self.num_tokens, self.token_ratio)
         self.pooled_dim: int = 2 * self.embed_dim
+        # where the pooled features are taken (set_pooled_view): the image at img_size unless a network asks for
+        # another resolution; the position embeddings of that grid are derived from the weights, never saved
+        self.pooled_img_size: int = self.img_size
+        self.register_buffer("pooled_pos_embed", torch.zeros(0), persistent=False)
 
     @classmethod
     def skeleton(cls, **kwargs) -> FrozenViTExtractor:
@@ -396,7 +400,9 @@ class FrozenViTExtractor(nn.Module):
     def extract_all(
         self, x: torch.Tensor, want_pooled: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Keys, values, selected indices and (with ``want_pooled``) the pooled features, in one pass."""
+        """Keys, values, selected indices and (with ``want_pooled``) the pooled features, in one pass (two with
+        :meth:`set_pooled_view`: the tokens' pass stops after the deepest extracted block, the pooled features come
+        from the resized image)."""
         if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != 3):
             raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(x.shape)}.")
         if want_pooled and not self.pooled:
@@ -404,8 +410,11 @@ class FrozenViTExtractor(nn.Module):
                 "pooled features need the whole frozen model: build the extractor with pooled=True "
                 "(FPT(head='side+pooled') and the preload of pooled features do)."
             )
-        vit = self.vit
         pooled: torch.Tensor | None = None
+        if want_pooled and self.pooled_img_size != self.img_size:
+            pooled = self._pool_resized(x)
+            want_pooled = False
+        vit = self.vit
         with torch.no_grad():
             x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
             keys, values, indices = [], [], []
@@ -447,10 +456,51 @@ class FrozenViTExtractor(nn.Module):
         linear probe needs at inference. Needs ``pooled=True``."""
         if not self.pooled:
             raise RuntimeError("pooled features need the whole frozen model: build the extractor with pooled=True.")
+        if self.pooled_img_size != self.img_size:
+            return self._pool_resized(x)
         vit = self.vit
         with torch.no_grad():
             x = vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x)))))
             return self._pool_tokens(vit.norm(x))
+
+    def set_pooled_view(self, img_size: int, pos_embed: torch.Tensor | None = None) -> None:
+        """Take the pooled features (:meth:`extract_all` with ``want_pooled``, :meth:`forward_pooled`, :meth:`pool`)
+        from the image resized to ``img_size`` (bilinear, anti-aliased) through the same frozen weights, while the
+        keys and values stay at the extractor's own ``img_size``: FPT's hybrid head at a second, lower resolution
+        (``FPT(pooled_img_size=...)``). ``pos_embed`` holds the position embeddings of that size's grid
+        (:func:`fpt_monai.networks.probe_fusion.position_embedding_at`; a non-persistent buffer: checkpoints never
+        hold it). ``img_size`` equal to the extractor's own restores one resolution. A feature store's extractor
+        never sets it: its pooled features are those of its own size.
+
+        Raises:
+            RuntimeError: the extractor was built without ``pooled=True``.
+            ValueError: no ``pos_embed`` for another size, or one of another width than the model's.
+        """
+        if not self.pooled:
+            raise RuntimeError("pooled features need the whole frozen model: build the extractor with pooled=True.")
+        img_size = int(img_size)
+        if img_size == self.img_size:
+            self.pooled_img_size = img_size
+            self.pooled_pos_embed = torch.zeros(0, device=self.pooled_pos_embed.device)
+            return
+        if img_size < self.patch_size:
+            raise ValueError(
+                f"pooled img_size {img_size} is smaller than the frozen model's {self.patch_size} px patch."
+            )
+        if pos_embed is None or pos_embed.ndim != 3 or pos_embed.shape[-1] != self.embed_dim:
+            shape = None if pos_embed is None else tuple(pos_embed.shape)
+            raise ValueError(
+                f"pooling at {img_size} px needs the position embeddings of that grid, [1, N, {self.embed_dim}] "
+                f"(fpt_monai.networks.probe_fusion.position_embedding_at), got {shape}."
+            )
+        self.pooled_img_size = img_size
+        self.pooled_pos_embed = pos_embed.detach().to(self.vit.pos_embed.device, self.vit.pos_embed.dtype)
+
+    def _pool_resized(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features of ``x`` resized to :attr:`pooled_img_size` (:meth:`set_pooled_view`)."""
+        size = self.pooled_img_size
+        small = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return self.pool_at(small, self.pooled_pos_embed)
 
     def pool_at(self, x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[B, 2 * D]`` of images at another resolution than ``img_size``, through the same frozen
