@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -60,18 +61,43 @@ def trained_tiny_bundle(tmp_path_factory, tiny_bundle_data):
 
 
 @pytest.fixture(scope="session")
-def exported_tiny_bundle(trained_tiny_bundle):
-    """The trained tiny bundle after ``scripts/export_bundle.py`` (model.ts, model_explain.ts, model.onnx)."""
+def exported_tiny_bundle(request, tmp_path_factory):
+    """A copy of the trained tiny bundle after ``scripts/export_bundle.py`` (model.ts, model_explain.ts, model.onnx).
+
+    Built once per test session, not once per pytest-xdist worker (a training and three exports, about a minute of
+    CPU): the first worker to need it exports into the folder the workers share, under a file lock, and the others
+    read it (the xdist documentation's recipe; ``--dist loadgroup`` does not group tests under pytest 9). A copy, so
+    that no worker's trained bundle is written while another worker reads it.
+    """
+    import json
+    import shutil
     import subprocess
     import sys
 
-    root, data_dir, weights = trained_tiny_bundle
-    done = subprocess.run(
-        [sys.executable, "scripts/export_bundle.py", "--bundle-root", str(root), "--pretrained", str(weights)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return root, data_dir, weights
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder above every worker's own
+    shared = shared / "exported_tiny_bundle"
+    done_file = shared / "done.json"
+    with FileLock(str(shared) + ".lock"):
+        if not done_file.is_file():
+            source, data_dir, weights = request.getfixturevalue("trained_tiny_bundle")  # only the builder trains
+            shutil.rmtree(shared, ignore_errors=True)  # what a failed attempt left
+            root = shared / "bundle"
+            shutil.copytree(source / "models", root / "models")
+            store = json.loads((source / "models" / "model_config.json").read_text())["training_settings"]["store_dir"]
+            if store.startswith("../feature_stores/") and (source / store).is_dir():  # the store beside the bundle
+                shutil.copytree(source / store, root / store)
+            done = subprocess.run(
+                [sys.executable, "scripts/export_bundle.py", "--bundle-root", str(root), "--pretrained", str(weights)],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+            done_file.write_text(json.dumps({"root": str(root), "data_dir": str(data_dir), "weights": str(weights)}))
+    built = json.loads(done_file.read_text())
+    return Path(built["root"]), Path(built["data_dir"]), Path(built["weights"])
