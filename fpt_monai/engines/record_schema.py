@@ -164,6 +164,18 @@ _TRAINING_SETTINGS: dict[str, Callable[[Any], str | None]] = {
     "datalist_file": _text,
     "datalist_source": _text,
     "datalist_sha256": lambda v: None if isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) else "64 hex digits",
+    # the small-data options the training used (issue 22): augmented frozen views and averaged weights
+    "store_views": lambda v: None if type(v) is int and 1 <= v <= 64 else "an integer from 1 to 64",
+    "store_view_transforms": lambda v: (
+        None
+        if isinstance(v, list)
+        and len(v) <= 63
+        and all(isinstance(t, str) and re.fullmatch(r"[a-z0-9_]{1,32}", t) for t in v)
+        else "a list of view transform names"
+    ),
+    "weight_averaging": _one_of("none", "ema", "swa"),
+    "ema_decay": lambda v: None if v is None or (type(v) is float and 0.0 < v < 1.0) else "null or a number in (0, 1)",
+    "swa_start_epoch": lambda v: None if v is None or (type(v) is int and v >= 0) else "null or an epoch number",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fpt_monai.data import FeatureStore
+from fpt_monai.engines.model_record import read_record
 
 from ..conftest import error_text
 from .conftest import TRAIN_CONFIG, make_workflow
@@ -24,6 +25,10 @@ def test_bundle_trains_from_two_stored_views(tmp_path, tiny_bundle_data):
     assert set(store.ids) == set(train_ids) | {f"{i}@hflip" for i in train_ids} | set(val_ids)
     assert (root / "models" / "model.pt").is_file()
     assert wf.parser.get_parsed_content("hyper_params")["store_views"] == 2
+    # the model's record says which views it was trained from (validated against the record's schema on read)
+    settings = read_record(root / "models" / "model_config.json")["training_settings"]
+    assert settings["store_views"] == 2 and settings["store_view_transforms"] == ["hflip"]
+    assert settings["weight_averaging"] == "none" and settings["ema_decay"] is None
     # training draws a view per image and reads its tokens; validation reads the plain view
     train_item = wf.parser.get_parsed_content("train#dataset")[0]
     assert train_item["store_id"] in (train_item["id"], f"{train_item['id']}@hflip")

@@ -13,6 +13,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import ValidationHandler
 
 from fpt_monai.engines import FPTCheckpointer, WeightAveraging, check_weight_averaging, load_checkpoint
+from fpt_monai.engines.model_record import read_record
 from fpt_monai.engines.weight_averaging import EMA_WARMUP_POWER, default_swa_start_epoch
 from fpt_monai.study.runs import find_preset
 
@@ -255,6 +256,9 @@ def test_a_bundle_training_with_ema(tmp_path, tiny_bundle_data, caplog):
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("weight averaging:")]
     assert "EMA (decay 0.998 per step, warmed up)" in line and "frozen weights excluded" in line
     models = tmp_path / "models"
+    settings = read_record(models / "model_config.json")["training_settings"]  # the record says how it was trained
+    assert settings["weight_averaging"] == "ema" and settings["ema_decay"] == 0.998
+    assert settings["swa_start_epoch"] is None and settings["store_views"] == 1
     last = load_checkpoint(models / "last.pt")
     averaging = last["weight_averaging"]
     assert averaging["mode"] == "ema" and averaging["n_averaged"] == steps > 0
