@@ -20,6 +20,22 @@ pytest.importorskip("highdicom", reason="the SDK's DICOM operators need highdico
 DX_ONLY = json.dumps({"selections": [{"name": "DX", "conditions": {"Modality": "(?i)^DX$"}}]})
 
 
+def _deploy(capsys, *args) -> tuple[int, str, str]:
+    """``python -m fpt_monai.deploy *args`` in this process: ``(exit code, stdout, stderr)`` of the CLI's ``main``.
+
+    The tests whose subject is the app's verdicts, not the interpreter boundary, run the CLI here rather than in an
+    interpreter that imports torch, MONAI and holoscan again (~15 s of CPU each); the process itself is tested by
+    test_cli_classifies_the_selected_series_and_writes_json_sr_and_heatmaps and by the first run of
+    test_cli_errors_end_with_one_line_naming_the_input_and_write_nothing (``sys.exit(main())``, exit codes 0 and 1).
+    """
+    from fpt_monai.deploy.app import main
+
+    capsys.readouterr()  # what the fixtures printed
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.slow
 def test_cli_classifies_the_selected_series_and_writes_json_sr_and_heatmaps(
     exported_tiny_bundle, dicom_study, tmp_path
@@ -119,7 +135,7 @@ def test_no_matching_series_fails_clearly_and_writes_nothing(exported_tiny_bundl
 
 @pytest.mark.slow
 def test_corrupt_files_are_reported_the_rest_classified_and_the_exit_code_says_so(
-    exported_tiny_bundle, dicom_study, tmp_path
+    exported_tiny_bundle, dicom_study, tmp_path, capsys
 ):
     """Corrupt files fail with their reason in output.json, the good ones are classified, no SR is written (the
     study is incomplete), the exit code is 2 and the last line names the first failed file."""
@@ -129,10 +145,9 @@ def test_corrupt_files_are_reported_the_rest_classified_and_the_exit_code_says_s
     (dicom_study / "dx" / "junk.dcm").write_bytes(good[:132] + b"\xff" * 64)
     (dicom_study / "notes.txt").write_text("not DICOM: skipped")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(dicom_study), "-o", str(out), "-m", str(root / "models")]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 2, done.stderr[-3000:]
-    last = done.stderr.strip().splitlines()[-1]
+    code, _, stderr = _deploy(capsys, "-i", dicom_study, "-o", out, "-m", root / "models")
+    assert code == 2, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
     cut = dicom_study / "dx" / "cut.dcm"
     assert last.startswith(f"fpt_monai: error: {cut}: pixel data has") and "truncated" in last
     assert "2 of 6 input file(s) failed" in last and str(out / "output.json") in last and "Fix or remove" in last
@@ -181,7 +196,7 @@ def test_rules_are_a_file_or_json_text(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_malicious_sop_instance_uid_cannot_write_outside_the_output_folder(exported_tiny_bundle, tmp_path):
+def test_a_malicious_sop_instance_uid_cannot_write_outside_the_output_folder(exported_tiny_bundle, tmp_path, capsys):
     """The heatmap is named after the input's SOPInstanceUID: a UID of '../../..' must not choose where it goes."""
     from .conftest import _stored
 
@@ -191,18 +206,16 @@ def test_a_malicious_sop_instance_uid_cannot_write_outside_the_output_folder(exp
     study = tmp_path / "study"
     write_dicom(study / "a.dcm", _stored(1, seed=5), study_uid="1.2.826.0.1.3680043.8.498.9", instance_uid=evil)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(study), "-o", str(out)]
-    cmd += ["-m", str(root / "models" / "model.ts"), "--heatmaps"]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    code, _, stderr = _deploy(capsys, "-i", study, "-o", out, "-m", root / "models" / "model.ts", "--heatmaps")
     assert not target.exists() and not list(tmp_path.glob("victim*"))  # nothing outside -o
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert code == 0, stderr[-3000:]
     (record,) = json.loads((out / "output.json").read_text())["studies"][0]["instances"]
     assert record["sop_instance_uid"] == evil  # reported as it is, only the file name is sanitised
     heatmap = (out / record["heatmap"]).resolve()
     assert heatmap.is_file() and heatmap.parent == (out / "heatmaps").resolve()
 
 
-def test_cli_errors_end_with_one_line_naming_the_input_and_write_nothing(exported_tiny_bundle, tmp_path):
+def test_cli_errors_end_with_one_line_naming_the_input_and_write_nothing(exported_tiny_bundle, tmp_path, capsys):
     from pydicom.data import get_testdata_file
 
     models = exported_tiny_bundle[0] / "models"
@@ -219,13 +232,13 @@ def test_cli_errors_end_with_one_line_naming_the_input_and_write_nothing(exporte
         "instances (files with the DICM marker); re-export or remove the failed files."
     )
     assert not out.exists() or list(out.iterdir()) == []
-    done = subprocess.run([*base, "--frames", "all"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("fpt_monai: error: unknown multi-frame policy 'all'")
+    code, _, stderr = _deploy(capsys, *base[3:], "--frames", "all")  # the CLI's main, in this process
+    assert code == 1
+    assert stderr.strip().splitlines()[-1].startswith("fpt_monai: error: unknown multi-frame policy 'all'")
 
 
 @pytest.mark.slow
-def test_three_files_with_one_sop_instance_uid_are_analysed_once(exported_tiny_bundle, tmp_path):
+def test_three_files_with_one_sop_instance_uid_are_analysed_once(exported_tiny_bundle, tmp_path, capsys):
     """Copies of one instance (the same SOP Instance UID in three files): one classified, two skipped as its
     duplicates, counted once in output.json and in the SR, with one heatmap."""
     import pydicom
@@ -238,9 +251,8 @@ def test_three_files_with_one_sop_instance_uid_are_analysed_once(exported_tiny_b
     for name in ("b/copy.dcm", "a.dcm", "c.dcm"):
         write_dicom(study / name, _stored(1, seed=5), study_uid="1.2.826.0.1.3680043.8.498.77", instance_uid=uid)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(study), "-o", str(out), "-m", str(root / "models")]
-    done = subprocess.run([*cmd, "--heatmaps"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, _, stderr = _deploy(capsys, "-i", study, "-o", out, "-m", root / "models", "--heatmaps")
+    assert code == 0, stderr[-3000:]
 
     output = json.loads((out / "output.json").read_text())
     assert output["counts"] == {"classified": 1, "skipped": 2, "failed": 0, "duplicates": 2}
@@ -259,7 +271,9 @@ def test_three_files_with_one_sop_instance_uid_are_analysed_once(exported_tiny_b
 
 
 @pytest.mark.slow
-def test_a_truncated_jpeg_2000_file_and_a_dangling_link_fail_with_their_true_reasons(exported_tiny_bundle, tmp_path):
+def test_a_truncated_jpeg_2000_file_and_a_dangling_link_fail_with_their_true_reasons(
+    exported_tiny_bundle, tmp_path, capsys
+):
     """A JPEG 2000 file cut inside its pixel data fails as truncated with the UIDs its header has (pydicom's full
     read loses the whole dataset); a symbolic link whose target is gone fails naming the target. Both are in
     output.json; the good image is classified; the exit code is 2."""
@@ -282,9 +296,8 @@ def test_a_truncated_jpeg_2000_file_and_a_dangling_link_fail_with_their_true_rea
     target = tmp_path / "moved" / "scan.dcm"
     (study / "scan.dcm").symlink_to(target)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "fpt_monai.deploy", "-i", str(study), "-o", str(out), "-m", str(root / "models")]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 2, done.stderr[-3000:]
+    code, _, stderr = _deploy(capsys, "-i", study, "-o", out, "-m", root / "models")
+    assert code == 2, stderr[-3000:]
 
     output = json.loads((out / "output.json").read_text())
     assert output["counts"] == {"classified": 1, "skipped": 0, "failed": 2, "duplicates": 0}
@@ -295,5 +308,5 @@ def test_a_truncated_jpeg_2000_file_and_a_dangling_link_fail_with_their_true_rea
     assert "truncated" in cut["reason"] and "no StudyInstanceUID" not in cut["reason"]
     assert cut["sop_instance_uid"] == header.SOPInstanceUID and cut["study_instance_uid"] == header.StudyInstanceUID
     assert files["scan.dcm"] == {"file": "scan.dcm", "status": "failed", "reason": f"broken symbolic link to {target}"}
-    last = done.stderr.strip().splitlines()[-1]
+    last = stderr.strip().splitlines()[-1]
     assert "2 of 3 input file(s) failed" in last and str(out / "output.json") in last
