@@ -21,6 +21,56 @@ DINOV2_WEIGHTS = (
 TINY = {"backbone": "vit_tiny_patch16_224", "img_size": 64}
 
 
+# The longest tests (a minute or more of CPU each, `make test --durations`), longest first. A test id that no longer
+# exists only drops out of the list. None of them waits for exported_tiny_bundle (its builder makes the other
+# workers wait).
+LONG_TESTS = (
+    "tests/test_readme_example.py::test_readme_worked_example_runs_as_written_from_an_installed_wheel",
+    "tests/bundle/test_trust.py::test_a_three_class_bundle_exports_and_deploys_with_one_identity",
+    "tests/study/test_study.py::test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothing",
+    "tests/bundle/test_small_data.py::test_linear_probe_trains_from_stored_pooled_features_and_classifies_images",
+    "tests/check/test_check.py::test_tiny_check_runs_every_section_and_writes_one_report",
+    "tests/engines/test_fuse.py::test_fused_bundle_evaluates_exports_and_deploys",
+    "tests/bundle/test_hardening.py::test_sigkilled_training_resumes_to_the_final_epoch",
+    "tests/bundle/test_mlflow_lineage.py::test_a_sigkilled_training_logs_every_step_once_in_one_run",
+    "tests/bundle/test_distributed.py::test_torchrun_training_matches_one_process",
+    "tests/scripts/test_bench_epoch.py::test_bench_epoch_times_training_from_the_store_and_from_a_resident_copy",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the chunks below are of the tests that run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start every pytest-xdist worker with its share of :data:`LONG_TESTS`, so that no worker is left running one of
+    them alone at the end of the suite (collection order put the wheel and study tests last).
+
+    xdist's load scheduler gives each of the W workers a first chunk of consecutive tests (len // W // 4, at least 2,
+    at most --maxschedchunk) and then hands out the rest in order as workers run low: the long tests are dealt round
+    robin to the heads of those first chunks; the other tests keep their order (the same in every worker, whose
+    collections must agree). Without xdist the long tests simply run first; the other modes (--dist loadfile,
+    loadscope) group tests by file whatever the order.
+    """
+    rank = {nodeid: i for i, nodeid in enumerate(LONG_TESTS)}
+    ranked = sorted(
+        (item for item in items if item.nodeid.split("[")[0] in rank), key=lambda i: rank[i.nodeid.split("[")[0]]
+    )
+    if not ranked:
+        return
+    rest = [item for item in items if item.nodeid.split("[")[0] not in rank]
+    # set in xdist's workers, where the order matters (their config says dist "no": the mode is the controller's)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        items[:] = ranked + rest
+        return
+    chunk = max(2, min(len(items) // workers // 4, config.getoption("maxschedchunk", None) or len(items)))
+    ordered: list[pytest.Item] = []
+    for w in range(workers):
+        head = ranked[w::workers]
+        take = max(0, chunk - len(head)) if w < workers - 1 else 0
+        ordered += head + rest[:take]
+        rest = rest[take:]
+    items[:] = ordered + rest
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_quiet():
     torch.manual_seed(0)
