@@ -115,38 +115,18 @@ def test_killed_preload_resumes_without_recomputing(demo, tmp_path):
         torch.testing.assert_close(report.store.get(item["id"])[0], fresh.store.get(item["id"])[0])
 
 
-def test_cli_reports_json(demo, tmp_path):
+def test_cli_reports_json(demo, tmp_path, capsys):
+    """The CLI's report, the last line of stdout, is JSON (its main in this process: the process boundary is tested
+    by the killed and the concurrent preloads below)."""
+    from fpt_monai.data.preload import main
+
     root, _, weights = demo
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fpt_monai.data.preload",
-            "--datalist",
-            str(root / "datalist.json"),
-            "--store",
-            str(tmp_path / "s"),
-            "--backbone",
-            "vit_tiny_patch16_224",
-            "--pretrained",
-            str(weights),
-            "--img-size",
-            "64",
-            "--layers",
-            "11",
-            "--normalization",
-            "auto",
-            "--splits",
-            "test",
-            "--no-progress",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        check=True,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    args = ["--datalist", root / "datalist.json", "--store", tmp_path / "s", "--backbone", "vit_tiny_patch16_224"]
+    args += ["--pretrained", weights, "--img-size", "64", "--layers", "11", "--normalization", "auto"]
+    capsys.readouterr()
+    assert main([str(a) for a in [*args, "--splits", "test", "--no-progress"]]) == 0
+    stdout = capsys.readouterr().out
+    report = json.loads(stdout.strip().splitlines()[-1])
     assert report["items"] == report["computed"] == 4 and report["bytes_per_item"] == 2 * 1 * 3 * 3 * 64 * 2
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["settings"]["weights"].startswith("sha256:") and manifest["dtype"] == "float16"
