@@ -84,7 +84,12 @@ def test_export_without_checkpoint_says_what_to_do(tmp_path):
     assert "model.pt not found" in done.stderr and "train the bundle first" in done.stderr
 
 
-def test_export_with_other_frozen_weights_is_refused(tmp_path, trained_tiny_bundle):
+def test_export_with_other_frozen_weights_is_refused(tmp_path, trained_tiny_bundle, capsys):
+    """The export command's main in this process (the script's process and excepthook are tested just above): the
+    error's last line (what the script's excepthook prints, :func:`error_line`) names the weights' mismatch."""
+    from fpt_monai.commands.export import main
+    from fpt_monai.utils.errors import error_line
+
     root, _, weights = trained_tiny_bundle
     from safetensors.torch import save_file
 
@@ -94,9 +99,10 @@ def test_export_with_other_frozen_weights_is_refused(tmp_path, trained_tiny_bund
     torch.manual_seed(1)  # other random weights than the fixture's (seed 0)
     save_file(create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224).state_dict(), str(other))
     assert other.read_bytes() != weights.read_bytes()
-    cmd = [sys.executable, "scripts/export_bundle.py", "--bundle-root", str(root), "--pretrained", str(other)]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
-    last = done.stderr.strip().splitlines()[-1]
+    capsys.readouterr()
+    with pytest.raises(Exception) as info:
+        main(["--bundle-root", str(root), "--pretrained", str(other)])
+    last = error_line(info.value)
     assert last.startswith("fpt_monai: error:") and "the trained model's frozen weights are" in last
-    assert "export:" not in done.stdout + done.stderr  # refused before the first export
+    captured = capsys.readouterr()
+    assert "export:" not in captured.out + captured.err  # refused before the first export
