@@ -207,6 +207,13 @@ def fuse_bundles(
     if (out / "models" / "model.pt").exists() and not overwrite:
         raise FuseError(f"{out / 'models' / 'model.pt'} exists: name another --out, or pass --overwrite to replace it.")
     fpt, fpt_raw = _bundle(fpt_root, "fpt", "FPT")
+    if fpt.get("pooled_img_size") is not None:  # refused before any weight is read (ProbeFusion's frozen model
+        # pools at FPT's img_size only: its FPT would stop at the first batch)
+        raise FuseError(
+            f"{fpt_root / 'models' / 'model_config.json'}: the FPT bundle was trained with pooled_img_size "
+            f"{fpt['pooled_img_size']} (two resolutions), which fpt-monai fuse does not support yet: fuse an FPT "
+            "bundle trained with pooled_img_size null."
+        )
     probe, probe_raw = _bundle(probe_root, "probe", "PooledLinearProbe")
     _check_compatible(fpt_root, fpt, probe_root, probe)
     weights_file = str(Path(pretrained).resolve()) if pretrained is not None else recorded_weights(fpt)

@@ -144,3 +144,21 @@ def test_bundles_that_do_not_share_the_frozen_model_or_classes_are_refused(fused
     path.write_text(json.dumps(record))
     with pytest.raises(ModelConfigError, match="network_spec's weight differs from fusion's weight"):
         read_model_config(path)
+
+
+def test_a_two_resolution_fpt_bundle_is_refused_before_any_weight_is_read(trained_tiny_bundle, tmp_path):
+    """ProbeFusion's frozen model pools at FPT's img_size only: a bundle trained with pooled_img_size is refused up
+    front (naming its record and the fix), not by FPT's forward in the middle of the validation pass."""
+    fpt_root, _, weights = trained_tiny_bundle
+    two_res = tmp_path / "two_res"
+    shutil.copytree(fpt_root, two_res, ignore=shutil.ignore_patterns("eval"))
+    path = two_res / "models" / "model_config.json"
+    record = json.loads(path.read_text())
+    for where in (record, record["network_spec"]["kwargs"]):
+        where.update(head="side+pooled", pooled_img_size=32)
+    path.write_text(json.dumps(record))
+    with pytest.raises(FuseError) as err:
+        fuse_bundles(two_res, tmp_path / "no_probe", tmp_path / "out", pretrained=weights, progress=False)
+    text = str(err.value)
+    assert str(path) in text and "pooled_img_size 32" in text and "pooled_img_size null" in text
+    assert not (tmp_path / "out").exists()
