@@ -57,6 +57,8 @@ __all__ = [
 
 # what the study measured of a bundle run (its training's wall time), in the run's folder: a rerun reads it back
 RUN_FILE = "study_run.json"
+# the bundle's (folder, store) items of the feature stores a training preloads (train.yaml)
+_STORE_ITEMS = (("store_dir", "feature_store"), ("pooled_store_dir", "pooled_feature_store"))
 # under <out-dir>/tokens: the preload wall time of every store (or part of one) the study built, per store folder
 PRELOADS_FILE = "study_preloads.json"
 
@@ -232,7 +234,8 @@ def read_run(bundle_root: Path, fold: int, method: str, lr: float, seed: int) ->
 
 def run_stores(bundle_root: Path) -> list[str]:
     """The feature stores a bundle run trained from, as its record names them (``models/model_config.json``,
-    ``training_settings``: ``store_dir`` and any other ``store_dir*`` entry) when it trained in preload mode."""
+    ``training_settings``: ``store_dir`` and ``pooled_store_dir``, the second store of ``pooled_img_size``) when it
+    trained in preload mode."""
     record = bundle_root / "models" / "model_config.json"
     if not record.is_file():
         return []
@@ -240,7 +243,7 @@ def run_stores(bundle_root: Path) -> list[str]:
     if settings.get("mode", "preload") != "preload":
         return []
     stores = []
-    for key in sorted(k for k in settings if k.startswith("store_dir")):
+    for key in sorted(k for k, _ in _STORE_ITEMS if k in settings):
         value = settings[key]
         stores += [str(v) for v in (value if isinstance(value, list) else [value]) if v]
     return sorted(set(stores))
@@ -345,7 +348,7 @@ def prepare_store(
     out: Path, configs: list[Path], fold_dirs: list[Path], overrides: dict, verbose: bool = False
 ) -> str | None:
     """Build (or complete) the feature store of a method before its runs, through the bundle's own ``feature_store``
-    item evaluated for every fold (what each fold's training would preload: its training and validation items, any
+    item (and ``pooled_feature_store``, the second store of ``pooled_img_size``) evaluated for every fold (what each fold's training would preload: its training and validation items, any
     stored views included), and add the wall time it took to ``<out>/tokens/study_preloads.json``: the runs' training
     times then hold no preload, and the report shows what the store cost. Nothing is timed when the store already
     held everything (built before).
@@ -355,21 +358,27 @@ def prepare_store(
     """
     from fpt_monai.utils.atomic import atomic_write_text
 
-    store, seconds = None, 0.0
+    store, seconds = None, {}
     with bundle_logs(verbose):
         for fold_dir in fold_dirs:
             parser = bundle_parser(configs, fold_dir, overrides)
             if parser.get_parsed_content("mode") != "preload":
                 return None
             store = str(parser.get_parsed_content("store_dir"))
-            before = dir_bytes(store)
-            start = time.monotonic()
-            parser.get_parsed_content("feature_store")
-            if dir_bytes(store) != before:  # the preload ran (a complete store is only opened)
-                seconds += time.monotonic() - start
+            # the stores a training preloads: its own and, with pooled_img_size, the second one (pooled features)
+            for dir_item, store_item in _STORE_ITEMS:
+                folder = parser.get_parsed_content(dir_item)
+                if folder is None:
+                    continue
+                before = dir_bytes(folder)
+                start = time.monotonic()
+                parser.get_parsed_content(store_item)
+                if dir_bytes(folder) != before:  # the preload ran (a complete store is only opened)
+                    seconds[str(folder)] = seconds.get(str(folder), 0.0) + time.monotonic() - start
     if seconds:
         preloads = read_preloads(out)
-        preloads[store] = preloads.get(store, 0.0) + seconds
+        for folder, spent in seconds.items():
+            preloads[folder] = preloads.get(folder, 0.0) + spent
         atomic_write_text(out / "tokens" / PRELOADS_FILE, json.dumps(preloads, indent=1))
     return store
 

@@ -181,3 +181,27 @@ def test_method_names_merge_any_number_of_presets(tmp_path, monkeypatch):
     ]
     with pytest.raises(SystemExit, match="unknown method 'r3'"):
         method_presets("m+r1+r3")
+
+
+def test_prepare_store_times_and_run_stores_names_the_second_store_of_pooled_img_size(tmp_path, tiny_bundle_data):
+    """A two-resolution method (pooled_img_size) trains from two stores: the study builds and times both before the
+    runs (else the second one's preload lands in the first run's training time) and counts both in its costs."""
+    import json
+
+    from fpt_monai.data import FeatureStore
+
+    from ..bundle_utils import tiny_overrides
+
+    data_dir, weights = tiny_bundle_data
+    out = tmp_path / "study"
+    overrides = tiny_overrides(data_dir, weights, head="side+pooled", pooled_img_size=32, store_root=str(out / "tokens"))
+    main = study_runs.prepare_store(out, [study_runs.TRAIN_CONFIG], [data_dir], overrides)
+    preloads = study_runs.read_preloads(out)
+    assert main in preloads and len(preloads) == 2 and all(v > 0 for v in preloads.values())
+    (second,) = set(preloads) - {main}
+    assert FeatureStore.open(second).settings["img_size"] == 32 and "pooled" in FeatureStore.open(second).fields
+    bundle = tmp_path / "run"
+    (bundle / "models").mkdir(parents=True)
+    settings = {"mode": "preload", "store_dir": main, "pooled_store_dir": second, "dataset_dir": str(data_dir)}
+    (bundle / "models" / "model_config.json").write_text(json.dumps({"training_settings": settings}))
+    assert study_runs.run_stores(bundle) == sorted([main, second])
