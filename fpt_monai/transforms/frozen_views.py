@@ -30,7 +30,7 @@ left/right eye). Where flips or rotations are not plausible (a chest X-ray is ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -154,9 +154,16 @@ def expand_store_views(
     items: Sequence[Mapping],
     store_views: int = 1,
     transforms: Sequence[str] | str = DEFAULT_STORE_VIEW_TRANSFORMS,
+    other_ids: Iterable[str] = (),
 ) -> list[dict]:
     """Each item followed by its views ``1..K-1``: a copy with ``id`` = :func:`view_id` and ``frozen_view`` = the
     transform's name (what the preload stores). ``K = 1`` returns the items unchanged.
+
+    Args:
+        items: the training items.
+        store_views, transforms: see :func:`check_store_views`.
+        other_ids: the ids of the images of the other splits (validation, test), which read the same store: no view
+            may take one of them.
 
     Raises:
         ValueError: bad settings (:func:`check_store_views`), or a derived id that is also a plain item's id (an image
@@ -166,7 +173,7 @@ def expand_store_views(
     items = [dict(item) for item in items]
     if not names:
         return items
-    plain = {str(item["id"]) for item in items}
+    plain = {str(item["id"]) for item in items} | {str(i) for i in other_ids}
     out: list[dict] = []
     for item in items:
         out.append(item)
@@ -186,10 +193,14 @@ def store_view_items(
     validation: Sequence[Mapping] = (),
     store_views: int = 1,
     transforms: Sequence[str] | str = DEFAULT_STORE_VIEW_TRANSFORMS,
+    test: Sequence[Mapping] = (),
 ) -> list[dict]:
     """What a run's feature store must hold: the training items with their views (:func:`expand_store_views`) and
-    the validation items plain (validation reads the plain view only)."""
-    return expand_store_views(training, store_views, transforms) + [dict(item) for item in validation]
+    the validation items plain (validation reads the plain view only). The ``test`` items are not stored here, but
+    their evaluation reads the same store: a view's id that is one of theirs (or a validation id) is refused, as it
+    would hand that image another image's tokens."""
+    other_ids = [str(item["id"]) for item in (*validation, *test)]
+    return expand_store_views(training, store_views, transforms, other_ids) + [dict(item) for item in validation]
 
 
 class FrozenViewd(MapTransform):

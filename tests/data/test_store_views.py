@@ -127,6 +127,13 @@ def test_settings_from_the_command_line_and_a_view_named_like_an_image():
     items = [{"image": "/d/a.png", "id": "a.png"}, {"image": "/d/x.png", "id": "a.png@hflip"}]
     with pytest.raises(ValueError, match="rename that image or set store_views 1"):
         expand_store_views(items, 2)
+    # an image of another split named like a training image's view would read that view's tokens (evaluation reads
+    # the training's store): refused too
+    train, named_like_a_view = items[:1], items[1:]
+    for split in ("validation", "test"):
+        with pytest.raises(ValueError, match="'a.png@hflip', which is also the id of view 'hflip' of 'a.png'"):
+            store_view_items(train, store_views=2, **{split: named_like_a_view})
+    assert len(store_view_items(train, store_views=1, test=named_like_a_view)) == 1  # no views: nothing to clash
 
 
 def test_store_holds_views_and_a_bigger_k_adds_only_the_new_ones(demo, tmp_path):
