@@ -14,7 +14,16 @@ from .conftest import TRAIN_CONFIG, make_workflow
 def test_bundle_trains_from_two_stored_views(tmp_path, tiny_bundle_data):
     data_dir, weights = tiny_bundle_data
     root = tmp_path / "bundle"
-    wf = make_workflow(TRAIN_CONFIG, root, data_dir, weights, store_root=str(tmp_path / "tokens"), store_views=2)
+    # the transforms as a comma-separated string (check_store_views takes one): the record holds their names
+    wf = make_workflow(
+        TRAIN_CONFIG,
+        root,
+        data_dir,
+        weights,
+        store_root=str(tmp_path / "tokens"),
+        store_views=2,
+        store_view_transforms="hflip, crop90",
+    )
     wf.initialize()
     wf.run()
     datalist = wf.parser.get_parsed_content("datalist")
