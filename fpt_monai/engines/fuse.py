@@ -87,26 +87,36 @@ def _check_compatible(fpt_root: Path, fpt: Mapping, probe_root: Path, probe: Map
         )
 
 
-def _validation_items(record: Mapping, root: Path) -> list[dict]:
+def _datalist(record: Mapping, root: Path) -> dict:
     from fpt_monai.data import datalist_from_json
     from fpt_monai.engines.model_record import recorded_datalist
 
     datalist = datalist_from_json(recorded_datalist(record, record["dataset_dir"], bundle_root=root))
-    items = list(datalist.get("validation") or [])
-    if not items:
+    if not datalist.get("validation"):
         raise FuseError(f"{root}: its datalist has no validation split to choose the blend weight on.")
-    return items
+    return datalist
 
 
-def _same_split(fpt_items: Sequence[Mapping], probe_items: Sequence[Mapping], fpt_root: Path, probe_root: Path) -> None:
-    def key(items: Sequence[Mapping]) -> list[tuple[str, int]]:
-        return [(str(Path(str(i["image"])).resolve()), int(i["label"])) for i in items]
+def _images(items: Sequence[Mapping]) -> list[tuple[str, int]]:
+    return [(str(Path(str(i["image"])).resolve()), int(i.get("label", -1))) for i in items]
 
-    if key(fpt_items) != key(probe_items):
+
+def _same_split(fpt_list: Mapping, probe_list: Mapping, fpt_root: Path, probe_root: Path) -> None:
+    """The two bundles' validation splits are one, and the probe never trained on the images the fused bundle is
+    tested on (its datalist is FPT's)."""
+    fpt_items, probe_items = fpt_list["validation"], probe_list["validation"]
+    if _images(fpt_items) != _images(probe_items):
         raise FuseError(
             f"{fpt_root} and {probe_root} were trained on different validation splits ({len(fpt_items)} vs "
             f"{len(probe_items)} items, or other images or labels): the blend weight would be chosen on images one of "
             "them trained on. Train both on the same datalist."
+        )
+    tested = {image for image, _ in _images(fpt_list.get("test") or [])}
+    seen = [image for image, _ in _images(probe_list.get("training") or []) if image in tested]
+    if seen:
+        raise FuseError(
+            f"{probe_root} trained on {len(seen)} image(s) of the test split of {fpt_root} (e.g. {seen[0]}), which "
+            "the fused bundle is evaluated on: its test figures would be inflated. Train both on the same datalist."
         )
 
 
@@ -219,8 +229,9 @@ def fuse_bundles(
     weights_file = str(Path(pretrained).resolve()) if pretrained is not None else recorded_weights(fpt)
     check_model_settings(fpt, pretrained=weights_file)  # other frozen weights are refused, naming both
     check_model_settings(probe, pretrained=weights_file)
-    items = _validation_items(fpt, fpt_root)
-    _same_split(items, _validation_items(probe, probe_root), fpt_root, probe_root)
+    fpt_list = _datalist(fpt, fpt_root)
+    _same_split(fpt_list, _datalist(probe, probe_root), fpt_root, probe_root)
+    items = fpt_list["validation"]
 
     fpt_state = load_checkpoint(fpt_root / "models" / "model.pt")  # checksums, weights only
     probe_state = load_checkpoint(probe_root / "models" / "model.pt")

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fpt_monai.data import datalist_from_json
+from fpt_monai.data.feature_store import file_sha256
 from fpt_monai.engines.fuse import FuseError, fuse_bundles
 from fpt_monai.engines.model_record import ModelConfigError, read_model_config
 from fpt_monai.engines.probability_blend import choose_blend_weight
@@ -135,6 +136,19 @@ def test_bundles_that_do_not_share_the_frozen_model_or_classes_are_refused(fused
         fuse_bundles(fpt_root, edited, tmp_path / "x", pretrained=weights, progress=False)
     text = str(err.value)
     assert str(fpt_root) in text and str(edited) in text and "frozen weights" in text and "class names" in text
+    # a probe that trained on an image of FPT's test split (the fused bundle's) is refused: its test would leak
+    leaky = tmp_path / "leaky"
+    shutil.copytree(probe_root, leaky, ignore=shutil.ignore_patterns("eval"))
+    copy = leaky / "models" / "datalist.json"
+    datalist = json.loads(copy.read_text())
+    datalist["training"].append(datalist["test"].pop(0))  # another split: this image trains the probe
+    copy.write_text(json.dumps(datalist))
+    path = leaky / "models" / "model_config.json"
+    record = json.loads(path.read_text())
+    record["training_settings"]["datalist_sha256"] = file_sha256(copy)
+    path.write_text(json.dumps(record))
+    with pytest.raises(FuseError, match="trained on 1 image.s. of the test split of .*inflated"):
+        fuse_bundles(fpt_root, leaky, tmp_path / "x", pretrained=weights, progress=False)
     # a fused record whose network disagrees with its fusion is refused when read
     bad = tmp_path / "fused"
     shutil.copytree(out, bad, ignore=shutil.ignore_patterns("eval"))
