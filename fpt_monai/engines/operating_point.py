@@ -18,7 +18,6 @@ names that checkpoint's SHA-256, so weights other than the ones it was chosen fo
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -385,7 +384,8 @@ class OperatingPointChooser:
     MLflow handlers (they publish the record). Only the main process writes.
 
     Args:
-        network: the trained network (a ``DistributedDataParallel`` is unwrapped); a copy gets model.pt's weights.
+        network: the trained network (a ``DistributedDataParallel`` is unwrapped); model.pt's weights are scored in
+            it, then its final weights (and train/eval mode) are put back.
         validator: the validation evaluator (its dataset, ``prepare_batch`` and device are reused).
         ckpt_dir: the bundle's ``models`` folder.
         class_names: the model's classes.
@@ -434,11 +434,19 @@ class OperatingPointChooser:
         from fpt_monai.engines.checkpoint import load_checkpoint
 
         net = self.network.module if hasattr(self.network, "module") else self.network
-        scored = copy.deepcopy(net)
-        scored.load_state_dict(load_checkpoint(checkpoint), strict=True)
+        # model.pt's weights scored in the network itself and the final ones put back: no copy of the network (online,
+        # that would be a second frozen model on the device at the end of a long training); its state_dict is the
+        # trainable part only (the frozen model is kept out of it), so the copy of the final weights is small
+        final = {k: v.detach().clone() for k, v in net.state_dict().items()}
         device = self.validator.state.device or "cpu"
-        logits, labels, ids = _validation_outputs(scored, self.validator, device)
-        del scored
+        was_training = net.training
+        try:
+            net.load_state_dict(load_checkpoint(checkpoint), strict=True)
+            logits, labels, ids = _validation_outputs(net, self.validator, device)
+        finally:
+            net.load_state_dict(final, strict=True)
+            net.train(was_training)
+        del final
         calibration = None
         if asked:
             calibration = choose_calibration(logits, labels, self.class_names, file_sha256(checkpoint), self.options)

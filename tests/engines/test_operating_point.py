@@ -260,8 +260,11 @@ def test_chooser_writes_model_pt_validation_predictions(tmp_path, calibrate):
     record["frozen_weights"] = {"source": "w.safetensors", "id": "sha256:" + "0" * 64}
     (ckpt / "model_config.json").write_text(json.dumps(record))
     network = torch.nn.Linear(4, 2)  # the network's final weights differ from model.pt's
+    final = {k: v.clone() for k, v in network.state_dict().items()}
     options = check_operating_point_options(["b", "m"], calibrate=calibrate)
     calibration = OperatingPointChooser(network, validator, ckpt, ["b", "m"], options)()
+    # model.pt was scored in the network itself, whose final weights and training mode are then put back
+    assert all(torch.equal(v, final[k]) for k, v in network.state_dict().items()) and network.training
 
     path = tmp_path / "eval" / "predictions_validation.csv"
     with open(path, newline="") as f:
