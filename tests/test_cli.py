@@ -82,6 +82,8 @@ def test_train_builds_the_bundle_command_with_packaged_configs_and_bundle_settin
         (["infer", "--bundle_root", "r", "stray"], "unexpected argument 'stray'"),
         (["evaluate"], "the following arguments are required: --bundle_root"),
         (["benchmark", "nope"], "unknown benchmark 'nope'"),
+        (["fuse", "--fpt", "a", "--probe", "b", "--out", "c", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["fuse", "--fpt", "a", "--probe", "b", "--out", "c", "--weights", "0.5,2"], "numbers in [0, 1]"),
     ],
 )
 def test_argument_errors_name_the_problem(args, message):

@@ -26,6 +26,16 @@ def _weights(text: str) -> list[float]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--batch-size takes a whole number, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--batch-size must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``fpt-monai fuse``."""
     p = argparse.ArgumentParser(prog="fpt-monai fuse", description=DESCRIPTION)
@@ -39,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="FPT's candidate weights, comma-separated (default 0,0.1,...,1; 1 is FPT alone, 0 the probe alone)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="batch of the validation pass")
+    p.add_argument("--batch-size", type=_positive, default=8, help="batch of the validation pass")
     p.add_argument("--device", default=None, help="where the validation pass runs (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace a fused model already in --out")
     return p

@@ -128,7 +128,9 @@ def run_study(args: argparse.Namespace) -> int:
             runs.extend(rows)
             predictions.update(blended)
     if reference is not None and reference not in methods:
-        raise SystemExit(f"--reference {reference!r} has no runs: {fusion_rows[-1]['note'] if fusion_rows else ''}")
+        notes = [f["note"] for f in fusion_rows if f["method"] == reference and f.get("note")]
+        why = notes[0] if notes else "it is neither a studied method, a probe of --probe-img-sizes nor a fusion"
+        raise SystemExit(f"--reference {reference!r} has no runs: {why}; choose one of {', '.join(methods)}.")
     # the reference first, then every comparison against each probe
     references = [m for m in dict.fromkeys([reference, *(m for m in studied if is_probe(m))]) if m in methods]
     summary = summarize(runs, chosen, methods, references, predictions)
