@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="fpt_plus,fpt,linear_probe,full_finetune", help="preset names, comma-separated")
     p.add_argument("--lrs", default="", help=f"'method=lr1,lr2;...' (default: built-in grids, else {DEFAULT_LRS})")
     p.add_argument(
+        "--baseline",
+        help="a studied method every other one is also compared with (paired), e.g. the plain recipe when studying "
+        "its options: each option's gain alone",
+    )
+    p.add_argument(
         "--reference",
         help="method the others are compared with first (default: the probe, logreg_sklearn[@size] or linear_probe*, "
         "with the highest mean validation AUC)",

@@ -272,6 +272,15 @@ def summarize(
     }
 
 
+def comparison_order(reference: str | None, baseline: str | None, methods: list[str]) -> list[str]:
+    """The methods every other one is compared with, in the report's order: the reference, then ``baseline`` (the
+    plain recipe whose options are studied, ``--baseline``: each option's gain alone), then every probe; only those
+    with runs (``methods``), each once."""
+    from fpt_monai.study.fusion import is_probe
+
+    return [m for m in dict.fromkeys([reference, baseline, *(m for m in methods if is_probe(m))]) if m in methods]
+
+
 def choose_reference(runs: list[dict], chosen: dict, methods: list[str], given: str | None = None) -> dict:
     """The method the others are compared with first: ``given`` (``--reference``), else the probe (a logistic
     regression or a ``linear_probe*`` method, :func:`fpt_monai.study.fusion.is_probe`) with the highest mean

@@ -9,10 +9,10 @@ import argparse
 import warnings
 from pathlib import Path
 
-from fpt_monai.study.compare import choose_reference, method_costs, summarize
+from fpt_monai.study.compare import choose_reference, comparison_order, method_costs, summarize
 from fpt_monai.study.defaults import DINOV2_WEIGHTS
 from fpt_monai.study.folds import check_images_once, fold_datalists, load_datalist, num_classes, parse_list, write_folds
-from fpt_monai.study.fusion import default_fusions, fuse_method, fusion_name, is_probe, parse_fuse
+from fpt_monai.study.fusion import default_fusions, fuse_method, fusion_name, parse_fuse
 from fpt_monai.study.report import markdown, settings_line, write_outputs
 from fpt_monai.study.runs import (
     TRAIN_CONFIG,
@@ -132,7 +132,9 @@ def run_study(args: argparse.Namespace) -> int:
         why = notes[0] if notes else "it is neither a studied method, a probe of --probe-img-sizes nor a fusion"
         raise SystemExit(f"--reference {reference!r} has no runs: {why}; choose one of {', '.join(methods)}.")
     # the reference first, then every comparison against each probe
-    references = [m for m in dict.fromkeys([reference, *(m for m in studied if is_probe(m))]) if m in methods]
+    if args.baseline is not None and args.baseline not in methods:
+        raise SystemExit(f"--baseline {args.baseline!r} has no runs; choose one of {', '.join(methods)}.")
+    references = comparison_order(reference, args.baseline, methods)
     summary = summarize(runs, chosen, methods, references, predictions)
     preloads = read_preloads(out)
     parts = {f["method"]: f.get("parts") for f in fusion_rows}

@@ -348,10 +348,10 @@ def prepare_store(
     out: Path, configs: list[Path], fold_dirs: list[Path], overrides: dict, verbose: bool = False
 ) -> str | None:
     """Build (or complete) the feature store of a method before its runs, through the bundle's own ``feature_store``
-    item (and ``pooled_feature_store``, the second store of ``pooled_img_size``) evaluated for every fold (what each fold's training would preload: its training and validation items, any
-    stored views included), and add the wall time it took to ``<out>/tokens/study_preloads.json``: the runs' training
-    times then hold no preload, and the report shows what the store cost. Nothing is timed when the store already
-    held everything (built before).
+    item (and ``pooled_feature_store``, the second store of ``pooled_img_size``) evaluated for every fold (what
+    each fold's training would preload: its training and validation items, any stored views included), and add the
+    wall time it took to ``<out>/tokens/study_preloads.json``: the runs' training times then hold no preload, and
+    the report shows what the store cost. Nothing is timed when the store already held everything (built before).
 
     Returns:
         The store folder, ``None`` for a method that does not train from a store (``mode`` not ``preload``).

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from fpt_monai.engines.probability_blend import blend_probabilities, choose_blend_weight
 from fpt_monai.study import runs as study_runs
-from fpt_monai.study.compare import choose_reference, method_costs, summarize
+from fpt_monai.study.compare import choose_reference, comparison_order, method_costs, summarize
 from fpt_monai.study.fusion import default_fusions, fuse_method, is_probe, parse_fuse
 from fpt_monai.study.report import markdown
 from fpt_monai.study.runs import method_presets
@@ -107,6 +107,19 @@ def test_reference_is_the_strongest_probe_on_validation_never_test():
     assert "highest mean validation AUC" in choice["why"] and "linear_probe+small_data 0.700" in choice["why"]
     assert choose_reference(runs, chosen, methods, "fpt_plus")["reference"] == "fpt_plus"
     assert choose_reference(runs, chosen, ["fpt_plus"])["reference"] is None
+    # the comparisons: the reference, then --baseline (an option's gain alone), then every probe, each once
+    studied = [*methods, "fpt_plus+ema", "fuse(fpt_plus,logreg_sklearn)"]
+    assert comparison_order("logreg_sklearn", "fpt_plus", studied) == [
+        "logreg_sklearn",
+        "fpt_plus",
+        "linear_probe+small_data",
+        "logreg_sklearn@224",
+    ]
+    assert comparison_order("logreg_sklearn", "logreg_sklearn", methods)[:2] == [
+        "logreg_sklearn",
+        "linear_probe+small_data",
+    ]
+    assert comparison_order(None, None, ["fpt_plus"]) == []
     assert is_probe("linear_probe_online") and not is_probe("fpt_plus+small_data")
     assert default_fusions(["fpt_plus+small_data+ema", "fpt", "lora", "linear_probe"], "logreg_sklearn") == [
         ("fpt_plus+small_data+ema", "logreg_sklearn"),
@@ -194,7 +207,9 @@ def test_prepare_store_times_and_run_stores_names_the_second_store_of_pooled_img
 
     data_dir, weights = tiny_bundle_data
     out = tmp_path / "study"
-    overrides = tiny_overrides(data_dir, weights, head="side+pooled", pooled_img_size=32, store_root=str(out / "tokens"))
+    overrides = tiny_overrides(
+        data_dir, weights, head="side+pooled", pooled_img_size=32, store_root=str(out / "tokens")
+    )
     main = study_runs.prepare_store(out, [study_runs.TRAIN_CONFIG], [data_dir], overrides)
     preloads = study_runs.read_preloads(out)
     assert main in preloads and len(preloads) == 2 and all(v > 0 for v in preloads.values())
