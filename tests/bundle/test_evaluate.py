@@ -88,12 +88,16 @@ def test_evaluate_an_empty_split_names_the_datalist_before_writing(tmp_path, tin
     datalist["test"] = []
     (data / "datalist.json").write_text(json.dumps(datalist))
     _run(TRAIN_CONFIG, tmp_path / "bundle", data, weights, mode="online", epochs=1)  # training needs no test split
+    eval_dir = tmp_path / "bundle" / "eval"
+    # training writes model.pt's validation probabilities there (issue 22); evaluation must add nothing
+    written_by_training = sorted(p.name for p in eval_dir.iterdir()) if eval_dir.exists() else []
+    assert written_by_training == ["predictions_validation.csv"]
     with pytest.raises(Exception) as info:
         _run([TRAIN_CONFIG, EVAL_CONFIG], tmp_path / "bundle", data, weights, mode="online")
     text = error_text(info.value)
     # evaluation reads training's copy of its datalist, kept inside the bundle (issue 19)
     assert str(tmp_path / "bundle" / "models" / "datalist.json") in text and "the test split is empty" in text
-    assert not (tmp_path / "bundle" / "eval").exists()
+    assert sorted(p.name for p in eval_dir.iterdir()) == written_by_training
 
 
 def test_evaluation_names_its_lines_test_best_and_test_final(tmp_path, trained_tiny_bundle, caplog):
