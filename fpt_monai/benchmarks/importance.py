@@ -2,10 +2,11 @@
 
 For each input size, in one run and interleaved (so that a shared machine slows every measure alike), times a bare
 ``timm`` ``forward_features`` of the backbone and ``FrozenViTExtractor`` with each importance path (``tiled``: the
-per-head cache-sized tiles, the CPU default; ``batched``: the whole batch's attention map in query chunks, the path
-before), reports extractor / bare speed (target: >= 0.8x; wall clock, and in brackets process CPU time, steadier on a
-shared machine) and the fraction of (sample, layer, head) token sets on which the paths agree (they differ only
-where two tokens' importance ties within fp32 rounding).
+CPU default, per head the fused kernel's output and log-sum-exp and the column sums in cache-sized blocks;
+``batched``: the whole batch's attention map in query chunks, the path before), reports extractor / bare speed
+(target: >= 0.8x; wall clock, and in brackets process CPU time, steadier on a shared machine) and the fraction of
+(sample, layer, head) token sets on which the paths agree (they differ only where two tokens' importance ties within
+fp32 rounding).
 
 Usage::
 

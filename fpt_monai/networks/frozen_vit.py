@@ -28,17 +28,19 @@ __all__ = ["IMPORTANCE_PATHS", "FrozenViTExtractor"]
 
 IMPORTANCE_PATHS = ("auto", "tiled", "batched")
 _LOG2E = 1.4426950408889634  # scores in base 2: exp2 is about twice as fast as exp on CPU, the same softmax
-_TILE_BYTES = 2**21  # the tiled path's scores buffer [N, tile] of one head: about the size of a core's L2 cache
+_TILE_BYTES = 2**23  # the tiled path's scores buffer [N, tile] of one head: 8 MB, in the L3 cache
 
 
-def _tile_width(num_tokens: int, query_chunk_size: int) -> int:
-    """Queries per tile: a power of two in [64, 256] (MKL's GEMMs are slower at other widths, e.g. 48) whose fp32
-    scores buffer ``[N, width]`` stays near :data:`_TILE_BYTES` (measured on CPU: 256 best at 1,370 tokens, 64 at
-    5,477 and 21,317), at most ``query_chunk_size`` when that is set."""
+def _tile_width(num_tokens: int) -> int:
+    """Queries per tile: a power of two in [64, 1024] (MKL's GEMMs are slower at other widths, e.g. 48) whose fp32
+    scores buffer ``[N, width]`` stays within :data:`_TILE_BYTES`. Measured on a 2-core CPU with 2 threads, in time
+    relative to the fused attention kernel (importance only): 1,024 best at 1,370 tokens (1.0x against 1.4x at 256),
+    256 at 5,477 (0.83x against 1.5x at 64), 64-128 at 21,317; a buffer of L2 size (2 MB) was best on one thread,
+    but with two threads every op on it costs more in synchronisation than it computes."""
     width = 64
-    while width < 256 and 2 * width * num_tokens * 4 <= _TILE_BYTES:
+    while width < 1024 and 2 * width * num_tokens * 4 <= _TILE_BYTES:
         width *= 2
-    return min(width, query_chunk_size) if query_chunk_size > 0 else width
+    return width
 
 
 def _autocast_active(device_type: str) -> bool:
@@ -103,18 +105,21 @@ def _tiled_attention(
     return (None if out is None else out.view(B, H, N, hd)), importance.view(B, H, N) / N
 
 
-# From this many tokens the tiled path takes the block output and its log-sum-exp from the fused kernel and sums the
-# columns of exp(QK^T - lse) in key x query blocks that stay in cache (measured on CPU with DINOv2 ViT-S/14, in CPU
-# time relative to the fused kernel: 1.65x against 1.66x at 5,477 tokens, 1.73x against 1.99x at 21,317).
-_LSE_MIN_TOKENS = 8192
-_LSE_BLOCK = (512, 256)  # keys x queries: 512 KB of fp32 scores
+# On CPU the tiled path takes the block output and its log-sum-exp from the fused kernel and sums the columns of
+# exp(QK^T - lse) in key x query blocks (measured on a 2-core CPU with 2 threads, the whole block's attention and
+# importance in time relative to the fused kernel alone: 1.7x against 2.3x for the one-pass tiles at 5,477 tokens;
+# the blocks are large because with two threads an op on a 512 x 256 block, the L2 size, costs 2.5x more per score
+# in synchronisation than on 1,024 x 2,048: the column sums then cost 0.6-0.7x the fused kernel at 5,477 and 21,317
+# tokens instead of 1.6-1.7x).
+_LSE_MIN_TOKENS = 0
+_LSE_BLOCK = (1024, 2048)  # keys x queries: 8 MB of fp32 scores, in the L3 cache
 _flash_cpu = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 def _fused_attention_with_importance(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention output and global importance for many tokens (CPU, fp32, ``q`` already scaled): the output and
+    """Attention output and global importance (CPU, fp32, ``q`` already scaled): the output and
     the row log-sum-exp from the fused kernel, then the column sums of ``2^(q k log2(e) - lse log2(e))`` with the
     ``-lse`` term folded into the GEMM as a 65th column, in ``_LSE_BLOCK`` blocks."""
     B, H, N, hd = q.shape
@@ -172,17 +177,17 @@ class FrozenViTExtractor(nn.Module):
             Defaults to ``"legacy"``.
         query_chunk_size: if > 0, evaluate the attention map in chunks of this many queries to bound memory
             (``[B, H, chunk, N]`` instead of ``[B, H, N, N]``) on the batched path; 0 means one chunk. The tiled path
-            uses tiles of 64-256 queries of one head (at most ``query_chunk_size``). Defaults to 256.
+            bounds its memory by itself (one head's scores for 64-1,024 queries, 8 MB). Defaults to 256.
         importance_path: how the extracted blocks compute their attention and token importance, with the same
             math and the same selected tokens up to fp32 rounding (``scripts/bench_importance.py`` measures them):
-            ``"tiled"`` (CPU): per sample and head, cache-sized tiles of transposed fp32 scores give the attention
-            output and the column sums of the softmax in one pass (the global mode; from 8,192 tokens the output
-            and its log-sum-exp come from the fused kernel and the column sums from cache-sized blocks of
-            ``exp(QK^T - lse)``), or the block output comes from the fused attention kernel and the importance from
-            the class token's row alone (class_token mode); ``"batched"``: the whole batch's attention map in
-            query chunks (``query_chunk_size``), one kernel per step for all heads (the only path before, and the
-            one used when tracing or exporting); ``"auto"``: tiled on CPU, batched elsewhere and in traced or
-            exported graphs. Defaults to ``"auto"``.
+            ``"tiled"`` (CPU): per sample and head, in the global mode, the output and its log-sum-exp from the
+            fused kernel and the column sums of the softmax from cache-sized blocks of ``exp(QK^T - lse)`` (a
+            block whose output is not needed, or without the fused CPU kernel: transposed fp32 score tiles that
+            give the output and the column sums in one pass); in class_token mode the block output from the
+            fused attention kernel and the importance from the class token's row alone; ``"batched"``: the
+            whole batch's attention map in query chunks (``query_chunk_size``), one kernel per step for all heads
+            (the only path before, and the one used when tracing or exporting); ``"auto"``: tiled on CPU,
+            batched elsewhere and in traced or exported graphs. Defaults to ``"auto"``.
         backbone_kwargs: extra keyword arguments for ``timm.create_model``.
         pooled: also keep the blocks after the deepest extracted one and the final norm, so that
             :meth:`forward_pooled` can return the pooled features ``[B, 2 * D]``: the final class token and the mean
@@ -323,7 +328,7 @@ class FrozenViTExtractor(nn.Module):
             if self.importance_mode == "global" and need_output and self._fused_lse(x.device, N):
                 heads_out, importance = _fused_attention_with_importance(q, k, v)
             elif self.importance_mode == "global":
-                heads_out, importance = _tiled_attention(q, k, v, need_output, _tile_width(N, self.query_chunk_size))
+                heads_out, importance = _tiled_attention(q, k, v, need_output, _tile_width(N))
             else:  # one row of the attention map; the block output from the fused kernel
                 importance = _class_token_importance(q, k)
                 if need_output:
@@ -377,7 +382,7 @@ class FrozenViTExtractor(nn.Module):
         importance: torch.Tensor | None = None
         if tiled and self.importance_mode == "global":
             with torch.autocast(x.device.type, enabled=False):
-                importance = _tiled_attention(qf, kf, kf, False, _tile_width(N, self.query_chunk_size))[1]
+                importance = _tiled_attention(qf, kf, kf, False, _tile_width(N))[1]
         elif tiled:
             importance = _class_token_importance(qf, kf)
         else:

@@ -125,8 +125,8 @@ class ProbeFusion(nn.Module):
             differ.append(f"num_classes {self.fpt.num_classes} vs {self.probe.num_classes}")
         if differ:
             raise ValueError(
-                f"FPT and the probe do not share a frozen model and classes ({'; '.join(differ)}): fuse a probe trained "
-                "on FPT's backbone and weights, with the same classes."
+                f"FPT and the probe do not share a frozen model and classes ({'; '.join(differ)}): fuse a probe "
+                "trained on FPT's backbone and weights, with the same classes."
             )
         # one frozen model with the whole network (the probe needs the final norm), shared by both parts
         lpm = FrozenViTExtractor(**{**shared, "pretrained": pretrained, "pooled": True})
