@@ -119,21 +119,28 @@ _flash_cpu = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 def _fused_attention_with_importance(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention output and global importance (CPU, fp32, ``q`` already scaled): the output and
-    the row log-sum-exp from the fused kernel, then the column sums of ``2^(q k log2(e) - lse log2(e))`` with the
-    ``-lse`` term folded into the GEMM as a 65th column, in ``_LSE_BLOCK`` blocks."""
+    """Attention output and global importance (CPU, fp32, ``q`` already scaled): the output and the row
+    log-sum-exp from the fused kernel, then the column sums of ``2^(q k log2(e) - lse log2(e))`` with the ``-lse``
+    term folded into the GEMM as a 65th column, in ``_LSE_BLOCK`` blocks. The augmented queries and keys are built
+    per head (``[N, 65]`` each), not for the whole batch, so that the extra memory stays that of one head."""
     B, H, N, hd = q.shape
     out, lse = _flash_cpu(q, k, v, 0.0, False, scale=1.0)
-    qa = torch.cat([q * _LOG2E, (lse.float() * -_LOG2E).unsqueeze(-1)], dim=-1).reshape(B * H, N, hd + 1)
-    ka = torch.cat([k, torch.ones_like(k[..., :1])], dim=-1).reshape(B * H, N, hd + 1)
+    qs, ks = q.reshape(B * H, N, hd), k.reshape(B * H, N, hd)
+    neg_lse = (lse.float() * -_LOG2E).reshape(B * H, N, 1)
+    qa = torch.empty(N, hd + 1, device=q.device, dtype=torch.float32)
+    ka = torch.empty(N, hd + 1, device=q.device, dtype=torch.float32)
+    ka[:, hd:].fill_(1.0)
     importance = torch.zeros(B * H, N, device=q.device, dtype=torch.float32)
     kb, qb = _LSE_BLOCK
     buf = torch.empty(kb, qb, device=q.device, dtype=torch.float32)
     for bh in range(B * H):
+        torch.mul(qs[bh], _LOG2E, out=qa[:, :hd])
+        qa[:, hd:].copy_(neg_lse[bh])
+        ka[:, :hd].copy_(ks[bh])
         for j in range(0, N, kb):
-            keys, col_sums = ka[bh, j : j + kb], importance[bh, j : j + kb]
+            keys, col_sums = ka[j : j + kb], importance[bh, j : j + kb]
             for start in range(0, N, qb):
-                queries = qa[bh, start : start + qb]
+                queries = qa[start : start + qb]
                 full = keys.shape[0] == kb and queries.shape[0] == qb
                 p = torch.mm(keys, queries.t(), out=buf) if full else keys @ queries.t()
                 col_sums.add_(p.exp2_().sum(dim=1))
