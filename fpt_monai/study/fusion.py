@@ -10,7 +10,16 @@ import numpy as np
 
 from fpt_monai.study.runs import finite_or_none
 
-__all__ = ["FPT_FAMILY", "align", "default_fusions", "fuse_method", "fusion_name", "is_probe", "parse_fuse"]
+__all__ = [
+    "FPT_FAMILY",
+    "align",
+    "default_fusions",
+    "fuse_method",
+    "fusion_name",
+    "is_probe",
+    "mean_prediction",
+    "parse_fuse",
+]
 
 # methods whose first preset starts so are FPT-family (fpt, fpt_plus, fpt_plus_hybrid, fpt_plus_lpm, ...)
 FPT_FAMILY = "fpt"
@@ -47,10 +56,11 @@ def parse_fuse(spec: str | None, known: list[str]) -> list[tuple[str, str]] | No
 
 
 def default_fusions(methods: list[str], reference: str | None) -> list[tuple[str, str]]:
-    """Every FPT-family method studied fused with the reference probe (none without a probe as reference)."""
+    """Every FPT-family method studied (its seed ensemble ``seeds(...)`` included) fused with the reference probe
+    (none without a probe as reference)."""
     if reference is None or not is_probe(reference):
         return []
-    return [(m, reference) for m in methods if m.split("+")[0].startswith(FPT_FAMILY)]
+    return [(m, reference) for m in methods if m.removeprefix("seeds(").split("+")[0].startswith(FPT_FAMILY)]
 
 
 def align(pred: dict, ids: list[str]) -> np.ndarray:
@@ -66,7 +76,8 @@ def align(pred: dict, ids: list[str]) -> np.ndarray:
     return pred["probs"][[row[i] for i in ids]]
 
 
-def _mean_prediction(preds: list[dict]) -> dict:
+def mean_prediction(preds: list[dict]) -> dict:
+    """The mean of ``preds``' probabilities, in the first one's image order (``ValueError`` if one lacks an image)."""
     first = preds[0]
     probs = np.mean([align(p, first["ids"]) for p in preds], axis=0)
     return {**first, "probs": probs}
@@ -107,9 +118,9 @@ def fuse_method(
         if not seeds or any(p is None for m in (a, b) for p in val[m] + test[m]):
             return [], {}, {}, f"{name}: fold {fold} lacks validation or test predictions of {a} or {b}"
         try:
-            val_a = _mean_prediction(val[a])
+            val_a = mean_prediction(val[a])
             ids = val_a["ids"]
-            choice = choose_blend_weight(val_a["probs"], align(_mean_prediction(val[b]), ids), val_a["labels"])
+            choice = choose_blend_weight(val_a["probs"], align(mean_prediction(val[b]), ids), val_a["labels"])
             w = choice["weight"]
             weights[fold] = w
             for s, pa, pb in zip(seeds, test[a], test[b], strict=True):

@@ -67,6 +67,12 @@ def markdown(summary: dict, header: str) -> str:
             f"{fmt(s['test_auc_mean'])} ± {fmt(s['test_auc_sd'])} | {fmt(s['test_acc_mean'])} ± "
             f"{fmt(s['test_acc_sd'])} | {' '.join(fmt(v) for v in s['test_auc_per_fold'])} |"
         )
+    if any(s["method"].startswith("seeds(") for s in summary["methods"]):
+        lines += [
+            "",
+            "seeds(A): A's test probabilities averaged over its seeds in each fold (at the fold's chosen lr), one "
+            "model per fold; A's own row is the mean over single seeds.",
+        ]
     if summary["paired"]:
         lines += [
             "",

@@ -29,6 +29,7 @@ from fpt_monai.study.runs import (
     reference_method,
     study_method,
 )
+from fpt_monai.study.seed_ensemble import ensemble_name, seed_ensemble, seed_ensemble_methods
 
 __all__ = ["default_weights", "run_study"]
 
@@ -107,6 +108,19 @@ def run_study(args: argparse.Namespace) -> int:
             methods.append(logreg_name(size))
             chosen[logreg_name(size)] = {r["fold"]: r["lr"] for r in extra_rows}
             runs.extend(extra_rows)
+    ensembles = {}  # seeds(A) -> A
+    for method in seed_ensemble_methods(list(chosen), seeds):
+        rows, test_preds, val_preds, why = seed_ensemble(method, runs, chosen, predictions, val_predictions)
+        if rows:
+            name = ensemble_name(method)
+            ensembles[name] = method
+            methods.append(name)
+            chosen[name] = {r["fold"]: r["lr"] for r in rows}
+            runs.extend(rows)
+            predictions.update(test_preds)
+            val_predictions.update(val_preds)
+        else:
+            print(f"no seed ensemble: {why}")
     studied = list(methods)
     choice = choose_reference(runs, chosen, studied, reference if reference in studied else None)
     if reference is not None and reference not in studied and reference not in fusions:
@@ -137,7 +151,7 @@ def run_study(args: argparse.Namespace) -> int:
     references = comparison_order(reference, args.baseline, methods)
     summary = summarize(runs, chosen, methods, references, predictions)
     preloads = read_preloads(out)
-    parts = {f["method"]: f.get("parts") for f in fusion_rows}
+    parts = {**{f["method"]: f.get("parts") for f in fusion_rows}, **{e: [m] for e, m in ensembles.items()}}
     summary["reference_choice"] = choice
     summary["fusions"] = fusion_rows
     summary["costs"] = [method_costs(runs, m, preloads, parts.get(m)) for m in methods]

@@ -209,7 +209,9 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     assert ref == max(probes, key=lambda m: choice["probes"][m]) == result["reference"]
     assert "highest mean validation AUC" in choice["why"]
     fused = f"fuse(fpt_plus,{ref})"  # the FPT-family method fused with the reference probe, by default
-    assert set(summary) == {"fpt_plus", PROBE, "logreg_sklearn", "logreg_sklearn@32", fused}
+    # two seeds: each bundle method that is not a probe also as its seed ensemble, fused with the probe too
+    ensemble, fused_ensemble = "seeds(fpt_plus)", f"fuse(seeds(fpt_plus),{ref})"
+    assert set(summary) == {"fpt_plus", PROBE, "logreg_sklearn", "logreg_sklearn@32", fused, ensemble, fused_ensemble}
     fusion = next(f for f in result["summary"]["fusions"] if f["method"] == fused)
     assert sorted(int(k) for k in fusion["weights"]) == [0, 1, 2] and fusion["note"] == ""
     assert summary[fused]["lr_per_fold"] == [fusion["weights"][str(f)] for f in range(3)]
@@ -239,6 +241,17 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     assert paired["folds"] == 3 and paired["test"] == "wilcoxon"
     # DeLong on the pooled test predictions: every image once, the chosen lr's seeds averaged
     pooled = {m: _pooled_from_files(out, m, summary[m]["lr_per_fold"], [0, 1]) for m in ("fpt_plus", PROBE)}
+    # the seed ensemble: per fold the AUC of the two seeds' averaged probabilities, at fpt_plus's chosen lr
+    assert summary[ensemble]["runs"] == 3 and summary[ensemble]["lr_per_fold"] == summary["fpt_plus"]["lr_per_fold"]
+    for f in range(3):
+        fold_ids = [
+            str(item["id"]) for item in datalist_from_json(out / "folds" / f"fold{f}" / "datalist.json")["test"]
+        ]
+        labels_f = [pooled["fpt_plus"][i][0] for i in fold_ids]
+        assert len(set(labels_f)) == 2  # stratified folds
+        want = roc_auc_score(labels_f, [pooled["fpt_plus"][i][1] for i in fold_ids])
+        assert summary[ensemble]["test_auc_per_fold"][f] == pytest.approx(want, abs=1e-9)
+    assert costs[ensemble]["parts"] == ["fpt_plus"] and summary[fused_ensemble]["runs"] == 3  # seed 0's pairs
     assert set(pooled["fpt_plus"]) == set(pooled[PROBE]) == set(all_ids)
     labels = [pooled[PROBE][i][0] for i in sorted(all_ids)]
     auc = {m: roc_auc_score(labels, [pooled[m][i][1] for i in sorted(all_ids)]) for m in pooled}
@@ -258,11 +271,12 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     text = (out / "study.md").read_text()
     assert "| fpt_plus |" in text and f"| fpt_plus | {PROBE} | 6 |" in text
     assert "| fold-wise p (test) | pooled AUC (DeLong) | DeLong p |" in text
+    assert "seeds(A): A's test probabilities averaged over its seeds" in text
     row = next(line for line in text.splitlines() if line.startswith(f"| fpt_plus | {PROBE} | 6 |"))
     assert f"{auc['fpt_plus']:.3f} vs {auc[PROBE]:.3f}" in row and row.endswith(f"| {paired['delong_p']:.3f} |")
     with open(out / "study.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 15 + 3 * 6 and list(rows[0])[:7] == [
+    assert len(rows) == 15 + 3 * 6 + 3 * 2 and list(rows[0])[:7] == [
         "fold",
         "method",
         "lr",
@@ -283,7 +297,7 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     proc, second_time = _study(tmp_path, weights, front_door=True)
     first_paired = result["summary"]["paired"]
     result = json.loads((out / "study.json").read_text())
-    assert result["new_runs"] == 0 and len(result["runs"]) == 15 + 3 * 6
+    assert result["new_runs"] == 0 and len(result["runs"]) == 15 + 3 * 6 + 3 * 2
     assert result["summary"]["paired"] == first_paired  # DeLong and the fusions read back from the runs' files
     assert "0 new runs, 15 reused" in proc.stdout
     assert second_time < first_time / 2
