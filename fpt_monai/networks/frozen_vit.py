@@ -106,12 +106,10 @@ def _tiled_attention(
 
 
 # On CPU the tiled path takes the block output and its log-sum-exp from the fused kernel and sums the columns of
-# exp(QK^T - lse) in key x query blocks (measured on a 2-core CPU with 2 threads, the whole block's attention and
-# importance in time relative to the fused kernel alone: 1.7x against 2.3x for the one-pass tiles at 5,477 tokens;
-# the blocks are large because with two threads an op on a 512 x 256 block, the L2 size, costs 2.5x more per score
-# in synchronisation than on 1,024 x 2,048: the column sums then cost 0.6-0.7x the fused kernel at 5,477 and 21,317
-# tokens instead of 1.6-1.7x).
-_LSE_MIN_TOKENS = 0
+# exp(QK^T - lse) in key x query blocks. Measured on a 2-core CPU with 2 threads, in time relative to the fused kernel:
+# the column sums cost 0.6-0.7x at 5,477 and 21,317 tokens in 1,024 x 2,048 blocks, 1.6-1.7x in 512 x 256 blocks
+# (the L2 size; each op on them pays the threads' synchronisation: GEMM 78 against 163 GFLOP/s, exp2 1.0 against
+# 0.22 ns per score), and the block's attention with its importance 1.7-1.8x against 2.3x for one-pass tiles.
 _LSE_BLOCK = (1024, 2048)  # keys x queries: 8 MB of fp32 scores, in the L3 cache
 _flash_cpu = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
@@ -311,9 +309,10 @@ class FrozenViTExtractor(nn.Module):
         return self.importance_path == "tiled" or device.type == "cpu"
 
     @staticmethod
-    def _fused_lse(device: torch.device, num_tokens: int) -> bool:
-        """Whether the tiled path takes the block output and log-sum-exp from the fused CPU kernel (many tokens)."""
-        return device.type == "cpu" and num_tokens >= _LSE_MIN_TOKENS and _flash_cpu is not None
+    def _fused_lse(device: torch.device) -> bool:
+        """Whether the tiled path takes the block output and log-sum-exp from the fused CPU kernel (on CPU, when
+        this torch has it; otherwise the one-pass tiles)."""
+        return device.type == "cpu" and _flash_cpu is not None
 
     def _attention_with_importance(
         self, blk: nn.Module, x: torch.Tensor, need_output: bool
@@ -332,7 +331,7 @@ class FrozenViTExtractor(nn.Module):
             return self._reduced_precision_attention(blk, x, y, q, k, v, need_output, chunk, tiled)
         if tiled:
             heads_out: torch.Tensor | None = None
-            if self.importance_mode == "global" and need_output and self._fused_lse(x.device, N):
+            if self.importance_mode == "global" and need_output and self._fused_lse(x.device):
                 heads_out, importance = _fused_attention_with_importance(q, k, v)
             elif self.importance_mode == "global":
                 heads_out, importance = _tiled_attention(q, k, v, need_output, _tile_width(N))

@@ -63,6 +63,11 @@ def method_summary(runs: list[dict], chosen: dict, method: str) -> dict:
         "test_acc_sd": acc_sd,
         "test_auc_per_fold": list(fold_means(rows, "test_auc").values()),
         "test_acc_per_fold": list(fold_means(rows, "test_acc").values()),
+        # each seed's mean over folds: how far one training's result moves with its seed
+        "test_auc_per_seed": {
+            seed: mean_sd([r["test_auc"] for r in rows if r["seed"] == seed])[0]
+            for seed in sorted({r["seed"] for r in rows})
+        },
     }
 
 

@@ -67,6 +67,13 @@ def markdown(summary: dict, header: str) -> str:
             f"{fmt(s['test_auc_mean'])} ± {fmt(s['test_auc_sd'])} | {fmt(s['test_acc_mean'])} ± "
             f"{fmt(s['test_acc_sd'])} | {' '.join(fmt(v) for v in s['test_auc_per_fold'])} |"
         )
+    per_seed = [
+        f"{s['method']}: " + ", ".join(f"seed {seed} {fmt(v)}" for seed, v in s["test_auc_per_seed"].items())
+        for s in summary["methods"]
+        if len(set(s.get("test_auc_per_seed", {}).values())) > 1  # a probe repeats one fit per seed
+    ]
+    if per_seed:
+        lines += ["", "Test AUC of each seed (mean over folds): " + "; ".join(per_seed) + "."]
     if any(s["method"].startswith("seeds(") for s in summary["methods"]):
         lines += [
             "",

@@ -74,3 +74,17 @@ def test_which_methods_get_a_seed_ensemble_and_its_default_fusion():
         ("seeds(fpt_plus)", "logreg_sklearn"),
         ("fpt_plus", "logreg_sklearn"),
     ]
+
+
+def test_each_seeds_mean_is_summarised_and_reported_when_the_seeds_differ():
+    rng = np.random.default_rng(3)
+    runs, chosen, test, val = _study(rng, folds=2, seeds=(0, 1))
+    for r in runs:  # seed 1 trains worse; the probe-like B repeats one result per seed
+        if r["method"] == "A" and r["lr"] == 0.1:
+            r["test_auc"] = 0.8 - 0.1 * r["seed"] + 0.02 * r["fold"]
+    summary = summarize(runs, chosen, ["A", "B"], ["B"], test)
+    by_method = {s["method"]: s for s in summary["methods"]}
+    assert by_method["A"]["test_auc_per_seed"] == {0: pytest.approx(0.81), 1: pytest.approx(0.71)}
+    assert by_method["B"]["test_auc_per_seed"] == {0: 0.7, 1: 0.7}
+    text = markdown(summary, "header")
+    assert "Test AUC of each seed (mean over folds): A: seed 0 0.810, seed 1 0.710." in text  # B's seeds are equal

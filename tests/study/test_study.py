@@ -252,6 +252,16 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
         want = roc_auc_score(labels_f, [pooled["fpt_plus"][i][1] for i in fold_ids])
         assert summary[ensemble]["test_auc_per_fold"][f] == pytest.approx(want, abs=1e-9)
     assert costs[ensemble]["parts"] == ["fpt_plus"] and summary[fused_ensemble]["runs"] == 3  # seed 0's pairs
+    for seed in (0, 1):  # each seed's mean over folds at the chosen lr
+        chosen_rows = [
+            r
+            for r in result["runs"]
+            if r["method"] == "fpt_plus"
+            and r["seed"] == seed
+            and r["lr"] == summary["fpt_plus"]["lr_per_fold"][r["fold"]]
+        ]
+        want = np.mean([r["test_auc"] for r in chosen_rows])
+        assert len(chosen_rows) == 3 and summary["fpt_plus"]["test_auc_per_seed"][str(seed)] == pytest.approx(want)
     assert set(pooled["fpt_plus"]) == set(pooled[PROBE]) == set(all_ids)
     labels = [pooled[PROBE][i][0] for i in sorted(all_ids)]
     auc = {m: roc_auc_score(labels, [pooled[m][i][1] for i in sorted(all_ids)]) for m in pooled}
