@@ -317,7 +317,7 @@ def read_model_config(path: str | os.PathLike, bundle_root: str | os.PathLike | 
     probe = flat["network_name"] == "linear_probe"  # the store-trained probe reads pooled features, no image
     if "store_fields" not in flat:
         flat["store_fields"] = (
-            ["pooled"] if probe else ["tokens", "pooled"] if flat["head"] == "side+pooled" else ["tokens"]
+            ["pooled"] if probe else ["tokens", "pooled"] if "pooled" in str(flat["head"]).split("+") else ["tokens"]
         )
         assumed.append("store_fields")
     if "side_view" in assumed and probe:

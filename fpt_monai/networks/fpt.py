@@ -30,9 +30,10 @@ from fpt_monai.networks.weight_selection import select_side_weights
 
 __all__ = ["FPT", "FPT_HEADS", "FPT_VARIANTS"]
 
-# "side": the paper's head (the side network's class token); "side+pooled": plus a linear classifier on the frozen
-# model's pooled features, so that FPT starts from what a linear probe has (docs/benchmarks.md)
-FPT_HEADS = ("side", "side+pooled")
+# "side": the paper's head (the side network's class token); "+pooled": plus a linear classifier on the frozen
+# model's pooled features, so that FPT starts from what a linear probe has; "+prompts": plus a linear classifier on
+# the fusion prompts' attention over the stored tokens of every extracted layer (docs/benchmarks.md, issue 22)
+FPT_HEADS = ("side", "side+pooled", "side+prompts", "side+pooled+prompts")
 
 
 # Per-variant defaults of the reference implementation (configs/network/FPT.yaml and FPT+.yaml at HEAD d17ab24).
@@ -73,7 +74,7 @@ class FPT(nn.Module):
     - ``net(image, image_side=...)``: uses a given (augmented) side view;
     - ``net.extract(image)`` -> ``(keys, values)``, each ``[B, L, heads, k, head_dim]``;
     - ``net.forward_features(image_side, keys, values, pooled=None)``: logits from preloaded tokens without the LPM
-      (``pooled`` features are needed with ``head="side+pooled"``).
+      (``pooled`` features are needed by a head with ``pooled``, e.g. ``head="side+pooled"``).
 
     Args:
         num_classes: number of output logits (1 for regression). Defaults to 2.
@@ -106,17 +107,24 @@ class FPT(nn.Module):
             it receives, every weight an evenly spaced selection; LST initialises its side network from the backbone
             for the same reason). With ``frozen_model=False`` the frozen weights are read once for this and
             released. Defaults to ``"hf"``.
-        head: ``"side"`` (the paper's) or ``"side+pooled"``: the side network's logits plus a linear classifier
-            (:class:`PooledHead`, zero-initialised) on the frozen model's pooled features (final class token and
-            mean patch token). Defaults to ``"side"``.
+        head: ``"side"`` (the paper's), or the side network's logits plus zero-initialised linear classifiers
+            (:class:`PooledHead`: a BatchNorm without affine parameters, then a linear layer): ``"side+pooled"`` on
+            the frozen model's pooled features (final class token and mean patch token), ``"side+prompts"`` on the
+            fusion module's context (:meth:`FusionModule.context`) averaged over each layer's prompts, ``[L * D]``,
+            or ``"side+pooled+prompts"`` with both. The prompt head is an attentive probe (Bardes et al., V-JEPA,
+            2024 <https://arxiv.org/abs/2404.08471>) built from FPT's own fusion prompts: with the prompts' initial
+            uniform attention it reads the mean of every extracted layer's selected values (a multi-layer linear
+            probe on the stored tokens), and training moves where the prompts look; its gradients also train the
+            prompts the side network receives. It reads the stored tokens only (no other field, no second store).
+            Defaults to ``"side"``.
         pooled_img_size: the resolution of the hybrid head's pooled features, when it is not ``img_size`` (two
             resolutions: a linear probe on the frozen model is often best at its pre-training size, e.g. 224 px for
             DINOv2 ViT-S/14, while the tokens are at 518 px). The frozen model then runs a second time, without
             token selection, on the image resized to this size (bilinear, anti-aliased), through the same weights
             with the position embeddings of that grid (:meth:`FrozenViTExtractor.set_pooled_view`; no second copy of
             the weights, nothing more in ``state_dict``); from a feature store, ``pooled`` must come from a store
-            preloaded at this size. Needs ``head="side+pooled"``. ``None`` (or ``img_size``): one resolution.
-            Defaults to ``None``.
+            preloaded at this size. Needs a head with ``pooled`` (``"side+pooled"``). ``None`` (or ``img_size``): one
+            resolution. Defaults to ``None``.
         lpm_layer_norm_eps: LayerNorm epsilon of the frozen model; ``None`` keeps the backbone's own (timm: 1e-6),
             ``1e-12`` reproduces the reference's Hugging Face ViT exactly. Defaults to ``None``.
         layer_norm_eps: side-network LayerNorm epsilon. Defaults to 1e-12 (reference).
@@ -177,7 +185,8 @@ class FPT(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         if head not in FPT_HEADS:
             raise ValueError(f"head must be one of {FPT_HEADS}, got {head!r}.")
-        if pooled_img_size is not None and head != "side+pooled":
+        head_parts = set(head.split("+"))
+        if pooled_img_size is not None and "pooled" not in head_parts:
             raise ValueError(
                 f"pooled_img_size {pooled_img_size} is the resolution of the hybrid head's pooled features, but head "
                 f"{head!r} reads none: set head 'side+pooled' (--head side+pooled), or leave pooled_img_size null."
@@ -205,7 +214,7 @@ class FPT(nn.Module):
             pos_interp=pos_interp,
             query_chunk_size=query_chunk_size,
             backbone_kwargs=backbone_kwargs,
-            pooled=head == "side+pooled",
+            pooled="pooled" in head_parts,
             layer_norm_eps=lpm_layer_norm_eps,
         )
         # without the frozen model only its architecture is needed (no memory, no weight file read)
@@ -264,9 +273,12 @@ class FPT(nn.Module):
             select_side_weights(self.side, source, lpm.layers)
             del source
         self.head = head
-        self.hybrid = head == "side+pooled"
+        self.hybrid = "pooled" in head_parts  # reads the frozen model's pooled features
         self.pooled_head: PooledHead | None = (
             PooledHead(lpm.pooled_dim, int(num_classes), zero_init=True) if self.hybrid else None
+        )
+        self.prompt_head: PooledHead | None = (
+            PooledHead(num_layers * lpm_dim, int(num_classes), zero_init=True) if "prompts" in head_parts else None
         )
         # the pooled features' resolution (img_size: one resolution); the frozen model pools there itself, so the
         # explainer and every other caller of lpm.extract_all get the same features as forward
@@ -319,15 +331,18 @@ class FPT(nn.Module):
             image_side: normalised side view ``[B, 3, side_img_size, side_img_size]``.
             keys: ``[B, L, heads, k, head_dim]`` (any float dtype; cast to the fusion module's).
             values: same shape as ``keys``.
-            pooled: the frozen model's pooled features ``[B, 2 * D]``; required with ``head="side+pooled"``.
+            pooled: the frozen model's pooled features ``[B, 2 * D]``; required by a head with ``pooled``.
         """
         if not torch.jit.is_tracing():  # shapes are fixed in a trace; the checks would only add warnings
             self._check_tokens(keys, values)
-        logits = self.side(image_side, self.fusion(keys, values))
+        context = self.fusion.context(keys, values)
+        logits = self.side(image_side, self.fusion.project(context))
+        if self.prompt_head is not None:
+            logits = logits + self.prompt_head(context.mean(dim=2).flatten(1))
         if self.pooled_head is not None:
             if pooled is None:
                 raise ValueError(
-                    "head='side+pooled' needs the pooled features: preload them into the feature store "
+                    f"head={self.head!r} needs the pooled features: preload them into the feature store "
                     "(fields tokens and pooled) or pass the image so the frozen model computes them."
                 )
             logits = logits + self.pooled_head(pooled)

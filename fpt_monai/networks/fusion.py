@@ -125,7 +125,13 @@ class FusionModule(nn.Module):
         return torch.softmax(q.unsqueeze(0) @ keys.transpose(-2, -1) * self.head_dim**-0.5, dim=-1)
 
     def forward(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Fine-grained prompts ``[B, L, P, side_dim]`` from keys/values ``[B, L, H, k, head_dim]``.
+        """Fine-grained prompts ``[B, L, P, side_dim]`` from keys/values ``[B, L, H, k, head_dim]``
+        (:meth:`project` of :meth:`context`)."""
+        return self.project(self.context(keys, values))
+
+    def context(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The prompts' attention over the tokens, heads merged: ``[B, L, P, D]`` (before the residual and the
+        projection to the side width).
 
         Half-precision tokens (as read from the feature store) are never copied to fp32 for the whole batch: on CUDA
         the attention runs in their dtype (the prompts are cast, fp32 softmax inside the fused kernel); on CPU a
@@ -142,7 +148,11 @@ class FusionModule(nn.Module):
             ctx = _LayerwisePromptAttention.apply(q, keys, values, self.head_dim**-0.5)
         else:
             ctx = self._sdpa(q, keys.to(q.dtype), values.to(q.dtype))
-        ctx = ctx.reshape(B, L, H, P, hs).transpose(2, 3).reshape(B, L, P, self.lpm_dim)
+        return ctx.reshape(B, L, H, P, hs).transpose(2, 3).reshape(B, L, P, self.lpm_dim)
+
+    def project(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Fine-grained prompts ``[B, L, P, side_dim]`` from the :meth:`context` ``[B, L, P, D]``: the residual, the
+        projection to the side width and the dropout."""
         if self.residual == "pre_proj":
             out = self.out_proj(ctx + self.prompts)
         else:

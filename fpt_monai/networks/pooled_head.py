@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance
 # with the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """A linear classifier on the frozen model's pooled features (final class token and mean patch token), used by the
-store-based linear probe and by FPT's hybrid head.
+store-based linear probe and by FPT's hybrid heads (on the pooled features, and on the fusion prompts' context).
 
 The features pass through a BatchNorm without affine parameters before the linear layer, as in MAE's linear probing
 (He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022 <https://arxiv.org/abs/2111.06377>):

@@ -242,6 +242,50 @@ def test_hybrid_head_adds_a_linear_classifier_on_pooled_features(tmp_path):
     torch.testing.assert_close(traced(x), online, atol=1e-5, rtol=1e-5)
 
 
+def test_prompt_head_reads_the_fusion_context_of_every_layer(tmp_path):
+    side_only = FPT(num_classes=3, **TINY_FPT).eval()
+    net = FPT(num_classes=3, head="side+prompts", **TINY_FPT).eval()
+    layers, dim = 6, 192  # the second half of ViT-Tiny's 12 blocks, its width
+    assert count_parameters(net).trainable == count_parameters(side_only).trainable + layers * dim * 3 + 3
+    assert net.pooled_head is None and not net.hybrid  # the stored tokens are all it reads
+    net.lpm.load_state_dict(side_only.lpm.state_dict(), strict=False)
+    net.load_state_dict(side_only.state_dict(), strict=False)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(net(x), side_only(x))  # zero-initialised: starts as the side network alone
+
+    torch.nn.init.normal_(net.prompt_head.fc.weight)
+    torch.nn.init.normal_(net.prompt_head.fc.bias)
+    keys, values = net.extract(x)
+    # an independent computation of what the head adds: each layer's prompts attend to that layer's tokens (heads
+    # merged), averaged over the prompts, standardised by the BatchNorm's running statistics, then the linear layer
+    q = net.fusion.queries()  # [L, H, P, hs]
+    probs = torch.softmax(q @ keys.transpose(-2, -1) * keys.shape[-1] ** -0.5, dim=-1)  # [B, L, H, P, k]
+    context = (probs @ values).mean(dim=3).flatten(1)  # [B, L * H * hs]: mean over prompts, then merge heads
+    norm = net.prompt_head.norm
+    standardised = (context - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    expected = side_only(x) + net.prompt_head.fc(standardised)
+    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
+
+    # from stored half-precision tokens as in training (the layer-wise kernel), and exported
+    light = FPT(num_classes=3, head="side+prompts", frozen_model=False, **TINY_FPT).eval()
+    light.load_state_dict(net.state_dict(), strict=True)
+    side = net.make_side_view(x)
+    torch.testing.assert_close(light.forward_features(side, keys, values), net(x))
+    light.train()
+    half = light.forward_features(side, keys.half(), values.half())
+    half.sum().backward()
+    assert light.fusion.prompts.grad is not None and light.prompt_head.fc.weight.grad.abs().sum() > 0
+    traced = convert_to_torchscript(net, tmp_path / "p.ts", verify=False, use_trace=True, inputs=[x])
+    torch.testing.assert_close(traced(x), net(x), atol=1e-5, rtol=1e-5)
+
+    both = FPT(num_classes=3, head="side+pooled+prompts", **TINY_FPT)
+    assert both.hybrid and both.pooled_head is not None and both.prompt_head is not None
+    with pytest.raises(ValueError, match="head must be one of"):
+        FPT(num_classes=3, head="prompts", **TINY_FPT)
+    with pytest.raises(ValueError, match="reads none"):
+        FPT(num_classes=3, head="side+prompts", pooled_img_size=32, **TINY_FPT)
+
+
 def test_side_network_initialised_from_the_frozen_model(tmp_path):
     from safetensors.torch import save_file
 
