@@ -10,8 +10,10 @@ test part), and every store-based method and fold shares one feature store per b
 the store does not depend on the fold.
 
 Beside the bundle runs, scikit-learn's logistic regression on the stored pooled features (``logreg_sklearn``, C
-chosen on validation), also at other resolutions of the frozen model (``--probe-img-sizes 224``:
-``logreg_sklearn@224``, from a pooled-only store the study builds through the bundle's preload). Every training
+chosen on validation) and on the mean of every extracted layer's stored values (``logreg_sklearn_tokens``: a linear
+probe of the intermediate layers FPT reads, from the same store), also at other resolutions of the frozen model
+(``--probe-img-sizes 224``: ``logreg_sklearn@224`` and ``logreg_sklearn_tokens@224``, from a store the study builds
+through the bundle's preload). Every training
 writes its final model.pt's validation probabilities (``eval/predictions_validation.csv``), so two methods can be
 fused (``--fuse "A:B"``; default: every FPT-family method with the reference probe): ``fuse(A,B)`` blends their
 probabilities per fold with the weight chosen on that fold's validation predictions, then is tested like any
@@ -19,11 +21,11 @@ method.
 
 The summary gives per method the mean ± sd of test AUC/accuracy over folds × seeds, the per-fold means and chosen
 learning rates (a fusion: its weights), and a paired comparison of test AUC against the reference: ``--reference``,
-else the probe (``logreg_sklearn[@size]`` or a ``linear_probe*`` method) with the highest mean VALIDATION AUC of its
-chosen settings, and against every other probe: per (fold, seed) differences, folds won and a fold-wise paired test
-(Wilcoxon signed-rank from 6 pairs, else paired t-test). Each method's costs: the mean training wall time per run,
-the feature stores its runs used (GB) and their preload time when the study built them (each method's store is
-built, timed, before its runs).
+else the probe (``logreg_sklearn[_tokens][@size]`` or a ``linear_probe*`` method) with the highest mean VALIDATION
+AUC of its chosen settings, and against every other probe: per (fold, seed) differences, folds won and a fold-wise
+paired test (Wilcoxon signed-rank from 6 pairs, else paired t-test). Each method's costs: the mean training wall
+time per run, the feature stores its runs used (GB) and their preload time when the study built them (each method's
+store is built, timed, before its runs).
 Beside it, DeLong's test for correlated AUCs on the pooled test predictions: every image is in one fold's test part,
 so each method has one prediction per image (the chosen learning rate's probabilities averaged over seeds, read from
 each run's ``eval/predictions_best.csv``), and both methods' AUCs over the same images are compared. A multi-class

@@ -15,6 +15,7 @@ from fpt_monai.study.folds import check_images_once, fold_datalists, load_datali
 from fpt_monai.study.fusion import default_fusions, fuse_method, fusion_name, parse_fuse
 from fpt_monai.study.report import markdown, settings_line, write_outputs
 from fpt_monai.study.runs import (
+    LOGREG_FEATURES,
     TRAIN_CONFIG,
     Runner,
     common_overrides,
@@ -69,7 +70,8 @@ def run_study(args: argparse.Namespace) -> int:
     grids = lr_grids(methods, args.lrs)
     seeds = parse_list(args.seeds, int)
     probe_sizes = [s for s in parse_list(args.probe_img_sizes or "", int) if s != args.img_size]
-    logregs = [] if args.no_logreg else [logreg_name(), *(logreg_name(s) for s in probe_sizes)]
+    sizes = [None, *probe_sizes]
+    logregs = [] if args.no_logreg else [logreg_name(s, f) for s in sizes for f in LOGREG_FEATURES]
     fuse = parse_fuse(args.fuse, methods + logregs)
     fusions = [fusion_name(a, b) for a, b in fuse or []]
     reference = reference_method(methods, args.reference, logregs + fusions)
@@ -99,15 +101,18 @@ def run_study(args: argparse.Namespace) -> int:
                 runs.extend(fold_runs)
     bundle_runs = len(runs)
     predictions, val_predictions = dict(run.predictions), dict(run.val_predictions)
-    for size in [None, *probe_sizes] if logregs else []:
+    for size in sizes if logregs else []:
         store = probe_store(out, folds, overrides, size, args.verbose)
-        extra_rows, test_preds, val_preds = logreg_runs(store, folds, seeds, logreg_name(size))
-        predictions.update(test_preds)
-        val_predictions.update(val_preds)
-        if extra_rows:
-            methods.append(logreg_name(size))
-            chosen[logreg_name(size)] = {r["fold"]: r["lr"] for r in extra_rows}
-            runs.extend(extra_rows)
+        # the pooled features and the stored tokens' layer means of the same store (its preload keeps both)
+        for features in LOGREG_FEATURES:
+            name = logreg_name(size, features)
+            extra_rows, test_preds, val_preds = logreg_runs(store, folds, seeds, name, features)
+            predictions.update(test_preds)
+            val_predictions.update(val_preds)
+            if extra_rows:
+                methods.append(name)
+                chosen[name] = {r["fold"]: r["lr"] for r in extra_rows}
+                runs.extend(extra_rows)
     ensembles = {}  # seeds(A) -> A
     for method in seed_ensemble_methods(list(chosen), seeds):
         rows, test_preds, val_preds, why = seed_ensemble(method, runs, chosen, predictions, val_predictions)

@@ -24,6 +24,7 @@ __all__ = [
     "EVAL_CONFIG",
     "LOGREG",
     "LOGREG_CS",
+    "LOGREG_FEATURES",
     "META_FILE",
     "PRELOADS_FILE",
     "PRESET_DIRS",
@@ -44,6 +45,7 @@ __all__ = [
     "method_presets",
     "parse_overrides",
     "pooled_store",
+    "probe_features",
     "prepare_store",
     "probe_store",
     "read_predictions",
@@ -308,15 +310,34 @@ def study_method(run: Runner, fold: int, method: str, lrs: list[float], seeds: l
 LOGREG = "logreg_sklearn"
 
 
-LOGREG_CS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
+# the token probe's 2,304 features (DINOv2 ViT-S/14) chose C down to 1e-3 on ISIC: the grid reaches below it
+LOGREG_CS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
+# what a logistic regression reads from a store: the pooled features (final class token and mean patch token), or
+# the mean of every extracted layer's stored values ([L * D], the tokens FPT's prompts attend to)
+LOGREG_FEATURES = ("pooled", "tokens")
 
 # the preset whose store settings the logistic regression's pooled features follow
 PROBE_PRESET = "linear_probe"
 
 
-def logreg_name(img_size: int | None = None) -> str:
-    """``logreg_sklearn``, or ``logreg_sklearn@<img_size>`` at another resolution than the study's."""
-    return LOGREG if img_size is None else f"{LOGREG}@{img_size}"
+def logreg_name(img_size: int | None = None, features: str = "pooled") -> str:
+    """``logreg_sklearn`` (pooled features) or ``logreg_sklearn_tokens`` (the stored tokens' layer means), with
+    ``@<img_size>`` at another resolution than the study's."""
+    name = LOGREG if features == "pooled" else f"{LOGREG}_{features}"
+    return name if img_size is None else f"{name}@{img_size}"
+
+
+def probe_features(store, item_id: str, features: str = "pooled") -> np.ndarray:
+    """One item's features for the logistic regression: its stored pooled features ``[2 * D]``, or (``"tokens"``)
+    the mean over the selected tokens of every extracted layer's stored values, heads merged, ``[L * D]``: a linear
+    probe of the frozen model's intermediate layers, read from the tokens FPT trains from (what FPT's fusion prompts
+    compute with uniform attention)."""
+    if features == "pooled":
+        return store.get_pooled(item_id).float().numpy()
+    if features == "tokens":
+        _, values = store.get(item_id)  # [L, heads, k, head_dim]
+        return values.float().mean(dim=2).flatten().numpy()
+    raise ValueError(f"features must be one of {LOGREG_FEATURES}, got {features!r}.")
 
 
 def dir_bytes(path: str | Path) -> int:
@@ -422,12 +443,17 @@ def pooled_store(out: Path, ids: list[str], img_size: int | None = None):
 
 
 def logreg_runs(
-    store_dir: str | Path | None, folds: list[dict], seeds: list[int], method: str = LOGREG
+    store_dir: str | Path | None,
+    folds: list[dict],
+    seeds: list[int],
+    method: str = LOGREG,
+    features: str = "pooled",
 ) -> tuple[list[dict], dict[tuple, dict], dict[tuple, dict]]:
-    """scikit-learn logistic regression on the stored pooled features of each fold (standardised; C chosen on the
-    fold's validation AUC): the strongest cheap reference, outside the bundle. One row per fold and seed (it is
-    deterministic, so seeds repeat it), ``lr`` holding the chosen C and ``train_seconds`` the fold's fits; empty
-    without a store. Also its test and validation predictions per ``(fold, method, C, seed)``, as
+    """scikit-learn logistic regression on the stored features of each fold (:func:`probe_features`: the pooled
+    features, or the stored tokens' layer means; standardised; C chosen on the fold's validation AUC): the strongest
+    cheap references, outside the bundle. One row per fold and seed (it is deterministic, so seeds repeat it), ``lr``
+    holding the chosen C and ``train_seconds`` the fold's fits; empty without a store that holds those features of
+    every image. Also its test and validation predictions per ``(fold, method, C, seed)``, as
     :func:`read_predictions` gives a bundle run's (the validation ones feed the fusions' weights)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -440,11 +466,12 @@ def logreg_runs(
         return [], {}, {}
     store = FeatureStore.open(store_dir)
     ids = [str(item["id"]) for item in folds[0]["training"] + folds[0]["validation"] + folds[0]["test"]]
-    if "pooled" not in store.fields or store.missing(ids, "pooled"):
+    field = "pooled" if features == "pooled" else "tokens"
+    if field not in store.fields or store.missing(ids, field):
         return [], {}, {}
     class_names = [str(c) for c in folds[0].get("classes") or range(num_classes(folds[0]))]
     predictions, val_predictions = {}, {}
-    features = {i: store.get_pooled(i).float().numpy() for i in ids}  # read once, shared by every fold
+    table = {i: probe_features(store, i, features) for i in ids}  # read once, shared by every fold
     rows = []
 
     def as_prediction(dl: dict, split: str, probs: np.ndarray, classes: np.ndarray) -> dict:
@@ -456,7 +483,7 @@ def logreg_runs(
 
     for fold, dl in enumerate(folds):
         start = time.monotonic()
-        x = {s: np.stack([features[str(i["id"])] for i in dl[s]]) for s in SPLITS}
+        x = {s: np.stack([table[str(i["id"])] for i in dl[s]]) for s in SPLITS}
         y = {s: np.array([int(i["label"]) for i in dl[s]]) for s in SPLITS}
         best = None
         for c in LOGREG_CS:

@@ -200,7 +200,9 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     summary = {s["method"]: s for s in result["summary"]["methods"]}
     # the reference: the probe with the best mean validation AUC of its chosen settings, never test
     choice = result["summary"]["reference_choice"]
-    probes = [PROBE, "logreg_sklearn", "logreg_sklearn@32"]
+    # the logistic regressions on the pooled features and on the stored tokens' layer means, at both sizes
+    logregs = ["logreg_sklearn", "logreg_sklearn@32", "logreg_sklearn_tokens", "logreg_sklearn_tokens@32"]
+    probes = [PROBE, *logregs]
     assert set(choice["probes"]) == set(probes)
     for m in probes:
         rows = [r for r in result["runs"] if r["method"] == m and r["lr"] == summary[m]["lr_per_fold"][r["fold"]]]
@@ -211,7 +213,7 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     fused = f"fuse(fpt_plus,{ref})"  # the FPT-family method fused with the reference probe, by default
     # two seeds: each bundle method that is not a probe also as its seed ensemble, fused with the probe too
     ensemble, fused_ensemble = "seeds(fpt_plus)", f"fuse(seeds(fpt_plus),{ref})"
-    assert set(summary) == {"fpt_plus", PROBE, "logreg_sklearn", "logreg_sklearn@32", fused, ensemble, fused_ensemble}
+    assert set(summary) == {"fpt_plus", PROBE, *logregs, fused, ensemble, fused_ensemble}
     fusion = next(f for f in result["summary"]["fusions"] if f["method"] == fused)
     assert sorted(int(k) for k in fusion["weights"]) == [0, 1, 2] and fusion["note"] == ""
     assert summary[fused]["lr_per_fold"] == [fusion["weights"][str(f)] for f in range(3)]
@@ -229,8 +231,11 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     # the study built both stores, timed (the runs' training holds no preload)
     assert costs["fpt_plus"]["preload_minutes"] > 0 and costs["logreg_sklearn@32"]["preload_minutes"] > 0
     assert costs["fpt_plus"]["stores"] == costs[PROBE]["stores"] == costs["logreg_sklearn"]["stores"]
+    assert costs["logreg_sklearn_tokens"]["stores"] == costs["logreg_sklearn"]["stores"]  # the same store, read twice
+    assert costs["logreg_sklearn_tokens@32"]["stores"] == costs["logreg_sklearn@32"]["stores"]
     assert costs[fused]["parts"] == ["fpt_plus", ref]
-    assert summary["logreg_sklearn"]["runs"] == 3 * 2 and all(c > 0 for c in summary["logreg_sklearn"]["lr_per_fold"])
+    for m in logregs:
+        assert summary[m]["runs"] == 3 * 2 and all(c > 0 for c in summary[m]["lr_per_fold"])
     assert summary["fpt_plus"]["runs"] == 3 * 2 and len(summary["fpt_plus"]["lr_per_fold"]) == 3
     assert len(summary["fpt_plus"]["test_auc_per_fold"]) == 3
     comparisons = {(c["method"], c["reference"]) for c in result["summary"]["paired"]}
@@ -286,7 +291,7 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     assert f"{auc['fpt_plus']:.3f} vs {auc[PROBE]:.3f}" in row and row.endswith(f"| {paired['delong_p']:.3f} |")
     with open(out / "study.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 15 + 3 * 6 + 3 * 2 and list(rows[0])[:7] == [
+    assert len(rows) == 15 + 3 * 6 + 3 * 2 + 2 * 6 and list(rows[0])[:7] == [
         "fold",
         "method",
         "lr",
@@ -307,7 +312,7 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     proc, second_time = _study(tmp_path, weights, front_door=True)
     first_paired = result["summary"]["paired"]
     result = json.loads((out / "study.json").read_text())
-    assert result["new_runs"] == 0 and len(result["runs"]) == 15 + 3 * 6 + 3 * 2
+    assert result["new_runs"] == 0 and len(result["runs"]) == 15 + 3 * 6 + 3 * 2 + 2 * 6
     assert result["summary"]["paired"] == first_paired  # DeLong and the fusions read back from the runs' files
     assert "0 new runs, 15 reused" in proc.stdout
     assert second_time < first_time / 2
