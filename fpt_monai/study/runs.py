@@ -44,7 +44,6 @@ __all__ = [
     "lr_grids",
     "method_presets",
     "parse_overrides",
-    "pooled_store",
     "prepare_store",
     "probe_features",
     "probe_store",
@@ -54,6 +53,7 @@ __all__ = [
     "reference_method",
     "run_bundle",
     "run_stores",
+    "store_with",
     "study_method",
 ]
 
@@ -405,16 +405,22 @@ def prepare_store(
 
 
 def probe_store(
-    out: Path, folds: list[dict], overrides: dict, img_size: int | None = None, verbose: bool = False
+    out: Path,
+    folds: list[dict],
+    overrides: dict,
+    img_size: int | None = None,
+    verbose: bool = False,
+    fields: tuple[str, ...] = ("pooled", "tokens"),
 ) -> str | None:
-    """A store of the pooled features of every image for the logistic regression: one under ``<out>/tokens`` that
-    already holds them at ``img_size`` (default: the study's), else built by :func:`prepare_store` with the linear
-    probe's preset (pooled features only) over a datalist of every image (``<out>/folds/probe@<size>``)."""
+    """A store of every image's ``fields`` for the logistic regressions (the pooled features, and the tokens whose
+    layer means :func:`probe_features` reads): one under ``<out>/tokens`` that already holds them at ``img_size``
+    (default: the study's), else built or completed by :func:`prepare_store` with the linear probe's preset and
+    ``fields`` over a datalist of every image (``<out>/folds/probe@<size>``)."""
     from fpt_monai.data import write_datalist
 
     ids = [str(item["id"]) for split in SPLITS for item in folds[0].get(split, [])]
     size = img_size if img_size is not None else overrides["img_size"]
-    found = pooled_store(out, ids, size)
+    found = store_with(out, ids, size, fields)
     if found is not None:
         return str(found.path)
     items = [item for split in SPLITS for item in folds[0].get(split, [])]
@@ -424,20 +430,22 @@ def probe_store(
         datalist["classes"] = folds[0]["classes"]
     folder = out / "folds" / f"probe@{size}"
     write_datalist(datalist, folder / "datalist.json")
-    probe = {**overrides, "img_size": size, "store_views": 1}  # the plain view of each image
+    # the plain view of each image; the tokens beside the pooled features for the token probe (a store of the
+    # study's own size usually holds them already: FPT's runs preloaded it)
+    probe = {**overrides, "img_size": size, "store_views": 1, "store_fields": list(fields)}
     return prepare_store(out, [TRAIN_CONFIG, find_preset(PROBE_PRESET)], [folder], probe, verbose)
 
 
-def pooled_store(out: Path, ids: list[str], img_size: int | None = None):
-    """A feature store under ``<out>/tokens`` that holds the pooled features of every id (at ``img_size``, when
-    given: the frozen model's resolution in the store's settings), or ``None``."""
+def store_with(out: Path, ids: list[str], img_size: int | None = None, fields: tuple[str, ...] = ("pooled",)):
+    """A feature store under ``<out>/tokens`` that holds every one of ``fields`` of every id (at ``img_size``,
+    when given: the frozen model's resolution in the store's settings), or ``None``."""
     from fpt_monai.data import FeatureStore
 
     for manifest in sorted((out / "tokens").glob("*/manifest.json")):
         store = FeatureStore.open(manifest.parent)
         if img_size is not None and store.settings.get("img_size") not in (img_size, [img_size, img_size]):
             continue
-        if "pooled" in store.fields and not store.missing(ids, "pooled"):
+        if all(f in store.fields and not store.missing(ids, f) for f in fields):
             return store
     return None
 

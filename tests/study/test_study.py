@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import save_file
 from sklearn.metrics import roc_auc_score
 
-from fpt_monai.data import datalist_from_json, make_demo_dataset
+from fpt_monai.data import FeatureStore, datalist_from_json, make_demo_dataset
 from fpt_monai.networks import create_vit_backbone
 from fpt_monai.study.compare import DELONG_KEYS, delong_comparison, pool_predictions
 from fpt_monai.study.report import markdown
@@ -161,7 +161,7 @@ def _study(tmp_path, weights, front_door: bool = False):
         "--num-workers": 0,
         "--device": "cpu",
         "--out-dir": tmp_path / "study",
-        "--probe-img-sizes": 32,  # logreg_sklearn@32 from a pooled-only store the study builds
+        "--probe-img-sizes": 32,  # logreg_sklearn(_tokens)@32 from a store the study builds
     }
     start = time.monotonic()
     command = ["-m", "fpt_monai", "study"] if front_door else ["scripts/study.py"]
@@ -305,9 +305,11 @@ def test_study_cross_validates_every_method_through_the_bundle_and_reruns_nothin
     assert (out / "study.png").stat().st_size > 0
     stores = sorted(d.name for d in (out / "tokens").iterdir() if d.is_dir())
     # one store for every fold, seed and method (the folds' datalists name the same images: one store name); and
-    # the 32 px pooled-only store of logreg_sklearn@32
+    # the 32 px store of logreg_sklearn@32 and logreg_sklearn_tokens@32: pooled features and tokens of every image
     assert len(stores) == 2 and stores[1].startswith("vit_tiny_patch16_224_64_"), stores
     assert stores[0].startswith("vit_tiny_patch16_224_32_")
+    small = FeatureStore.open(out / "tokens" / stores[0])
+    assert {"pooled", "tokens"} <= set(small.fields) and not small.missing([str(i) for i in all_ids], "tokens")
 
     proc, second_time = _study(tmp_path, weights, front_door=True)
     first_paired = result["summary"]["paired"]
