@@ -410,7 +410,7 @@ def probe_store(
     overrides: dict,
     img_size: int | None = None,
     verbose: bool = False,
-    fields: tuple[str, ...] = ("pooled", "tokens"),
+    fields: tuple[str, ...] = LOGREG_FEATURES,
 ) -> str | None:
     """A store of every image's ``fields`` for the logistic regressions (the pooled features, and the tokens whose
     layer means :func:`probe_features` reads): one under ``<out>/tokens`` that already holds them at ``img_size``
