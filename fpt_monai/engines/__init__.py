@@ -85,6 +85,13 @@ _EXPORTS = {
         "per_class_metrics",
         "reliability_diagram",
     ),
+    "token_head": (
+        "DEFAULT_TOKEN_HEAD_CS",
+        "TOKEN_HEAD_INITS",
+        "TokenHeadError",
+        "check_token_head",
+        "init_token_head",
+    ),
     "tracking": (
         "configure_evaluation_mlflow",
         "configure_mlflow",

@@ -345,7 +345,7 @@ _SCHEMA: dict[str, tuple[Callable[[Any], str | None], bool]] = {
     "token_ratio": (_number_in(0.0, 1.0, low_open=True), True),
     "side_init": (_one_of("hf", "timm", "lpm"), False),
     # fpt_monai.networks.FPT_HEADS (spelled out: the schema imports no torch)
-    "head": (_one_of("side", "side+pooled", "side+prompts", "side+pooled+prompts"), False),
+    "head": (_one_of("side", "side+pooled", "side+prompts", "side+pooled+prompts", "side+tokens"), False),
     "pooled_img_size": (
         lambda v: None if v is None or _int_in(8, 16_384)(v) is None else "null or an integer in [8, 16384]",
         False,

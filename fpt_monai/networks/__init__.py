@@ -15,7 +15,7 @@ from fpt_monai.networks.backbone import (
 from fpt_monai.networks.baselines import AdaptFormerViT, LoRAViT, PooledLinearProbe, ViTClassifier, VPTDeepViT
 from fpt_monai.networks.explain import FPTExplainer, prompt_attention_map
 from fpt_monai.networks.factory import INFERENCE_NETWORKS, network_from_model_config
-from fpt_monai.networks.fpt import FPT, FPT_HEADS, FPT_VARIANTS
+from fpt_monai.networks.fpt import FPT, FPT_HEADS, FPT_VARIANTS, token_layer_means
 from fpt_monai.networks.frozen_vit import FrozenViTExtractor
 from fpt_monai.networks.fusion import RESIDUAL_MODES, FusionModule
 from fpt_monai.networks.layers import parse_layers
@@ -73,4 +73,5 @@ __all__ = [
     "select_important_tokens",
     "select_side_weights",
     "token_importance",
+    "token_layer_means",
 ]

@@ -28,12 +28,21 @@ from fpt_monai.networks.spec import recorded
 from fpt_monai.networks.trainable_state import keep_frozen_model_out_of_state_dict
 from fpt_monai.networks.weight_selection import select_side_weights
 
-__all__ = ["FPT", "FPT_HEADS", "FPT_VARIANTS"]
+__all__ = ["FPT", "FPT_HEADS", "FPT_VARIANTS", "token_layer_means"]
 
 # "side": the paper's head (the side network's class token); "+pooled": plus a linear classifier on the frozen
 # model's pooled features, so that FPT starts from what a linear probe has; "+prompts": plus a linear classifier on
-# the fusion prompts' attention over the stored tokens of every extracted layer (docs/benchmarks.md, issue 22)
-FPT_HEADS = ("side", "side+pooled", "side+prompts", "side+pooled+prompts")
+# the fusion prompts' attention over the stored tokens of every extracted layer; "+tokens": plus a linear classifier
+# on the mean of every extracted layer's stored values, started from a logistic regression fitted on them, so that
+# FPT starts from the strongest probe of what it reads (docs/benchmarks.md, issue 22)
+FPT_HEADS = ("side", "side+pooled", "side+prompts", "side+pooled+prompts", "side+tokens")
+
+
+def token_layer_means(values: torch.Tensor) -> torch.Tensor:
+    """The token head's (and the study's token probe's) features: the mean over the selected tokens of every
+    extracted layer's values, heads merged, in fp32: ``[B, L, heads, k, head_dim]`` -> ``[B, L * heads * head_dim]``.
+    """
+    return values.float().mean(dim=3).flatten(1)
 
 
 # Per-variant defaults of the reference implementation (configs/network/FPT.yaml and FPT+.yaml at HEAD d17ab24).
@@ -116,6 +125,13 @@ class FPT(nn.Module):
             uniform attention it reads the mean of every extracted layer's selected values (a multi-layer linear
             probe on the stored tokens), and training moves where the prompts look; its gradients also train the
             prompts the side network receives. It reads the stored tokens only (no other field, no second store).
+            ``"side+tokens"``: plus the token head, a linear classifier on the mean over the selected tokens of
+            every extracted layer's values, heads merged, ``[L * D]``, standardised by a stored mean and scale
+            (``PooledHead(feature_norm="fixed")``): the features of the study's token probe. It starts at zero;
+            the bundle sets it to a logistic regression fitted on the training split's stored tokens, C chosen on
+            validation (``token_head_init: logreg``, :func:`fpt_monai.engines.token_head.init_token_head`), before
+            training: FPT then starts from the probe and the side network learns what the probe misses
+            (linear probing then fine-tuning, Kumar et al., ICLR 2022 <https://arxiv.org/abs/2202.10054>).
             Defaults to ``"side"``.
         pooled_img_size: the resolution of the hybrid head's pooled features, when it is not ``img_size`` (two
             resolutions: a linear probe on the frozen model is often best at its pre-training size, e.g. 224 px for
@@ -280,6 +296,11 @@ class FPT(nn.Module):
         self.prompt_head: PooledHead | None = (
             PooledHead(num_layers * lpm_dim, int(num_classes), zero_init=True) if "prompts" in head_parts else None
         )
+        self.token_head: PooledHead | None = (
+            PooledHead(num_layers * lpm_dim, int(num_classes), zero_init=True, feature_norm="fixed")
+            if "tokens" in head_parts
+            else None
+        )
         # the pooled features' resolution (img_size: one resolution); the frozen model pools there itself, so the
         # explainer and every other caller of lpm.extract_all get the same features as forward
         self.pooled_img_size = self.img_size if pooled_img_size is None else int(pooled_img_size)
@@ -339,6 +360,8 @@ class FPT(nn.Module):
         logits = self.side(image_side, self.fusion.project(context))
         if self.prompt_head is not None:
             logits = logits + self.prompt_head(context.mean(dim=2).flatten(1))
+        if self.token_head is not None:
+            logits = logits + self.token_head(token_layer_means(values))
         if self.pooled_head is not None:
             if pooled is None:
                 raise ValueError(

@@ -5,7 +5,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.utils import convert_to_torchscript
 
-from fpt_monai.networks import FPT, count_parameters
+from fpt_monai.networks import FPT, count_parameters, token_layer_means
 
 from ..conftest import TINY
 
@@ -284,6 +284,62 @@ def test_prompt_head_reads_the_fusion_context_of_every_layer(tmp_path):
         FPT(num_classes=3, head="prompts", **TINY_FPT)
     with pytest.raises(ValueError, match="reads none"):
         FPT(num_classes=3, head="side+prompts", pooled_img_size=32, **TINY_FPT)
+
+
+def test_token_head_reads_the_stored_values_layer_means_with_a_fixed_standardisation(tmp_path):
+    side_only = FPT(num_classes=3, **TINY_FPT).eval()
+    net = FPT(num_classes=3, head="side+tokens", **TINY_FPT).eval()
+    layers, dim = 6, 192
+    assert count_parameters(net).trainable == count_parameters(side_only).trainable + layers * dim * 3 + 3
+    assert net.prompt_head is None and net.pooled_head is None and not net.hybrid
+    net.lpm.load_state_dict(side_only.lpm.state_dict(), strict=False)
+    net.load_state_dict(side_only.state_dict(), strict=False)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(net(x), side_only(x))  # zero-initialised: starts as the side network alone
+
+    # a linear model on standardised features, as a fit would give: (x - mean) / scale, then the linear layer; a
+    # binary fit's single row becomes the logits (0, w x + b)
+    mean, scale = torch.randn(layers * dim), torch.rand(layers * dim) + 0.5
+    weight, bias = torch.randn(3, layers * dim), torch.randn(3)
+    net.token_head.load_linear_model(mean, scale, weight, bias)
+    keys, values = net.extract(x)
+    # independently: the mean over the selected tokens of each layer's values, heads merged in order
+    features = torch.stack(
+        [
+            torch.cat([values[b, i, h].mean(dim=0) for i in range(layers) for h in range(values.shape[2])])
+            for b in (0, 1)
+        ]
+    )
+    torch.testing.assert_close(token_layer_means(values), features)
+    expected = side_only(x) + ((features - mean) / scale) @ weight.T + bias
+    torch.testing.assert_close(net(x), expected, atol=1e-4, rtol=1e-5)
+    state = net.state_dict()
+    assert {"token_head.norm.mean", "token_head.norm.scale", "token_head.fc.weight"} <= set(state)
+
+    # from stored half-precision tokens, in training mode the standardisation is the same (no batch statistics)
+    light = FPT(num_classes=3, head="side+tokens", frozen_model=False, **TINY_FPT)
+    light.load_state_dict(state, strict=True)
+    side = net.make_side_view(x)
+    light.eval()
+    torch.testing.assert_close(light.forward_features(side, keys, values), net(x))
+    light.train()  # a BatchNorm would standardise by the batch here; the fit's statistics stay
+    torch.testing.assert_close(light.token_head(token_layer_means(values)), net.token_head(features))
+    half = light.token_head(token_layer_means(values.half()))
+    torch.testing.assert_close(half, net.token_head(features), atol=5e-2, rtol=1e-2)
+    traced = convert_to_torchscript(net, tmp_path / "t.ts", verify=False, use_trace=True, inputs=[x])
+    torch.testing.assert_close(traced(x), net(x), atol=1e-4, rtol=1e-5)
+
+    binary = FPT(num_classes=2, head="side+tokens", **TINY_FPT)
+    w = torch.randn(layers * dim)
+    binary.token_head.load_linear_model(torch.zeros(layers * dim), torch.ones(layers * dim), w, torch.tensor([0.5]))
+    torch.testing.assert_close(binary.token_head.fc.weight[0], torch.zeros(layers * dim))
+    torch.testing.assert_close(binary.token_head.fc.weight[1], w)
+    with pytest.raises(ValueError, match="does not fit this head"):
+        binary.token_head.load_linear_model(torch.zeros(3), torch.ones(3), torch.ones(2, 3), torch.zeros(2))
+    with pytest.raises(ValueError, match="positive"):
+        binary.token_head.load_linear_model(torch.zeros(layers * dim), torch.zeros(layers * dim), w, torch.zeros(1))
+    with pytest.raises(ValueError, match="feature_norm='fixed'"):
+        FPT(num_classes=2, head="side+prompts", **TINY_FPT).prompt_head.load_linear_model(mean, scale, weight, bias)
 
 
 def test_side_network_initialised_from_the_frozen_model(tmp_path):
