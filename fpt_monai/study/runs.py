@@ -310,7 +310,8 @@ def study_method(run: Runner, fold: int, method: str, lrs: list[float], seeds: l
 LOGREG = "logreg_sklearn"
 
 
-# the token probe's 2,304 features (DINOv2 ViT-S/14) chose C down to 1e-3 on ISIC: the grid reaches below it
+# the token probe's 2,304 features (DINOv2 ViT-S/14) chose C down to 1e-3 on ISIC: the grid reaches below it (the
+# bundle's token head fits the same grid: engines.token_head.DEFAULT_TOKEN_HEAD_CS, train.yaml's token_head_cs)
 LOGREG_CS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
 # what a logistic regression reads from a store: the pooled features (final class token and mean patch token), or
 # the mean of every extracted layer's stored values ([L * D], the tokens FPT's prompts attend to)
@@ -335,8 +336,10 @@ def probe_features(store, item_id: str, features: str = "pooled") -> np.ndarray:
     if features == "pooled":
         return store.get_pooled(item_id).float().numpy()
     if features == "tokens":
+        from fpt_monai.networks.fpt import token_layer_means
+
         _, values = store.get(item_id)  # [L, heads, k, head_dim]
-        return values.float().mean(dim=2).flatten().numpy()
+        return token_layer_means(values[None])[0].numpy()  # what FPT's token head reads
     raise ValueError(f"features must be one of {LOGREG_FEATURES}, got {features!r}.")
 
 

@@ -145,3 +145,15 @@ def test_bad_settings_are_named(tmp_path, tiny_bundle_data):
         run_workflow([TRAIN_CONFIG, RECIPE], tmp_path / "online", data_dir, weights, mode="online")
     assert isinstance(failed.value.__cause__, TokenHeadError) and "--mode preload" in str(failed.value.__cause__)
     assert not (tmp_path / "online" / "models").exists()
+
+
+def test_one_grid_of_c_for_the_study_the_engine_and_the_bundle():
+    from monai.bundle import ConfigParser
+
+    from fpt_monai.engines import DEFAULT_TOKEN_HEAD_CS
+    from fpt_monai.study.runs import LOGREG_CS
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN_CONFIG)
+    assert tuple(parser["token_head_cs"]) == tuple(DEFAULT_TOKEN_HEAD_CS) == tuple(LOGREG_CS)
+    assert parser["token_head_init"] == "logreg" and parser["head"] == "side"  # the paper's head by default
