@@ -48,7 +48,9 @@ def _independent_fit(wf, root):
 def test_frozen_token_head_is_the_fitted_probe_and_the_side_network_trains(tmp_path, tiny_bundle_data):
     data_dir, weights = tiny_bundle_data
     root, stores = tmp_path / "bundle", str(tmp_path / "tokens")
-    wf = run_workflow([TRAIN_CONFIG, FROZEN], root, data_dir, weights, store_root=stores, store_dtype="float32")
+    wf = run_workflow(
+        [TRAIN_CONFIG, FROZEN], root, data_dir, weights, store_root=stores, store_dtype="float32", tracking="mlflow"
+    )
     record = read_model_config(root / "models" / "model_config.json", bundle_root=root)
     assert record["head"] == "side+tokens" and record["store_fields"] == ["tokens"]
     chosen = json.loads((root / "models" / "token_head.json").read_text())
@@ -75,6 +77,12 @@ def test_frozen_token_head_is_the_fitted_probe_and_the_side_network_trains(tmp_p
     np.testing.assert_allclose(torch.softmax(logits, 1).detach().numpy(), model.predict_proba(x), atol=1e-5)
     # the side network did train
     assert any("side" in k for k in state) and state["fusion.prompts"].abs().max() > 1e-5
+    # the fit's record goes with the MLflow run (the default sqlite store)
+    from mlflow.tracking import MlflowClient
+
+    run = json.loads((root / "models" / "mlflow_run.json").read_text())
+    artifacts = {a.path for a in MlflowClient(run["tracking_uri"]).list_artifacts(run["run_id"])}
+    assert {"token_head.json", "model.pt"} <= artifacts
 
 
 def test_trainable_token_head_moves_evaluates_online_alike_and_exports(tmp_path, tiny_bundle_data):
