@@ -14,6 +14,7 @@ from fpt_monai.networks import create_vit_backbone
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = str(REPO_ROOT / "bundle" / "configs" / "train.yaml")
 META = str(REPO_ROOT / "bundle" / "configs" / "metadata.json")
+EVAL_CONFIG = str(REPO_ROOT / "bundle" / "configs" / "evaluate.yaml")
 
 
 def make_tiny_bundle_data(root):
@@ -63,3 +64,23 @@ def run_workflow(config, bundle_root, data_dir, weights, **kwargs):
     wf.run()
     wf.finalize()
     return wf
+
+
+def evaluated_probabilities(bundle_root, data_dir, weights, **kwargs):
+    """Evaluate a trained tiny bundle (evaluate.yaml over train.yaml) and read its ``eval/predictions_best.csv``:
+    ``{id: (probability of each class)}``."""
+    import csv
+
+    run_workflow([TRAIN_CONFIG, EVAL_CONFIG], bundle_root, data_dir, weights, **kwargs)
+    with open(Path(bundle_root) / "eval" / "predictions_best.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {r["id"]: tuple(float(v) for k, v in r.items() if k.startswith("prob_")) for r in rows}
+
+
+def stores_and_images_differ_by(bundle_root, data_dir, weights, store_root):
+    """The largest difference between the probabilities of an evaluation from the feature stores and one from the
+    images (mode online), after checking that both classified the same, non-empty set of images."""
+    from_stores = evaluated_probabilities(bundle_root, data_dir, weights, store_root=store_root)
+    online = evaluated_probabilities(bundle_root, data_dir, weights, mode="online", store_root=store_root)
+    assert from_stores.keys() == online.keys() and from_stores and all(len(v) > 1 for v in online.values())
+    return max(abs(a - b) for k in online for a, b in zip(online[k], from_stores[k], strict=True))

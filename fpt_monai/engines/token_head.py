@@ -171,10 +171,7 @@ def init_token_head(
             "token_head_init logreg fits the token head on the stored tokens, but this training has no feature store "
             "(mode online?): train with mode preload (store_fields [tokens]), or set token_head_init none."
         )
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    from fpt_monai.engines.metrics import classification_metrics
+    from fpt_monai.engines.logistic_probe import fit_logistic_probe
 
     data = {}
     for split in ("training", "validation"):
@@ -186,41 +183,15 @@ def init_token_head(
             )
         data[split] = token_head_features(feature_store, items, split)
     (x_train, y_train), (x_val, y_val) = data["training"], data["validation"]
-    num_classes = head.fc.out_features
-    if len(set(y_train.tolist())) < 2:
-        raise TokenHeadError(
-            "the training split holds one class only: a logistic regression cannot be fitted. Check the datalist's "
-            "labels, or set token_head_init none."
-        )
     start = time.monotonic()
-    scaler = StandardScaler().fit(x_train)
-    xs_train, xs_val = scaler.transform(x_train), scaler.transform(x_val)
-    table, best = [], None
-    for c in grid:
-        model = LogisticRegression(C=c, max_iter=int(max_iter)).fit(xs_train, y_train)
-        probs = np.zeros((len(y_val), num_classes))
-        probs[:, model.classes_] = model.predict_proba(xs_val)
-        auc = classification_metrics(probs, y_val, num_classes=num_classes)["auc"]
-        auc = float(auc) if auc is not None and math.isfinite(auc) else None
-        table.append({"C": c, "val_auc": auc, "train_accuracy": float(model.score(xs_train, y_train))})
-        if auc is not None and (best is None or auc > best[0]):
-            best = (auc, c, model)
-    if best is None:
+    try:
+        fit = fit_logistic_probe(x_train, y_train, x_val, y_val, grid, head.fc.out_features, max_iter)
+    except ValueError as err:
         raise TokenHeadError(
-            "no C gave a validation AUC (does the validation split hold one class only?): check the datalist, or "
-            "set token_head_init none."
-        )
-    val_auc, c, model = best
-    weight = np.zeros((num_classes, x_train.shape[1]))
-    bias = np.zeros(num_classes)
-    if len(model.classes_) == 2 and model.coef_.shape[0] == 1:  # binary: the logit of the second class seen
-        weight[model.classes_[1]], bias[model.classes_[1]] = model.coef_[0], model.intercept_[0]
-    else:
-        weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    head.load_linear_model(
-        torch.from_numpy(scaler.mean_), torch.from_numpy(scale), torch.from_numpy(weight), torch.from_numpy(bias)
-    )
+            f"the token head's fit: {err} Check the datalist's labels, or set token_head_init none."
+        ) from err
+    head.load_linear_model(*(torch.from_numpy(a) for a in fit.linear_model()))
+    c, val_auc = fit.C, fit.val_auc
     result = {
         "format": TOKEN_HEAD_FORMAT,
         "init": "logreg",
@@ -232,7 +203,7 @@ def init_token_head(
         "validation_items": int(len(y_val)),
         "features": int(x_train.shape[1]),
         "seconds": round(time.monotonic() - start, 3),
-        "table": table,
+        "table": fit.table,
     }
     logger.info("token head: logistic regression C %g, validation AUC %.4f (%d Cs tried).", c, val_auc, len(grid))
     if output_file is not None and _is_rank0():

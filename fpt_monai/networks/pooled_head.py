@@ -84,8 +84,7 @@ class PooledHead(nn.Module):
     ) -> None:
         """Set the head to a fitted linear model on standardised features: ``fc(x) = weight @ ((x - mean) / scale)
         + bias`` (``feature_norm="fixed"`` only). ``weight`` is ``[num_classes, in_features]``, ``bias``
-        ``[num_classes]``; a binary fit's single row ``w`` becomes the logits ``(0, w x + b)``, whose softmax is the
-        fit's sigmoid.
+        ``[num_classes]`` (:meth:`fpt_monai.engines.logistic_probe.LogisticProbeFit.linear_model` gives them).
 
         Raises:
             ValueError: the head does not standardise with stored statistics, or a shape does not fit.
@@ -94,11 +93,6 @@ class PooledHead(nn.Module):
             raise ValueError("load_linear_model needs a head built with feature_norm='fixed'.")
         weight, bias = torch.as_tensor(weight, dtype=torch.float32), torch.as_tensor(bias, dtype=torch.float32)
         classes, width = self.fc.out_features, self.fc.in_features
-        if weight.ndim == 1:
-            weight, bias = weight[None], bias.reshape(1)
-        if classes == 2 and weight.shape[0] == 1:
-            weight = torch.cat([torch.zeros_like(weight), weight])
-            bias = torch.cat([torch.zeros_like(bias), bias])
         mean, scale = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32)
         if (
             weight.shape != (classes, width)

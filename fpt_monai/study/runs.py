@@ -466,12 +466,9 @@ def logreg_runs(
     holding the chosen C and ``train_seconds`` the fold's fits; empty without a store that holds those features of
     every image. Also its test and validation predictions per ``(fold, method, C, seed)``, as
     :func:`read_predictions` gives a bundle run's (the validation ones feed the fusions' weights)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from fpt_monai.data import FeatureStore
     from fpt_monai.engines import classification_metrics
+    from fpt_monai.engines.logistic_probe import fit_logistic_probe
 
     if store_dir is None:
         return [], {}, {}
@@ -485,31 +482,24 @@ def logreg_runs(
     table = {i: probe_features(store, i, features) for i in ids}  # read once, shared by every fold
     rows = []
 
-    def as_prediction(dl: dict, split: str, probs: np.ndarray, classes: np.ndarray) -> dict:
-        # predict_proba has a column per class seen in training; the folds are stratified, so every class is there
-        full = np.zeros((len(probs), len(class_names)))
-        full[:, classes] = probs
+    def as_prediction(dl: dict, split: str, probs: np.ndarray) -> dict:
         labels = np.array([int(i["label"]) for i in dl[split]])
-        return {"ids": [str(i["id"]) for i in dl[split]], "labels": labels, "probs": full, "class_names": class_names}
+        return {"ids": [str(i["id"]) for i in dl[split]], "labels": labels, "probs": probs, "class_names": class_names}
 
     for fold, dl in enumerate(folds):
         start = time.monotonic()
         x = {s: np.stack([table[str(i["id"])] for i in dl[s]]) for s in SPLITS}
         y = {s: np.array([int(i["label"]) for i in dl[s]]) for s in SPLITS}
-        best = None
-        for c in LOGREG_CS:
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-            model.fit(x["training"], y["training"])
-            val_probs = model.predict_proba(x["validation"])
-            val = classification_metrics(val_probs, y["validation"])["auc"]
-            if best is None or val > best[0]:
-                best = (val, c, model, val_probs)
-        val_auc, c, model, val_probs = best
-        probs = model.predict_proba(x["test"])
+        # the fit FPT's token head starts from (engines.logistic_probe): C on the fold's validation part
+        fit = fit_logistic_probe(
+            x["training"], y["training"], x["validation"], y["validation"], LOGREG_CS, len(class_names)
+        )
+        val_auc, c = fit.val_auc, fit.C
+        probs, val_probs = fit.predict_proba(x["test"]), fit.predict_proba(x["validation"])
         seconds = time.monotonic() - start
-        test = classification_metrics(probs, y["test"])
-        pred = as_prediction(dl, "test", probs, model.classes_)
-        val_pred = as_prediction(dl, "validation", val_probs, model.classes_)
+        test = classification_metrics(probs, y["test"], num_classes=len(class_names))
+        pred = as_prediction(dl, "test", probs)
+        val_pred = as_prediction(dl, "validation", val_probs)
         for seed in seeds:
             predictions[(fold, method, c, seed)] = pred
             val_predictions[(fold, method, c, seed)] = val_pred

@@ -3,7 +3,6 @@ stored tokens alone, recorded, evaluated from the stores and from the images ali
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
@@ -14,14 +13,9 @@ from fpt_monai.export import export_bundle
 from fpt_monai.networks import network_from_model_config
 
 from ..conftest import REPO_ROOT
-from .conftest import TRAIN_CONFIG, run_workflow
+from .conftest import TRAIN_CONFIG, run_workflow, stores_and_images_differ_by
 
-EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
 RECIPE = str(REPO_ROOT / "configs" / "recipes" / "prompt_head.yaml")
-
-
-def _probabilities(path):
-    return {r["id"]: (float(r["prob_normal"]), float(r["prob_abnormal"])) for r in csv.DictReader(open(path))}
 
 
 def test_trains_from_the_tokens_evaluates_online_alike_and_exports(tmp_path, tiny_bundle_data):
@@ -35,12 +29,7 @@ def test_trains_from_the_tokens_evaluates_online_alike_and_exports(tmp_path, tin
     assert state["prompt_head.fc.weight"].abs().sum() > 0  # zero-initialised, then trained
     assert not any(k.startswith("pooled_head") for k in state)
 
-    run_workflow([TRAIN_CONFIG, EVAL_CONFIG], root, data_dir, weights, store_root=stores)
-    from_stores = _probabilities(root / "eval" / "predictions_best.csv")
-    run_workflow([TRAIN_CONFIG, EVAL_CONFIG], root, data_dir, weights, mode="online", store_root=stores)
-    online = _probabilities(root / "eval" / "predictions_best.csv")
-    assert from_stores.keys() == online.keys() and from_stores
-    assert max(abs(a - b) for k in online for a, b in zip(online[k], from_stores[k], strict=True)) < 1e-4
+    assert stores_and_images_differ_by(root, data_dir, weights, stores) < 1e-4
 
     report = export_bundle(root, pretrained=str(weights))
     assert max(report["max_abs_prob_diff"].values()) < 1e-4 and "onnx" in report["max_abs_prob_diff"]

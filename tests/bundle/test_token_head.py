@@ -4,7 +4,6 @@ fitted when frozen, trained otherwise, evaluated from the stores and from the im
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -18,15 +17,10 @@ from fpt_monai.export import export_bundle
 from fpt_monai.networks import FPT, network_from_model_config
 
 from ..conftest import REPO_ROOT
-from .conftest import TRAIN_CONFIG, run_workflow
+from .conftest import TRAIN_CONFIG, run_workflow, stores_and_images_differ_by
 
-EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
 RECIPE = str(REPO_ROOT / "configs" / "recipes" / "token_head.yaml")
 FROZEN = str(REPO_ROOT / "configs" / "recipes" / "token_head_frozen.yaml")
-
-
-def _probabilities(path):
-    return {r["id"]: (float(r["prob_normal"]), float(r["prob_abnormal"])) for r in csv.DictReader(open(path))}
 
 
 def _independent_fit(wf, root):
@@ -96,12 +90,7 @@ def test_trainable_token_head_moves_evaluates_online_alike_and_exports(tmp_path,
     moved = (state["token_head.fc.weight"][1].double() - torch.from_numpy(model[1].coef_[0])).abs().max()
     assert moved > 1e-6  # started at the fit, then trained
 
-    run_workflow([TRAIN_CONFIG, EVAL_CONFIG], root, data_dir, weights, store_root=stores)
-    from_stores = _probabilities(root / "eval" / "predictions_best.csv")
-    run_workflow([TRAIN_CONFIG, EVAL_CONFIG], root, data_dir, weights, mode="online", store_root=stores)
-    online = _probabilities(root / "eval" / "predictions_best.csv")
-    assert from_stores.keys() == online.keys() and from_stores
-    assert max(abs(a - b) for k in online for a, b in zip(online[k], from_stores[k], strict=True)) < 1e-4
+    assert stores_and_images_differ_by(root, data_dir, weights, stores) < 1e-4
 
     report = export_bundle(root, pretrained=str(weights))
     assert max(report["max_abs_prob_diff"].values()) < 1e-4 and "onnx" in report["max_abs_prob_diff"]

@@ -4,8 +4,6 @@ written (issue 22)."""
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 import torch
 import yaml
@@ -17,9 +15,8 @@ from fpt_monai.networks import network_from_model_config
 from fpt_monai.transforms import fpt_transforms
 
 from ..conftest import REPO_ROOT, error_text
-from .conftest import TRAIN_CONFIG, make_workflow, run_workflow
+from .conftest import TRAIN_CONFIG, make_workflow, run_workflow, stores_and_images_differ_by
 
-EVAL_CONFIG = TRAIN_CONFIG.replace("train.yaml", "evaluate.yaml")
 TWO_RES = {"head": "side+pooled", "pooled_img_size": 32}
 
 
@@ -31,11 +28,6 @@ def data_at_img_size(tmp_path_factory, tiny_bundle_data):
     root = tmp_path_factory.mktemp("two_res_data")
     make_demo_dataset(root / "data", per_class=6, size=64)
     return root / "data", weights
-
-
-def _probabilities(path):
-    rows = list(csv.DictReader(open(path)))
-    return {r["id"]: (float(r["prob_normal"]), float(r["prob_abnormal"])) for r in rows}
 
 
 def test_trains_from_a_second_store_evaluates_and_exports(tmp_path, data_at_img_size):
@@ -73,14 +65,7 @@ def test_trains_from_a_second_store_evaluates_and_exports(tmp_path, data_at_img_
         )
 
     # evaluation from the stores and from the images gives the same probabilities
-    run_workflow([TRAIN_CONFIG, EVAL_CONFIG], root, data_dir, weights, store_root=str(tmp_path / "tokens"))
-    from_stores = _probabilities(root / "eval" / "predictions_best.csv")
-    run_workflow(
-        [TRAIN_CONFIG, EVAL_CONFIG], root, data_dir, weights, mode="online", store_root=str(tmp_path / "tokens")
-    )
-    from_images = _probabilities(root / "eval" / "predictions_best.csv")
-    assert from_stores.keys() == from_images.keys() and len(from_stores) > 0
-    assert max(abs(a - b) for k in from_stores for a, b in zip(from_stores[k], from_images[k], strict=True)) < 1e-3
+    assert stores_and_images_differ_by(root, data_dir, weights, str(tmp_path / "tokens")) < 1e-3
     test_ids = [str(i["id"]) for i in datalist["test"]]
     assert not FeatureStore.open(record["pooled_store_dir"]).missing(
         test_ids, "pooled"
