@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list: logreg_sklearn also on the frozen model's pooled features at these resolutions "
         "(logreg_sklearn@<size>, from a pooled-only store the study builds)",
     )
+    p.add_argument(
+        "--probe-views",
+        type=int,
+        default=1,
+        help="K > 1: the logistic regressions also fitted on K stored views of every training image (the plain one "
+        "and the bundle's store_view_transforms, as store_views K stores them): <probe>+viewsK, and <probe>+viewsK+tta "
+        "with validation and test averaging the K views' probabilities; the probe store then keeps K views of every "
+        "image (K times its size and preload)",
+    )
     p.add_argument("--seeds", default="0,1,2", help="the first one chooses the learning rate")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)

@@ -8,7 +8,8 @@ that the bundle's head is the study's reference, not a second implementation of 
 Features are standardised on the training split (scikit-learn's ``StandardScaler``); for each C of a grid a
 ``LogisticRegression`` (lbfgs, L2) is fitted on the training split and scored by its validation AUC (macro one-vs-rest
 for more than two classes); the highest wins, ties going to the smaller C (the stronger regularisation). The test
-split is never read.
+split is never read. Validation (and prediction) may read several views of each image (``[V, N, F]``): their
+probabilities are averaged (test-time augmentation over the stored frozen views), the choice of C included.
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ class LogisticProbeFit:
     table: list[dict] = field(default_factory=list)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[N, num_classes]`` (a class absent from the training split gets 0)."""
-        probs = np.zeros((len(x), self.num_classes))
-        probs[:, self.model.classes_] = self.model.predict_proba(self.scaler.transform(x))
-        return probs
+        """Class probabilities ``[N, num_classes]`` of features ``[N, F]``, or of views ``[V, N, F]`` averaged over
+        the views (a class absent from the training split gets 0)."""
+        return _view_mean_proba(self.scaler, self.model, x, self.num_classes)
 
     def linear_model(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(mean, scale, weight [num_classes, F], bias [num_classes])`` with ``softmax(weight @ ((x - mean) /
@@ -59,6 +59,18 @@ class LogisticProbeFit:
         return self.scaler.mean_, scale, weight, bias
 
 
+def _view_mean_proba(scaler: Any, model: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
+    """``model``'s probabilities ``[N, num_classes]`` of ``x`` ``[N, F]`` or ``[V, N, F]`` (the views' mean)."""
+    x = np.asarray(x)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"features must be [N, F] or views [V, N, F], got shape {tuple(x.shape)}.")
+    views = x if x.ndim == 3 else x[None]
+    probs = np.zeros((views.shape[1], int(num_classes)))
+    for view in views:
+        probs[:, model.classes_] += model.predict_proba(scaler.transform(view))
+    return probs / len(views)
+
+
 def fit_logistic_probe(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -70,6 +82,13 @@ def fit_logistic_probe(
 ) -> LogisticProbeFit:
     """Fit the logistic regression for every C of ``cs`` (in the order given; ties keep the earlier, so pass them
     ascending) and keep the best by validation AUC.
+
+    Args:
+        x_train, y_train: training features ``[N, F]`` and labels (augmented views are simply more rows).
+        x_val, y_val: validation features ``[M, F]``, or ``[V, M, F]`` for V views of each image (scored on the mean
+            of their probabilities), and labels ``[M]``.
+        cs: the C grid. num_classes: the classes of the task (one absent from training gets probability 0).
+        max_iter: lbfgs iterations.
 
     Raises:
         ValueError: the training split holds fewer than two classes, or no C gave a finite validation AUC (e.g. a
@@ -83,12 +102,11 @@ def fit_logistic_probe(
     if len(set(np.asarray(y_train).tolist())) < 2:
         raise ValueError("the training split holds one class only: a logistic regression cannot be fitted.")
     scaler = StandardScaler().fit(x_train)
-    xs_train, xs_val = scaler.transform(x_train), scaler.transform(x_val)
+    xs_train = scaler.transform(x_train)
     table, best = [], None
     for c in cs:
         model = LogisticRegression(C=float(c), max_iter=int(max_iter)).fit(xs_train, y_train)
-        probs = np.zeros((len(y_val), int(num_classes)))
-        probs[:, model.classes_] = model.predict_proba(xs_val)
+        probs = _view_mean_proba(scaler, model, x_val, num_classes)
         auc = classification_metrics(probs, y_val, num_classes=int(num_classes))["auc"]
         auc = float(auc) if auc is not None and math.isfinite(auc) else None
         table.append({"C": float(c), "val_auc": auc, "train_accuracy": float(model.score(xs_train, y_train))})

@@ -80,6 +80,13 @@ def markdown(summary: dict, header: str) -> str:
             "seeds(A): A's test probabilities averaged over its seeds in each fold (at the fold's chosen lr), one "
             "model per fold; A's own row is the mean over single seeds.",
         ]
+    if any("+views" in s["method"] and s["method"].startswith("logreg_sklearn") for s in summary["methods"]):
+        lines += [
+            "",
+            "logreg_sklearn...+viewsK: the logistic regression fitted on K stored views of each training image (the "
+            "plain one and the first K - 1 store_view_transforms), validation and test on the plain view; +tta: "
+            "validation and test average the K views' probabilities (C chosen on that average).",
+        ]
     if summary["paired"]:
         lines += [
             "",

@@ -35,6 +35,23 @@ from fpt_monai.study.seed_ensemble import ensemble_name, seed_ensemble, seed_ens
 __all__ = ["default_weights", "run_study"]
 
 
+def check_probe_views(views: int) -> int:
+    """``--probe-views``, checked: 1 (the plain view only) up to 1 + the bundle's default ``store_view_transforms``.
+
+    Raises:
+        SystemExit: a number outside that range, with the range and the views it names.
+    """
+    from fpt_monai.transforms.frozen_views import DEFAULT_STORE_VIEW_TRANSFORMS
+
+    most = 1 + len(DEFAULT_STORE_VIEW_TRANSFORMS)
+    if not 1 <= int(views) <= most:
+        raise SystemExit(
+            f"--probe-views must be between 1 and {most} (the plain view, then "
+            f"{', '.join(DEFAULT_STORE_VIEW_TRANSFORMS)} in that order), got {views}."
+        )
+    return int(views)
+
+
 def default_weights(weights: str) -> str:
     """``--weights`` for the runs: the default (the shared DINOv2 file, relative to the current directory) as an
     absolute path, which the runs' records keep; a given value as it is (a file, or what the bundle's
@@ -71,7 +88,10 @@ def run_study(args: argparse.Namespace) -> int:
     seeds = parse_list(args.seeds, int)
     probe_sizes = [s for s in parse_list(args.probe_img_sizes or "", int) if s != args.img_size]
     sizes = [None, *probe_sizes]
-    logregs = [] if args.no_logreg else [logreg_name(s, f) for s in sizes for f in LOGREG_FEATURES]
+    probe_views = check_probe_views(args.probe_views)
+    variants = [(1, False)] + ([(probe_views, False), (probe_views, True)] if probe_views > 1 else [])
+    logregs = [logreg_name(s, f, *v) for s in sizes for f in LOGREG_FEATURES for v in variants]
+    logregs = [] if args.no_logreg else logregs
     fuse = parse_fuse(args.fuse, methods + logregs)
     fusions = [fusion_name(a, b) for a, b in fuse or []]
     reference = reference_method(methods, args.reference, logregs + fusions)
@@ -102,17 +122,19 @@ def run_study(args: argparse.Namespace) -> int:
     bundle_runs = len(runs)
     predictions, val_predictions = dict(run.predictions), dict(run.val_predictions)
     for size in sizes if logregs else []:
-        store = probe_store(out, folds, overrides, size, args.verbose)
-        # the pooled features and the stored tokens' layer means of the same store (its preload keeps both)
+        store = probe_store(out, folds, overrides, size, args.verbose, views=probe_views)
+        # the pooled features and the stored tokens' layer means of the same store (its preload keeps both), each
+        # from the plain view and (--probe-views) from the stored views
         for features in LOGREG_FEATURES:
-            name = logreg_name(size, features)
-            extra_rows, test_preds, val_preds = logreg_runs(store, folds, seeds, name, features)
-            predictions.update(test_preds)
-            val_predictions.update(val_preds)
-            if extra_rows:
-                methods.append(name)
-                chosen[name] = {r["fold"]: r["lr"] for r in extra_rows}
-                runs.extend(extra_rows)
+            for views, tta in variants:
+                name = logreg_name(size, features, views, tta)
+                extra_rows, test_preds, val_preds = logreg_runs(store, folds, seeds, name, features, views, tta)
+                predictions.update(test_preds)
+                val_predictions.update(val_preds)
+                if extra_rows:
+                    methods.append(name)
+                    chosen[name] = {r["fold"]: r["lr"] for r in extra_rows}
+                    runs.extend(extra_rows)
     ensembles = {}  # seeds(A) -> A
     for method in seed_ensemble_methods(list(chosen), seeds):
         rows, test_preds, val_preds, why = seed_ensemble(method, runs, chosen, predictions, val_predictions)

@@ -47,6 +47,7 @@ __all__ = [
     "prepare_store",
     "probe_features",
     "probe_store",
+    "probe_views",
     "read_predictions",
     "read_preloads",
     "read_run",
@@ -321,11 +322,22 @@ LOGREG_FEATURES = ("pooled", "tokens")
 PROBE_PRESET = "linear_probe"
 
 
-def logreg_name(img_size: int | None = None, features: str = "pooled") -> str:
+def logreg_name(img_size: int | None = None, features: str = "pooled", views: int = 1, tta: bool = False) -> str:
     """``logreg_sklearn`` (pooled features) or ``logreg_sklearn_tokens`` (the stored tokens' layer means), with
-    ``@<img_size>`` at another resolution than the study's."""
+    ``+views<K>`` when it is fitted on K stored views of each training image (``+views<K>+tta``: validation and test
+    average the probabilities of the same K views) and ``@<img_size>`` at another resolution than the study's."""
     name = LOGREG if features == "pooled" else f"{LOGREG}_{features}"
+    if views > 1:
+        name += f"+views{views}" + ("+tta" if tta else "")
     return name if img_size is None else f"{name}@{img_size}"
+
+
+def probe_views(views: int = 1) -> tuple[str, ...]:
+    """The stored views a probe with ``views`` reads: ``""`` (the plain image), then the bundle's default
+    ``store_view_transforms`` in order (what ``store_views: K`` stores)."""
+    from fpt_monai.transforms.frozen_views import DEFAULT_STORE_VIEW_TRANSFORMS, check_store_views
+
+    return ("", *check_store_views(views, DEFAULT_STORE_VIEW_TRANSFORMS))
 
 
 def probe_features(store, item_id: str, features: str = "pooled") -> np.ndarray:
@@ -414,14 +426,18 @@ def probe_store(
     img_size: int | None = None,
     verbose: bool = False,
     fields: tuple[str, ...] = LOGREG_FEATURES,
+    views: int = 1,
 ) -> str | None:
     """A store of every image's ``fields`` for the logistic regressions (the pooled features, and the tokens whose
-    layer means :func:`probe_features` reads): one under ``<out>/tokens`` that already holds them at ``img_size``
-    (default: the study's), else built or completed by :func:`prepare_store` with the linear probe's preset and
-    ``fields`` over a datalist of every image (``<out>/folds/probe@<size>``)."""
+    layer means :func:`probe_features` reads), with ``views`` stored views of every image (:func:`probe_views`):
+    one under ``<out>/tokens`` that already holds them at ``img_size`` (default: the study's), else built or
+    completed by :func:`prepare_store` with the linear probe's preset and ``fields`` over a datalist of every image
+    (``<out>/folds/probe@<size>``)."""
     from fpt_monai.data import write_datalist
+    from fpt_monai.transforms.frozen_views import view_id
 
-    ids = [str(item["id"]) for split in SPLITS for item in folds[0].get(split, [])]
+    plain = [str(item["id"]) for split in SPLITS for item in folds[0].get(split, [])]
+    ids = [view_id(i, name) for i in plain for name in probe_views(views)]
     size = img_size if img_size is not None else overrides["img_size"]
     found = store_with(out, ids, size, fields)
     if found is not None:
@@ -433,9 +449,9 @@ def probe_store(
         datalist["classes"] = folds[0]["classes"]
     folder = out / "folds" / f"probe@{size}"
     write_datalist(datalist, folder / "datalist.json")
-    # the plain view of each image; the tokens beside the pooled features for the token probe (a store of the
-    # study's own size usually holds them already: FPT's runs preloaded it)
-    probe = {**overrides, "img_size": size, "store_views": 1, "store_fields": list(fields)}
+    # the plain view of each image (and its views); the tokens beside the pooled features for the token probe (a
+    # store of the study's own size usually holds them already: FPT's runs preloaded it)
+    probe = {**overrides, "img_size": size, "store_views": int(views), "store_fields": list(fields)}
     return prepare_store(out, [TRAIN_CONFIG, find_preset(PROBE_PRESET)], [folder], probe, verbose)
 
 
@@ -459,21 +475,31 @@ def logreg_runs(
     seeds: list[int],
     method: str = LOGREG,
     features: str = "pooled",
+    views: int = 1,
+    tta: bool = False,
 ) -> tuple[list[dict], dict[tuple, dict], dict[tuple, dict]]:
     """scikit-learn logistic regression on the stored features of each fold (:func:`probe_features`: the pooled
     features, or the stored tokens' layer means; standardised; C chosen on the fold's validation AUC): the strongest
     cheap references, outside the bundle. One row per fold and seed (it is deterministic, so seeds repeat it), ``lr``
     holding the chosen C and ``train_seconds`` the fold's fits; empty without a store that holds those features of
-    every image. Also its test and validation predictions per ``(fold, method, C, seed)``, as
-    :func:`read_predictions` gives a bundle run's (the validation ones feed the fusions' weights)."""
+    every image (and view). Also its test and validation predictions per ``(fold, method, C, seed)``, as
+    :func:`read_predictions` gives a bundle run's (the validation ones feed the fusions' weights).
+
+    With ``views`` K > 1 the fit reads K stored views of each training image (:func:`probe_views`: the augmented
+    frozen views FPT+ trains from with ``store_views: K``, the probe's fair counterpart); validation and test read the
+    plain view, or with ``tta`` the mean of the K views' probabilities (C chosen on that mean)."""
     from fpt_monai.data import FeatureStore
     from fpt_monai.engines import classification_metrics
     from fpt_monai.engines.logistic_probe import fit_logistic_probe
 
     if store_dir is None:
         return [], {}, {}
+    from fpt_monai.transforms.frozen_views import view_id
+
     store = FeatureStore.open(store_dir)
-    ids = [str(item["id"]) for item in folds[0]["training"] + folds[0]["validation"] + folds[0]["test"]]
+    plain = [str(item["id"]) for item in folds[0]["training"] + folds[0]["validation"] + folds[0]["test"]]
+    names = probe_views(views)
+    ids = [view_id(i, name) for i in plain for name in names]
     field = "pooled" if features == "pooled" else "tokens"
     if field not in store.fields or store.missing(ids, field):
         return [], {}, {}
@@ -482,18 +508,25 @@ def logreg_runs(
     table = {i: probe_features(store, i, features) for i in ids}  # read once, shared by every fold
     rows = []
 
+    def features_of(items: list[dict], split: str) -> np.ndarray:
+        # training: every view is one more row; evaluation: the plain view [N, F], or the views [K, N, F] (tta)
+        if split == "training":
+            return np.concatenate([np.stack([table[view_id(str(i["id"]), n)] for i in items]) for n in names])
+        if not tta:
+            return np.stack([table[str(i["id"])] for i in items])
+        return np.stack([np.stack([table[view_id(str(i["id"]), n)] for i in items]) for n in names])
+
     def as_prediction(dl: dict, split: str, probs: np.ndarray) -> dict:
         labels = np.array([int(i["label"]) for i in dl[split]])
         return {"ids": [str(i["id"]) for i in dl[split]], "labels": labels, "probs": probs, "class_names": class_names}
 
     for fold, dl in enumerate(folds):
         start = time.monotonic()
-        x = {s: np.stack([table[str(i["id"])] for i in dl[s]]) for s in SPLITS}
+        x = {s: features_of(dl[s], s) for s in SPLITS}
         y = {s: np.array([int(i["label"]) for i in dl[s]]) for s in SPLITS}
         # the fit FPT's token head starts from (engines.logistic_probe): C on the fold's validation part
-        fit = fit_logistic_probe(
-            x["training"], y["training"], x["validation"], y["validation"], LOGREG_CS, len(class_names)
-        )
+        y_train = np.concatenate([y["training"]] * len(names))  # the views' rows, in features_of's order
+        fit = fit_logistic_probe(x["training"], y_train, x["validation"], y["validation"], LOGREG_CS, len(class_names))
         val_auc, c = fit.val_auc, fit.C
         probs, val_probs = fit.predict_proba(x["test"]), fit.predict_proba(x["validation"])
         seconds = time.monotonic() - start

@@ -44,3 +44,28 @@ def test_degenerate_splits_are_refused():
         fit_logistic_probe(x, np.zeros(10, dtype=int), x, np.arange(10) % 2, [1.0], 2)
     with pytest.raises(ValueError, match="no C gave a validation AUC"):
         fit_logistic_probe(x, np.arange(10) % 2, x, np.zeros(10, dtype=int), [1.0], 2)
+
+
+def test_validation_views_are_scored_on_their_averaged_probabilities():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    y_train, y_val = np.arange(80) % 2, np.arange(40) % 2
+    x_train = rng.normal(size=(80, 5)) + y_train[:, None] * 0.5
+    # three noisy views of each validation image: their mean probability ranks better than any one view
+    x_views = np.stack([rng.normal(size=(40, 5)) * 2 + y_val[:, None] * 0.5 for _ in range(3)])
+    cs = [1e-3, 1e-2, 1e-1, 1.0]
+    fit = fit_logistic_probe(x_train, y_train, x_views, y_val, cs, 2)
+    scaler = StandardScaler().fit(x_train)
+    for row, c in zip(fit.table, cs, strict=True):  # an independent fit of each C, scored on the views' mean
+        model = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x_train), y_train)
+        mean = np.mean([model.predict_proba(scaler.transform(v)) for v in x_views], 0)
+        assert row["val_auc"] == pytest.approx(roc_auc_score(y_val, mean[:, 1]))
+    probs = fit.predict_proba(x_views)
+    np.testing.assert_allclose(probs, np.mean([fit.predict_proba(v) for v in x_views], 0))
+    assert fit.val_auc == pytest.approx(roc_auc_score(y_val, probs[:, 1]))
+    assert not np.allclose(probs, fit.predict_proba(x_views[0]))  # not the first view alone
+    with pytest.raises(ValueError, match=r"\[N, F\] or views \[V, N, F\]"):
+        fit.predict_proba(x_views[None])

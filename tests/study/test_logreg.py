@@ -84,3 +84,120 @@ def test_no_token_logreg_without_the_tokens_of_every_image(tmp_path):
     store, folds, _ = _store(tmp_path, tokens=False)
     assert logreg_runs(store.path, folds, [0], logreg_name(None, "tokens"), "tokens") == ([], {}, {})
     assert logreg_runs(store.path, folds, [0])[0]  # the pooled features are there
+
+
+def _views_store(tmp_path, n=60, views=("hflip",)):
+    """A store with the plain view and ``views`` of every image: the class signal in layer 1's values, each view a
+    noisier copy of it."""
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.tensor([i % 2 for i in range(n)], dtype=torch.float32)
+    store = FeatureStore.create(tmp_path / "v", {"synthetic": 1}, SHAPE, "float32")
+    plain = [f"img{i}" for i in range(n)]
+    for name in ("", *views):
+        values = torch.randn(n, *SHAPE, generator=gen) * 3
+        values[:, 1, 0, :, 0] += 2.0 * labels[:, None]
+        store.write_shard([f"{i}@{name}" if name else i for i in plain], torch.zeros(n, *SHAPE), values)
+    items = [{"id": i, "label": int(y)} for i, y in zip(plain, labels, strict=True)]
+    folds = [
+        {"training": items[:30], "validation": items[30:45], "test": items[45:]},
+        {"training": items[30:], "validation": items[:15], "test": items[15:30]},
+    ]
+    return store, folds
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_views_probe_fits_every_stored_view_and_tta_averages_them(tmp_path, tta):
+    from fpt_monai.engines.logistic_probe import fit_logistic_probe
+
+    store, folds = _views_store(tmp_path)
+    method = logreg_name(None, "tokens", 2, tta)
+    assert method == ("logreg_sklearn_tokens+views2+tta" if tta else "logreg_sklearn_tokens+views2")
+    rows, test_preds, _ = logreg_runs(store.path, folds, [0], method, "tokens", views=2, tta=tta)
+    plain_rows, _, _ = logreg_runs(store.path, folds, [0], logreg_name(None, "tokens"), "tokens")
+    assert len(rows) == 2
+    for fold, dl in enumerate(folds):
+        feats = {
+            name: {s: np.stack([probe_features(store, f"{i['id']}{name}", "tokens") for i in dl[s]]) for s in dl}
+            for name in ("", "@hflip")
+        }
+        y = {s: np.array([i["label"] for i in dl[s]]) for s in dl}
+        # an independent fit on the training images' two views (twice the rows), evaluated plain or on the mean
+        x_train = np.concatenate([feats[""]["training"], feats["@hflip"]["training"]])
+        evaluate = {s: np.stack([feats[""][s], feats["@hflip"][s]]) if tta else feats[""][s] for s in dl}
+        want = fit_logistic_probe(
+            x_train, np.concatenate([y["training"]] * 2), evaluate["validation"], y["validation"], LOGREG_CS, 2
+        )
+        row = rows[fold]
+        assert row["lr"] == want.C and row["val_auc"] == pytest.approx(want.val_auc)
+        probs = test_preds[(fold, method, want.C, 0)]["probs"]
+        np.testing.assert_allclose(probs, want.predict_proba(evaluate["test"]))
+        assert row["test_auc"] == pytest.approx(roc_auc_score(y["test"], probs[:, 1]))
+        assert want.scaler.n_samples_seen_ == 60  # both views of the 30 training images
+    assert [r["test_auc"] for r in rows] != [r["test_auc"] for r in plain_rows]
+
+
+def test_views_probe_needs_every_view_of_every_image(tmp_path):
+    from fpt_monai.study.run import check_probe_views
+    from fpt_monai.study.runs import probe_views
+
+    store, folds = _views_store(tmp_path)  # the plain view and the horizontal flip only
+    assert logreg_runs(store.path, folds, [0], "x", "tokens", views=3) == ([], {}, {})
+    assert logreg_runs(store.path, folds, [0], "x", "tokens", views=2)[0]
+    # the views the bundle's store_views K stores, in its order
+    assert probe_views(1) == ("",) and probe_views(4) == ("", "hflip", "vflip", "rot90")
+    assert check_probe_views(7) == 7
+    for bad in (0, 8):
+        with pytest.raises(SystemExit, match="--probe-views must be between 1 and 7"):
+            check_probe_views(bad)
+
+
+def test_probe_store_preloads_every_images_views_through_the_bundle(tmp_path):
+    from safetensors.torch import save_file
+
+    from fpt_monai.commands.study import build_parser
+    from fpt_monai.data import make_demo_dataset
+    from fpt_monai.networks import create_vit_backbone
+    from fpt_monai.study.folds import fold_datalists, write_folds
+    from fpt_monai.study.runs import common_overrides, probe_store
+
+    dl = make_demo_dataset(tmp_path / "data", per_class=4, size=48)
+    weights = tmp_path / "w.safetensors"
+    save_file(create_vit_backbone("vit_tiny_patch16_224", pretrained=False, img_size=224).state_dict(), str(weights))
+    out = tmp_path / "study"
+    args = build_parser().parse_args(
+        ["--backbone", "vit_tiny_patch16_224", "--weights", str(weights), "--img-size", "32", "--device", "cpu"]
+        + ["--num-workers", "0", "--out-dir", str(out)]
+    )
+    folds = fold_datalists(dl, 2, 0.25, 0)
+    write_folds(folds, out)
+    overrides = common_overrides(args, 2, out)
+    store_dir = probe_store(out, folds, overrides, views=3)
+    store = FeatureStore.open(store_dir)
+    plain = [str(i["id"]) for s in ("training", "validation", "test") for i in folds[0][s]]
+    assert not store.missing([f"{i}@{n}" for i in plain for n in ("hflip", "vflip")] + plain, "tokens")
+    # a flipped view is another image for the frozen model: other tokens
+    _, flipped = store.get(f"{plain[0]}@hflip")
+    assert not torch.allclose(store.get(plain[0])[1].float(), flipped.float())
+    # the plain-view probe finds the same store, views and all; with the views it fits (3 views of each image)
+    assert probe_store(out, folds, overrides) == store_dir
+    rows, _, _ = logreg_runs(store_dir, folds, [0], "t", "tokens", views=3, tta=True)
+    assert len(rows) == 2 and all(0.0 <= r["test_auc"] <= 1.0 for r in rows)
+
+
+def test_the_report_says_what_a_views_probe_is(tmp_path):
+    from fpt_monai.study.compare import summarize
+    from fpt_monai.study.report import markdown
+
+    store, folds = _views_store(tmp_path)
+    names = [logreg_name(None, "tokens"), logreg_name(None, "tokens", 2, True)]
+    runs, preds, chosen = [], {}, {}
+    for name, views in zip(names, (1, 2), strict=True):
+        rows, test_preds, _ = logreg_runs(store.path, folds, [0], name, "tokens", views=views, tta=views > 1)
+        runs += rows
+        preds.update(test_preds)
+        chosen[name] = {r["fold"]: r["lr"] for r in rows}
+    legend = "logreg_sklearn...+viewsK: the logistic regression fitted on K stored views"
+    text = markdown(summarize(runs, chosen, names, [names[0]], preds), "header")
+    assert legend in text and f"| {names[1]} | {names[0]} | 2 |" in text  # paired with the plain-view probe
+    plain_only = [r for r in runs if r["method"] == names[0]]
+    assert legend not in markdown(summarize(plain_only, chosen, names[:1], [], preds), "header")
