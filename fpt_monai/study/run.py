@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from fpt_monai.study.compare import choose_reference, comparison_order, method_costs, summarize
@@ -35,21 +36,28 @@ from fpt_monai.study.seed_ensemble import ensemble_name, seed_ensemble, seed_ens
 __all__ = ["default_weights", "run_study"]
 
 
-def check_probe_views(views: int) -> int:
-    """``--probe-views``, checked: 1 (the plain view only) up to 1 + the bundle's default ``store_view_transforms``.
+def check_probe_views(views: int, transforms: Sequence[str] | str | None = None) -> int:
+    """``--probe-views``, checked: 1 (the plain view only) up to 1 + the number of ``transforms`` (the bundle's
+    ``store_view_transforms``, a ``--set`` override included; ``None``: its default).
 
     Raises:
-        SystemExit: a number outside that range, with the range and the views it names.
+        SystemExit: a number outside that range (naming the views it would read), or unknown transforms.
     """
+    from fpt_monai.study.runs import probe_views
     from fpt_monai.transforms.frozen_views import DEFAULT_STORE_VIEW_TRANSFORMS
 
-    most = 1 + len(DEFAULT_STORE_VIEW_TRANSFORMS)
-    if not 1 <= int(views) <= most:
+    names = list(DEFAULT_STORE_VIEW_TRANSFORMS if transforms is None else transforms)
+    if isinstance(transforms, str):
+        names = [t.strip() for t in transforms.split(",") if t.strip()]
+    if not 1 <= int(views) <= 1 + len(names):
         raise SystemExit(
-            f"--probe-views must be between 1 and {most} (the plain view, then "
-            f"{', '.join(DEFAULT_STORE_VIEW_TRANSFORMS)} in that order), got {views}."
+            f"--probe-views must be between 1 and {1 + len(names)} (the plain view, then the store_view_transforms "
+            f"{', '.join(names)} in that order), got {views}."
         )
-    return int(views)
+    try:
+        return len(probe_views(views, transforms))
+    except ValueError as err:
+        raise SystemExit(f"--probe-views {views}: {err}") from None
 
 
 def default_weights(weights: str) -> str:
@@ -88,14 +96,15 @@ def run_study(args: argparse.Namespace) -> int:
     seeds = parse_list(args.seeds, int)
     probe_sizes = [s for s in parse_list(args.probe_img_sizes or "", int) if s != args.img_size]
     sizes = [None, *probe_sizes]
-    probe_views = check_probe_views(args.probe_views)
+    extra = parse_overrides(args.overrides)
+    view_transforms = extra.get("store_view_transforms")  # what the bundle stores as views, a --set included
+    probe_views = check_probe_views(args.probe_views, view_transforms)
     variants = [(1, False)] + ([(probe_views, False), (probe_views, True)] if probe_views > 1 else [])
     logregs = [logreg_name(s, f, *v) for s in sizes for f in LOGREG_FEATURES for v in variants]
     logregs = [] if args.no_logreg else logregs
     fuse = parse_fuse(args.fuse, methods + logregs)
     fusions = [fusion_name(a, b) for a, b in fuse or []]
     reference = reference_method(methods, args.reference, logregs + fusions)
-    extra = parse_overrides(args.overrides)
     out = Path(args.out_dir).resolve()
 
     datalist = load_datalist(args)
@@ -128,7 +137,9 @@ def run_study(args: argparse.Namespace) -> int:
         for features in LOGREG_FEATURES:
             for views, tta in variants:
                 name = logreg_name(size, features, views, tta)
-                extra_rows, test_preds, val_preds = logreg_runs(store, folds, seeds, name, features, views, tta)
+                extra_rows, test_preds, val_preds = logreg_runs(
+                    store, folds, seeds, name, features, views, tta, view_transforms
+                )
                 predictions.update(test_preds)
                 val_predictions.update(val_preds)
                 if extra_rows:

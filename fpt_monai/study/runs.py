@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -332,12 +333,16 @@ def logreg_name(img_size: int | None = None, features: str = "pooled", views: in
     return name if img_size is None else f"{name}@{img_size}"
 
 
-def probe_views(views: int = 1) -> tuple[str, ...]:
-    """The stored views a probe with ``views`` reads: ``""`` (the plain image), then the bundle's default
-    ``store_view_transforms`` in order (what ``store_views: K`` stores)."""
+def probe_views(views: int = 1, transforms: Sequence[str] | str | None = None) -> tuple[str, ...]:
+    """The stored views a probe with ``views`` reads: ``""`` (the plain image), then the first ``views - 1`` of
+    ``transforms`` (the bundle's ``store_view_transforms``; ``None``: its default), what ``store_views: K`` stores.
+
+    Raises:
+        ValueError: as :func:`fpt_monai.transforms.frozen_views.check_store_views` (too few or unknown names).
+    """
     from fpt_monai.transforms.frozen_views import DEFAULT_STORE_VIEW_TRANSFORMS, check_store_views
 
-    return ("", *check_store_views(views, DEFAULT_STORE_VIEW_TRANSFORMS))
+    return ("", *check_store_views(views, DEFAULT_STORE_VIEW_TRANSFORMS if transforms is None else transforms))
 
 
 def probe_features(store, item_id: str, features: str = "pooled") -> np.ndarray:
@@ -437,7 +442,8 @@ def probe_store(
     from fpt_monai.transforms.frozen_views import view_id
 
     plain = [str(item["id"]) for split in SPLITS for item in folds[0].get(split, [])]
-    ids = [view_id(i, name) for i in plain for name in probe_views(views)]
+    # the views the bundle stores (its store_view_transforms, a --set override included)
+    ids = [view_id(i, name) for i in plain for name in probe_views(views, overrides.get("store_view_transforms"))]
     size = img_size if img_size is not None else overrides["img_size"]
     found = store_with(out, ids, size, fields)
     if found is not None:
@@ -477,6 +483,7 @@ def logreg_runs(
     features: str = "pooled",
     views: int = 1,
     tta: bool = False,
+    transforms: Sequence[str] | str | None = None,
 ) -> tuple[list[dict], dict[tuple, dict], dict[tuple, dict]]:
     """scikit-learn logistic regression on the stored features of each fold (:func:`probe_features`: the pooled
     features, or the stored tokens' layer means; standardised; C chosen on the fold's validation AUC): the strongest
@@ -486,8 +493,9 @@ def logreg_runs(
     :func:`read_predictions` gives a bundle run's (the validation ones feed the fusions' weights).
 
     With ``views`` K > 1 the fit reads K stored views of each training image (:func:`probe_views`: the augmented
-    frozen views FPT+ trains from with ``store_views: K``, the probe's fair counterpart); validation and test read the
-    plain view, or with ``tta`` the mean of the K views' probabilities (C chosen on that mean)."""
+    frozen views FPT+ trains from with ``store_views: K``, the probe's fair counterpart; ``transforms``: the bundle's
+    ``store_view_transforms``, default its default); validation and test read the plain view, or with ``tta`` the
+    mean of the K views' probabilities (C chosen on that mean)."""
     from fpt_monai.data import FeatureStore
     from fpt_monai.engines import classification_metrics
     from fpt_monai.engines.logistic_probe import fit_logistic_probe
@@ -498,7 +506,7 @@ def logreg_runs(
 
     store = FeatureStore.open(store_dir)
     plain = [str(item["id"]) for item in folds[0]["training"] + folds[0]["validation"] + folds[0]["test"]]
-    names = probe_views(views)
+    names = probe_views(views, transforms)
     ids = [view_id(i, name) for i in plain for name in names]
     field = "pooled" if features == "pooled" else "tokens"
     if field not in store.fields or store.missing(ids, field):

@@ -149,6 +149,17 @@ def test_views_probe_needs_every_view_of_every_image(tmp_path):
     for bad in (0, 8):
         with pytest.raises(SystemExit, match="--probe-views must be between 1 and 7"):
             check_probe_views(bad)
+    # the views of the bundle's store_view_transforms when the study sets them (--set store_view_transforms=...)
+    assert probe_views(2, ["hflip"]) == ("", "hflip") and probe_views(3, "rot90,hflip") == ("", "rot90", "hflip")
+    assert logreg_runs(store.path, folds, [0], "x", "tokens", views=2, transforms=["hflip"])[0]
+    assert logreg_runs(store.path, folds, [0], "x", "tokens", views=2, transforms=["vflip"]) == ([], {}, {})
+    assert check_probe_views(3, "hflip,rot90") == 3
+    with pytest.raises(
+        SystemExit, match=r"between 1 and 3 \(the plain view, then the store_view_transforms hflip, rot90"
+    ):
+        check_probe_views(4, "hflip,rot90")
+    with pytest.raises(SystemExit, match="--probe-views 2: store_view_transforms names unknown transforms"):
+        check_probe_views(2, ["sideways"])
 
 
 def test_probe_store_preloads_every_images_views_through_the_bundle(tmp_path):
