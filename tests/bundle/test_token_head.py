@@ -79,6 +79,26 @@ def test_frozen_token_head_is_the_fitted_probe_and_the_side_network_trains(tmp_p
     assert {"token_head.json", "model.pt"} <= artifacts
 
 
+def test_token_head_with_stored_views_is_fitted_on_the_plain_views(tmp_path, tiny_bundle_data):
+    """With store_views 2 (study 7's token head on augmented views) the fit reads each training image's plain view,
+    the study's probe; the epochs then draw the views."""
+    data_dir, weights = tiny_bundle_data
+    root, stores = tmp_path / "bundle", str(tmp_path / "tokens")
+    views = str(REPO_ROOT / "configs" / "recipes" / "views2.yaml")
+    wf = run_workflow([TRAIN_CONFIG, FROZEN, views], root, data_dir, weights, store_root=stores, store_dtype="float32")
+    training = wf.parser.get_parsed_content("datalist")["training"]
+    store = FeatureStore.open(wf.parser.get_parsed_content("store_dir"))
+    assert not store.missing([f"{i['id']}@hflip" for i in training], "tokens")  # the views were stored
+    model, _, chosen = _independent_fit(wf, root)
+    assert chosen["training_items"] == len(training)  # one row per image, not per view
+    state = torch.load(root / "models" / "model_final.pt", weights_only=True)
+    torch.testing.assert_close(
+        state["token_head.fc.weight"][1], torch.from_numpy(model[1].coef_[0]).float(), atol=1e-6, rtol=1e-5
+    )
+    record = read_model_config(root / "models" / "model_config.json", bundle_root=root)
+    assert record["head"] == "side+tokens"
+
+
 def test_trainable_token_head_moves_evaluates_online_alike_and_exports(tmp_path, tiny_bundle_data):
     data_dir, weights = tiny_bundle_data
     root, stores = tmp_path / "bundle", str(tmp_path / "tokens")
